@@ -1,0 +1,173 @@
+"""The policy contract shared by the simulator and the real runner.
+
+Both engines drive a policy with the same three-line loop::
+
+    plan = policy.plan(view)        # SchedulerView -> StepPlan
+    result = executor.run(plan)     # StepPlan -> StepResult (simulated or real)
+    policy.observe(result)
+
+Everything here is plain data: no simpy, no torch. A policy never sees a request's
+true output length; it learns about lengths only through its predictor and through
+the step results (who produced a first token, who finished).
+
+Repeating plans. A plan may be executed for several consecutive steps: the engine
+repeats it for up to ``plan.max_steps`` steps and stops early after any step in which
+a request produced its last token, and (when ``plan.wake_on_arrival``) after the step
+during which a new request arrived. This is exactly what re-planning after every step
+would give for a policy whose plan only changes on those events, and it lets the
+simulator advance many decode steps in closed form. A plan that contains prefill work
+always runs for exactly one step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Mapping, Protocol, Sequence, runtime_checkable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from policies.kv_cache import KVCache
+
+
+@dataclass(frozen=True, slots=True)
+class RequestView:
+    """What a policy may know about a request when it arrives (never its output length)."""
+
+    request_id: int
+    arrival_s: float
+    prompt_tokens: int
+    max_output_tokens: int
+    prompt: str | None = None
+    slo_class: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillChunk:
+    """Prefill ``num_tokens`` more tokens of a request's pending context.
+
+    A request's pending context is its prompt, or after a recompute preemption its prompt
+    plus the tokens it had generated. The step that prefills the last pending token also
+    samples the request's next output token.
+    """
+
+    request_id: int
+    num_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class LengthDirective:
+    """A length controller's decision for one request: a target and the prompt text."""
+
+    request_id: int
+    target_tokens: int
+    instruction: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepPlan:
+    """What to run next.
+
+    ``decode`` rows each generate one token per step. A row whose request has already
+    produced its last token is a *padded* row (static batching keeps finished rows in
+    the batch, as a padded ``generate()`` call does): it costs compute and KV but makes
+    no useful token. ``prefill_pad_to`` > 0 pads every prefill chunk of this step to that
+    many tokens (cost only), as left-padding a static batch does.
+
+    ``release`` returns finished requests to their users at the start of this step; a
+    request's ``finish_s`` is the time it is released. ``preempt`` drops requests'
+    KV (recompute later): the policy frees their blocks itself. ``directives`` carry the
+    length controller's per-request instructions, applied before the request's prefill.
+    """
+
+    decode: tuple[int, ...] = ()
+    prefill: tuple[PrefillChunk, ...] = ()
+    release: tuple[int, ...] = ()
+    preempt: tuple[int, ...] = ()
+    reject: tuple[tuple[int, str], ...] = ()
+    directives: tuple[LengthDirective, ...] = ()
+    prefill_pad_to: int = 0
+    max_steps: int = 1
+    wake_on_arrival: bool = True
+
+    @property
+    def is_idle(self) -> bool:
+        return not self.decode and not self.prefill
+
+    @staticmethod
+    def make_empty() -> "StepPlan":
+        return _EMPTY_PLAN
+
+
+_EMPTY_PLAN = StepPlan()
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerView:
+    """What a policy sees when asked to plan.
+
+    ``arrivals`` are the requests that arrived since the previous call (the policy keeps
+    its own queue). ``kv`` is the shared KV-cache accountant: the policy allocates and
+    frees blocks through it, and the engines size their real or simulated cache by it.
+    """
+
+    now_s: float
+    arrivals: tuple[RequestView, ...]
+    kv: "KVCache"
+    more_arrivals: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """What happened when a plan ran for ``num_steps`` steps from ``start_s`` to ``end_s``.
+
+    ``first_tokens``: requests whose first output token was produced (prefill finished for
+    a request that had generated nothing). ``prefilled``: requests whose pending context
+    was fully prefilled in this step (each of them produced one token). ``finished``:
+    requests that produced their last output token. Each decode row of the plan that is
+    not padding produced exactly ``num_steps`` tokens.
+
+    ``embeddings`` / ``texts``: optional per-request state for progressive predictors
+    (the runner's hidden states or decoded text so far); the simulator leaves them empty.
+    """
+
+    start_s: float
+    end_s: float
+    num_steps: int
+    tokens: int
+    first_tokens: tuple[int, ...] = ()
+    prefilled: tuple[int, ...] = ()
+    finished: tuple[int, ...] = ()
+    embeddings: Mapping[int, object] = field(default_factory=dict)
+    texts: Mapping[int, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """A scheduling policy: one object drives either engine."""
+
+    name: str
+
+    def plan(self, view: SchedulerView) -> StepPlan: ...
+
+    def observe(self, result: StepResult) -> None: ...
+
+
+@runtime_checkable
+class LengthPredictor(Protocol):
+    """Predicts a request's total output length in tokens.
+
+    ``generated`` is the number of tokens produced so far; ``embedding`` (or text) is
+    optional state from the engine. Returns the predicted *total* output length
+    (>= generated + 1 for an unfinished request).
+    """
+
+    name: str
+
+    def predict(self, request: RequestView, generated: int = 0, embedding: object | None = None) -> float: ...
+
+
+@runtime_checkable
+class LengthController(Protocol):
+    """Chooses per-request length targets (with their prompt instruction) for a batch."""
+
+    name: str
+
+    def target_lengths(self, batch: Sequence[RequestView], predicted: Sequence[float]) -> list[LengthDirective | None]: ...

@@ -1,0 +1,25 @@
+"""Every scheduling policy by name: one dict, one constructor each.
+
+Adding a policy is one file in ``policies/schedulers/`` and one line here.
+"""
+from __future__ import annotations
+
+from policies.schedulers.continuous import ContinuousBatching
+from policies.schedulers.static import StaticBatching
+
+POLICIES = {
+    "static": StaticBatching,
+    "continuous": ContinuousBatching,
+}
+
+
+def make_policy(name: str, **params):
+    """Build a policy by name; unknown names and parameters are reported with what is accepted."""
+    try:
+        cls = POLICIES[name]
+    except KeyError:
+        raise ValueError(f"unknown policy {name!r}; choose one of: {', '.join(sorted(POLICIES))}") from None
+    try:
+        return cls(**params)
+    except TypeError as e:
+        raise ValueError(f"policy {name!r}: {e}") from None

@@ -1,0 +1,233 @@
+"""Run records and metrics, one module for every engine.
+
+An engine fills a :class:`Recorder` (per-request and per-step records); after the run
+:func:`summarize` computes the summary from those records alone, so a simulated run and
+a real run are scored by the same code and can be compared column by column.
+
+Per-step records are stored per *segment*: a run of consecutive steps with the same
+batch (``num_steps`` > 1 only for decode-only steps), with the segment's start and end
+time, batch size, padded rows, tokens and the KV blocks in use at its end (the segment's
+maximum, since decode only grows the cache).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+NAN = float("nan")
+
+
+class Recorder:
+    def __init__(self, trace, kv_blocks: int, block_size: int):
+        n = len(trace)
+        self.trace = trace
+        self.kv_blocks = kv_blocks
+        self.block_size = block_size
+        self.admitted_s = np.full(n, NAN)
+        self.first_token_s = np.full(n, NAN)
+        self.last_token_s = np.full(n, NAN)
+        self.finish_s = np.full(n, NAN)
+        self.output_tokens = np.zeros(n, dtype=np.int64)  # tokens the request was to produce (after capping/control)
+        self.generated = np.zeros(n, dtype=np.int64)
+        self.preemptions = np.zeros(n, dtype=np.int64)
+        self.output_capped = np.zeros(n, dtype=bool)
+        self.qos = np.ones(n)
+        self.target_tokens = np.zeros(n, dtype=np.int64)  # 0: no length directive
+        self.predicted_tokens = np.full(n, NAN)
+        self.instruction: dict[int, str] = {}
+        self.reject_reason: dict[int, str] = {}
+        self.released = np.zeros(n, dtype=bool)
+        # segment columns
+        self.seg_start: list[float] = []
+        self.seg_end: list[float] = []
+        self.seg_steps: list[int] = []
+        self.seg_batch: list[int] = []
+        self.seg_padded: list[int] = []
+        self.seg_prefill_tokens: list[int] = []
+        self.seg_decode_tokens: list[int] = []
+        self.seg_kv_blocks: list[int] = []
+
+    def segment(self, start: float, end: float, steps: int, batch: int, padded: int, prefill_tokens: int,
+                decode_tokens: int, kv_blocks: int) -> None:
+        self.seg_start.append(start)
+        self.seg_end.append(end)
+        self.seg_steps.append(steps)
+        self.seg_batch.append(batch)
+        self.seg_padded.append(padded)
+        self.seg_prefill_tokens.append(prefill_tokens)
+        self.seg_decode_tokens.append(decode_tokens)
+        self.seg_kv_blocks.append(kv_blocks)
+
+    # -- tables ------------------------------------------------------------------
+    def requests_frame(self) -> pl.DataFrame:
+        t = self.trace
+        n = len(t)
+        rejected = np.zeros(n, dtype=bool)
+        reasons = [None] * n
+        for i, why in self.reject_reason.items():
+            rejected[i] = True
+            reasons[i] = why
+        return pl.DataFrame({
+            "request_id": t.request_id,
+            "arrival_s": t.arrival_s,
+            "admitted_s": self.admitted_s,
+            "first_token_s": self.first_token_s,
+            "last_token_s": self.last_token_s,
+            "finish_s": self.finish_s,
+            "prompt_tokens": t.prompt_tokens,
+            "trace_output_tokens": t.output_tokens,
+            "output_tokens": self.output_tokens,
+            "generated_tokens": self.generated,
+            "output_capped": self.output_capped,
+            "preemptions": self.preemptions,
+            "predicted_tokens": self.predicted_tokens,
+            "target_tokens": self.target_tokens,
+            "qos": self.qos,
+            "rejected": rejected,
+            "reject_reason": pl.Series(reasons, dtype=pl.Utf8),
+        }).with_columns(
+            e2e_latency_s=pl.col("finish_s") - pl.col("arrival_s"),
+            ttft_s=pl.col("first_token_s") - pl.col("arrival_s"),
+            queue_s=pl.col("admitted_s") - pl.col("arrival_s"),
+            tpot_s=pl.when(pl.col("generated_tokens") > 1)
+            .then((pl.col("last_token_s") - pl.col("first_token_s")) / (pl.col("generated_tokens") - 1))
+            .otherwise(None),
+        ).with_columns(
+            normalized_latency_s=pl.col("e2e_latency_s") / pl.col("generated_tokens"),
+        )
+
+    def steps_frame(self) -> pl.DataFrame:
+        return pl.DataFrame({
+            "start_s": np.asarray(self.seg_start, dtype=np.float64),
+            "end_s": np.asarray(self.seg_end, dtype=np.float64),
+            "num_steps": np.asarray(self.seg_steps, dtype=np.int64),
+            "batch_size": np.asarray(self.seg_batch, dtype=np.int64),
+            "padded_rows": np.asarray(self.seg_padded, dtype=np.int64),
+            "prefill_tokens": np.asarray(self.seg_prefill_tokens, dtype=np.int64),
+            "decode_tokens": np.asarray(self.seg_decode_tokens, dtype=np.int64),
+            "kv_blocks_used": np.asarray(self.seg_kv_blocks, dtype=np.int64),
+        })
+
+
+def _stats(x: np.ndarray) -> dict:
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return {"mean": None, "p50": None, "p90": None, "p99": None}
+    return {
+        "mean": float(x.mean()),
+        "p50": float(np.percentile(x, 50)),
+        "p90": float(np.percentile(x, 90)),
+        "p99": float(np.percentile(x, 99)),
+    }
+
+
+def summarize(requests: pl.DataFrame, steps: pl.DataFrame, kv_blocks: int) -> dict:
+    """The run summary, from the per-request and per-step tables only."""
+    done = requests.filter(~pl.col("rejected") & pl.col("finish_s").is_not_null() & pl.col("finish_s").is_not_nan())
+    n_fin = done.height
+    out_tokens = int(done["generated_tokens"].sum()) if n_fin else 0
+    if n_fin:
+        t0 = float(requests["arrival_s"].min())
+        t1 = float(done["finish_s"].max())
+        span = max(t1 - t0, 1e-12)
+    else:
+        span = NAN
+    busy = float((steps["end_s"] - steps["start_s"]).sum()) if steps.height else 0.0
+    step_count = int(steps["num_steps"].sum()) if steps.height else 0
+    rows = int((steps["batch_size"] * steps["num_steps"]).sum()) if steps.height else 0
+    padded = int((steps["padded_rows"] * steps["num_steps"]).sum()) if steps.height else 0
+    if steps.height:
+        dur = (steps["end_s"] - steps["start_s"]).to_numpy()
+        kv_util = float((steps["kv_blocks_used"].to_numpy() * dur).sum() / max(dur.sum(), 1e-12) / kv_blocks)
+    else:
+        kv_util = 0.0
+    col = lambda name: done[name].cast(pl.Float64).to_numpy() if n_fin else np.array([])
+    qos = col("qos")
+    summary = {
+        "num_requests": requests.height,
+        "num_finished": n_fin,
+        "num_rejected": int(requests["rejected"].sum()),
+        "num_output_capped": int(requests["output_capped"].sum()),
+        "output_tokens": out_tokens,
+        "prompt_tokens": int(done["prompt_tokens"].sum()) if n_fin else 0,
+        "makespan_s": span,
+        "throughput_requests_per_s": n_fin / span if n_fin else 0.0,
+        "throughput_output_tokens_per_s": out_tokens / span if n_fin else 0.0,
+        "e2e_latency_s": _stats(col("e2e_latency_s")),
+        "ttft_s": _stats(col("ttft_s")),
+        "tpot_s": _stats(col("tpot_s")),
+        "normalized_latency_s": _stats(col("normalized_latency_s")),
+        "queue_s": _stats(col("queue_s")),
+        "preemptions": int(requests["preemptions"].sum()),
+        "gpu_busy_fraction": busy / span if n_fin else 0.0,
+        "num_steps": step_count,
+        "mean_batch_size": rows / step_count if step_count else 0.0,
+        "padding_waste": padded / rows if rows else 0.0,
+        "kv_utilization_mean": kv_util,
+        "kv_blocks_peak": int(steps["kv_blocks_used"].max()) if steps.height else 0,
+        "kv_blocks_capacity": kv_blocks,
+        "qos_mean": float(qos.mean()) if len(qos) else None,
+        "qos_p10": float(np.percentile(qos, 10)) if len(qos) else None,
+    }
+    if requests.height and requests["rejected"].any():
+        reasons = requests.filter(pl.col("rejected")).group_by("reject_reason").len().sort("reject_reason")
+        summary["reject_reasons"] = {r: int(c) for r, c in reasons.iter_rows()}
+    return summary
+
+
+def _clean(obj):
+    """JSON-safe copy: NaN/inf become null so files are valid JSON."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+@dataclass
+class RunResult:
+    requests: pl.DataFrame
+    steps: pl.DataFrame
+    summary: dict
+    config: dict
+
+    def write(self, out_dir: str | Path) -> Path:
+        """Write requests.parquet, steps.parquet, summary.json and config.json (deterministic bytes)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.requests.write_parquet(out / "requests.parquet", statistics=False)
+        self.steps.write_parquet(out / "steps.parquet", statistics=False)
+        (out / "summary.json").write_text(json.dumps(_clean(self.summary), indent=2, sort_keys=True) + "\n")
+        (out / "config.json").write_text(json.dumps(_clean(self.config), indent=2, sort_keys=True) + "\n")
+        return out
+
+
+def format_summary(s: dict) -> str:
+    """A human-readable table of the main figures."""
+    def row(label, d, scale=1.0, unit="s"):
+        if not d or d.get("mean") is None:
+            return f"  {label:<22} -"
+        return (f"  {label:<22} mean {d['mean'] * scale:9.3f}  p50 {d['p50'] * scale:9.3f}  "
+                f"p90 {d['p90'] * scale:9.3f}  p99 {d['p99'] * scale:9.3f} {unit}")
+    lines = [
+        f"  requests               {s['num_requests']} ({s['num_finished']} finished, {s['num_rejected']} rejected, "
+        f"{s.get('num_output_capped', 0)} capped at the model context)",
+        f"  throughput             {s['throughput_requests_per_s']:.3f} req/s, {s['throughput_output_tokens_per_s']:.1f} output tok/s",
+        row("end-to-end latency", s["e2e_latency_s"]),
+        row("time to first token", s["ttft_s"]),
+        row("time per output token", s["tpot_s"], 1000.0, "ms"),
+        f"  GPU busy {s['gpu_busy_fraction']:.1%}, mean batch {s['mean_batch_size']:.1f}, padding waste "
+        f"{s['padding_waste']:.1%}, KV utilisation {s['kv_utilization_mean']:.1%}, preemptions {s['preemptions']}",
+    ]
+    if s.get("qos_mean") is not None:
+        lines.append(f"  QoS (share of natural answer kept) mean {s['qos_mean']:.3f}")
+    if "sim_wall_s" in s:
+        lines.append(f"  simulation wall time   {s['sim_wall_s']:.2f} s")
+    return "\n".join(lines)

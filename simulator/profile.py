@@ -1,0 +1,140 @@
+"""Versioned calibration profiles: the data behind the step-time model.
+
+A profile is a JSON file, not code. It records where its numbers came from (GPU, dtype,
+model shape, software versions, date, a derivation note), the raw samples, and the
+fitted coefficients of one step-time model::
+
+    step_ms = fixed_step_ms                                     # LM head, sampling, framework
+            + linear_ops(N)                                   # all non-attention work for N tokens
+            + [B > 0] * (d_step + d_seq * B + d_ctx * sum_K)  # decode attention, B rows, K cached each
+            + sum over prefill chunks (p_chunk + p_sq * C**2 + p_ctx * C * K0)
+
+where N = B + (padded) prefill tokens of the step, C = a chunk's new tokens and K0 the
+tokens that request already had cached. ``linear_ops`` is a piecewise-linear table in N
+(linear extrapolation past its last point).
+
+The runner's profiler writes profiles in this format; :func:`load_profile` checks it.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+DEFAULT_PROFILE = "a100-llama-2-7b-fp16"
+
+REQUIRED = {
+    "schema_version": int,
+    "name": str,
+    "gpu": dict,
+    "model": dict,
+    "dtype": str,
+    "memory": dict,
+    "coefficients": dict,
+    "created": str,
+    "derivation": str,
+}
+REQUIRED_MODEL = ("name", "n_layers", "hidden", "n_heads", "n_kv_heads", "intermediate", "vocab", "max_context")
+REQUIRED_MEMORY = ("gpu_memory_bytes", "weights_bytes", "kv_bytes_per_token", "gpu_memory_utilization",
+                   "activation_reserve_bytes", "block_size")
+REQUIRED_COEFF = ("fixed_step_ms", "linear_ops", "decode_attn", "prefill_attn")
+
+
+class ProfileError(ValueError):
+    """A profile file is malformed; the message names the file and field."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    data: dict
+    path: str
+
+    @property
+    def name(self) -> str:
+        return self.data["name"]
+
+    @property
+    def coefficients(self) -> dict:
+        return self.data["coefficients"]
+
+    @property
+    def memory(self) -> dict:
+        return self.data["memory"]
+
+    @property
+    def model(self) -> dict:
+        return self.data["model"]
+
+    def kv_blocks(self, block_size: int | None = None, gpu_memory_utilization: float | None = None) -> int:
+        """Number of KV blocks: (memory x utilisation - weights - activation reserve) / block bytes."""
+        m = self.memory
+        bs = int(block_size or m["block_size"])
+        util = float(gpu_memory_utilization if gpu_memory_utilization is not None else m["gpu_memory_utilization"])
+        free = m["gpu_memory_bytes"] * util - m["weights_bytes"] - m["activation_reserve_bytes"]
+        blocks = int(free // (m["kv_bytes_per_token"] * bs))
+        if blocks < 1:
+            raise ProfileError(
+                f"profile {self.path}: no memory left for the KV cache ({m['gpu_memory_bytes']} B x {util} "
+                f"- weights {m['weights_bytes']} B - reserve {m['activation_reserve_bytes']} B)"
+            )
+        return blocks
+
+
+def _check(data: dict, path: str) -> None:
+    for key, typ in REQUIRED.items():
+        if key not in data:
+            raise ProfileError(f"profile {path}: missing field {key!r}")
+        if not isinstance(data[key], typ):
+            raise ProfileError(f"profile {path}: field {key!r} should be {typ.__name__}, got {type(data[key]).__name__}")
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise ProfileError(f"profile {path}: schema_version {data['schema_version']} is not supported (expected {SCHEMA_VERSION})")
+    for section, keys in (("model", REQUIRED_MODEL), ("memory", REQUIRED_MEMORY), ("coefficients", REQUIRED_COEFF)):
+        for k in keys:
+            if k not in data[section]:
+                raise ProfileError(f"profile {path}: missing field {section}.{k}")
+    table = data["coefficients"]["linear_ops"]
+    if not isinstance(table, list) or len(table) < 2 or any(len(p) != 2 for p in table):
+        raise ProfileError(f"profile {path}: coefficients.linear_ops must be a list of >= 2 [num_tokens, ms] pairs")
+    xs = [p[0] for p in table]
+    if any(b <= a for a, b in zip(xs, xs[1:])):
+        raise ProfileError(f"profile {path}: coefficients.linear_ops num_tokens must be strictly increasing")
+    for sec, keys in (("decode_attn", ("per_step_ms", "per_seq_ms", "per_ctx_token_ms")),
+                      ("prefill_attn", ("per_chunk_ms", "per_sq_token_ms", "per_ctx_token_ms"))):
+        for k in keys:
+            v = data["coefficients"][sec].get(k)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ProfileError(f"profile {path}: coefficients.{sec}.{k} must be a finite number >= 0, got {v!r}")
+
+
+def load_profile(name_or_path: str | Path | None = None) -> Profile:
+    """Load a bundled profile by name (default A100 / Llama-2-7B) or a profile file by path."""
+    name_or_path = str(name_or_path or DEFAULT_PROFILE)
+    p = Path(name_or_path)
+    if p.suffix == ".json" or p.exists():
+        if not p.exists():
+            raise ProfileError(f"profile file {p} does not exist")
+        text, path = p.read_text(), str(p)
+    else:
+        res = resources.files("simulator") / "profiles" / f"{name_or_path}.json"
+        if not res.is_file():
+            raise ProfileError(f"unknown profile {name_or_path!r}; bundled: {', '.join(bundled_profiles())} (or give a .json path)")
+        text, path = res.read_text(), f"<bundled {name_or_path}>"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ProfileError(f"profile {path}: not valid JSON ({e})") from None
+    _check(data, path)
+    return Profile(data=data, path=path)
+
+
+def save_profile(data: dict, path: str | Path) -> None:
+    _check(data, str(path))
+    Path(path).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def bundled_profiles() -> list[str]:
+    d = resources.files("simulator") / "profiles"
+    return sorted(f.name[:-5] for f in d.iterdir() if f.name.endswith(".json"))
