@@ -70,6 +70,7 @@ def simulate(trace: Trace, policy: Policy, config: SimConfig = SimConfig(), *, p
                                 f"context of {max_context} tokens")
     rng = np.random.default_rng(config.seed)
     ex = SimExecutor(output, cost, kv, rec, prompt, length_response=length_response, rng=rng)
+    bind_truth(policy, ex.true_output)
     views = request_views(trace, max_output)
     arrivals = trace.arrival_s
     env = simpy.Environment()
@@ -138,6 +139,17 @@ def simulate(trace: Trace, policy: Policy, config: SimConfig = SimConfig(), *, p
            "profile_path": profile.path, "kv_blocks": blocks, "trace": trace.name, "trace_notes": trace.notes,
            "num_requests": n}
     return RunResult(requests=requests, steps=steps, summary=summary, config=cfg)
+
+
+def bind_truth(policy, true_output) -> None:
+    """Give simulated predictors (models of a real predictor's error) the true output lengths.
+
+    Only a policy's ``predictor`` may ask (by having ``bind_truth``); the policy itself
+    never sees the truth. ``true_output(request_id)`` is the length after any length control.
+    """
+    predictor = getattr(policy, "predictor", None)
+    if predictor is not None and hasattr(predictor, "bind_truth"):
+        predictor.bind_truth(true_output)
 
 
 def _policy_config(policy) -> dict:

@@ -38,6 +38,10 @@ class SimExecutor:
         self._decode_idx = np.empty(0, dtype=np.int64)
         self._decode_slots = np.empty(0, dtype=np.int64)
 
+    def true_output(self, request_id: int) -> int:
+        """The request's true output length (after capping and length control)."""
+        return int(self.rec.output_tokens[request_id])
+
     # -- plan side effects that happen at the plan's start ----------------------
     def apply_directives(self, plan: StepPlan) -> None:
         for d in plan.directives:

@@ -1,0 +1,81 @@
+"""``syncintellects simulate``: one trace, one policy, one replica, simulated."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from syncintellects.spec import RunSpec, run_simulation
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Trace, policy and predictor flags shared by simulate, run and validate."""
+    p.add_argument("--trace", default="azure-conv", help="bundled trace name (azure-conv, azure-code, ...) or a CSV/JSON path")
+    p.add_argument("--policy", default="continuous", help="scheduling policy (see `syncintellects policies`)")
+    p.add_argument("--rate", type=float, default=None, help="rescale arrivals to this mean rate in requests/s")
+    p.add_argument("--num-requests", type=int, default=None, help="take the first N requests")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=None, help="batch size of static / length-grouped batching")
+    p.add_argument("--predictor", default=None, help="length predictor: oracle, noisy, prompt, progressive")
+    p.add_argument("--predictor-model", default=None, help="directory written by train-predictor")
+    p.add_argument("--length-control", choices=("off", "on"), default="off")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra policy parameter (repeatable), e.g. --param max_num_seqs=128")
+
+
+def parse_params(items: list[str]) -> tuple:
+    out = []
+    for it in items:
+        if "=" not in it:
+            raise ValueError(f"--param {it!r}: expected NAME=VALUE")
+        k, v = it.split("=", 1)
+        try:
+            v = json.loads(v)
+        except json.JSONDecodeError:
+            pass
+        out.append((k.strip(), v))
+    return tuple(out)
+
+
+def spec_from_args(args) -> RunSpec:
+    return RunSpec(trace=args.trace, policy=args.policy, rate=args.rate, num_requests=args.num_requests,
+                   seed=args.seed, profile=getattr(args, "profile", None) or RunSpec.profile,
+                   batch_size=args.batch_size, predictor=args.predictor, predictor_model=args.predictor_model,
+                   length_control=args.length_control == "on", kv_blocks=getattr(args, "kv_blocks", None),
+                   policy_params=parse_params(args.param))
+
+
+def register(sub) -> None:
+    p = sub.add_parser("simulate", help="simulate one replica serving a trace under a policy",
+                       description="Simulate one GPU replica serving a trace under a policy; writes summary.json, "
+                                   "requests.parquet, steps.parquet and config.json to --out.")
+    add_run_arguments(p)
+    p.add_argument("--profile", default=None, help="calibration profile: bundled name or a profile .json path")
+    p.add_argument("--kv-blocks", type=int, default=None, help="override the KV-cache size in blocks")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
+    p.set_defaults(func=run)
+
+    q = sub.add_parser("policies", help="list the scheduling policies")
+    q.set_defaults(func=list_policies)
+
+
+def run(args) -> int:
+    from simulator.metrics import format_summary
+
+    spec = spec_from_args(args)
+    result = run_simulation(spec, progress=not args.quiet)
+    out = result.write(args.out)
+    if not args.quiet:
+        print(f"{spec.policy} on {spec.trace} ({result.summary['num_requests']} requests):")
+        print(format_summary(result.summary))
+        print(f"results in {out}/ (summary.json, requests.parquet, steps.parquet, config.json)")
+    return 0
+
+
+def list_policies(args) -> int:
+    from policies.registry import POLICIES
+
+    for name, cls in sorted(POLICIES.items()):
+        doc = (cls.__doc__ or cls.__module__ and __import__(cls.__module__, fromlist=["x"]).__doc__ or "").strip()
+        print(f"{name:<16} {doc.splitlines()[0] if doc else ''}")
+    return 0

@@ -1,0 +1,100 @@
+"""A run specification: everything that determines one run, and how to build it.
+
+``RunSpec`` is a small frozen dataclass (so a sweep is a list of them, and a result row
+carries its spec). :func:`prepare` turns a spec into the trace, the policy object and the
+simulator settings; both the simulator and the real runner start from it, so they see
+the same requests and the same policy.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+from policies.registry import make_policy
+from simulator.engine import SimConfig, simulate
+from simulator.metrics import RunResult
+from traces.schema import Trace
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    trace: str = "azure-conv"
+    policy: str = "continuous"
+    rate: float | None = None            # requests/s; None keeps the trace's own arrivals
+    num_requests: int | None = None      # first N requests (after rate scaling)
+    seed: int = 0
+    profile: str = "a100-llama-2-7b-fp16"
+    batch_size: int | None = None        # static / length-grouped batching
+    predictor: str | None = None         # oracle | noisy | prompt | progressive
+    predictor_model: str | None = None   # trained predictor directory (prompt / progressive)
+    length_control: bool = False
+    kv_blocks: int | None = None
+    max_context: int | None = None
+    policy_params: tuple = field(default_factory=tuple)  # extra (name, value) pairs for the policy
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["policy_params"] = dict(self.policy_params)
+        return d
+
+    def with_(self, **changes) -> "RunSpec":
+        return replace(self, **changes)
+
+
+def load_spec_trace(spec: RunSpec) -> Trace:
+    """The spec's trace: loaded, rate-rescaled, then cut to the first N requests."""
+    from traces import load_trace, rescale_rate
+
+    trace = load_trace(spec.trace)
+    if spec.rate is not None:
+        trace = rescale_rate(trace, spec.rate)
+    if spec.num_requests is not None:
+        if spec.num_requests < 1:
+            raise ValueError(f"--num-requests must be >= 1, got {spec.num_requests}")
+        trace = trace.head(spec.num_requests)
+    return trace
+
+
+def build_policy(spec: RunSpec, trace: Trace):
+    """The policy object for a spec, with its predictor and length controller if asked for."""
+    params = dict(spec.policy_params)
+    if spec.batch_size is not None:
+        params["batch_size"] = spec.batch_size
+    if spec.predictor is not None:
+        from policies.predictors import make_predictor
+
+        params["predictor"] = make_predictor(spec.predictor, trace=trace, seed=spec.seed, model_dir=spec.predictor_model)
+    if spec.length_control:
+        from policies.control import make_controller
+
+        params["controller"] = make_controller()
+    return make_policy(spec.policy, **params)
+
+
+def length_response_model(spec: RunSpec):
+    """The simulator's model of how responses react to length instructions (None when control is off)."""
+    if not spec.length_control:
+        return None
+    from policies.control import default_length_response
+
+    return default_length_response()
+
+
+def prepare(spec: RunSpec) -> tuple[Trace, object, SimConfig]:
+    trace = load_spec_trace(spec)
+    policy = build_policy(spec, trace)
+    cfg = SimConfig(profile=spec.profile, kv_blocks=spec.kv_blocks, max_context=spec.max_context, seed=spec.seed)
+    return trace, policy, cfg
+
+
+def run_simulation(spec: RunSpec, progress: bool = False) -> RunResult:
+    trace, policy, cfg = prepare(spec)
+    cfg = replace(cfg, progress=progress)
+    result = simulate(trace, policy, cfg, length_response=length_response_model(spec))
+    result.config["spec"] = spec.to_dict()
+    return result
+
+
+def seeded_rng(spec: RunSpec, stream: int = 0) -> np.random.Generator:
+    return np.random.default_rng([spec.seed, stream])
