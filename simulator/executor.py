@@ -163,6 +163,6 @@ class SimExecutor:
                 rec.last_token_s[done] = end
                 finished.extend(done.tolist())
         prefill_tokens = sum(max(c, plan.prefill_pad_to) for c, _ in chunks)
-        rec.segment(now, end, 1, len(idx) + len(chunks), len(idx) - n_active, prefill_tokens, n_active, kv.used_blocks)
+        rec.segment(now, end, 1, len(idx) + len(chunks), len(idx) - n_active, prefill_tokens, tokens, kv.used_blocks)
         return StepResult(start_s=now, end_s=end, num_steps=1, tokens=tokens, first_tokens=tuple(first),
                           prefilled=tuple(prefilled), finished=tuple(finished))

@@ -6,7 +6,8 @@ a real run are scored by the same code and can be compared column by column.
 
 Per-step records are stored per *segment*: a run of consecutive steps with the same
 batch (``num_steps`` > 1 only for decode-only steps), with the segment's start and end
-time, batch size, padded rows, tokens and the KV blocks in use at its end (the segment's
+time, batch size (decode rows + prefill chunks), padded rows, prefill tokens (padded), useful
+output tokens made (decode rows and prefills that completed), and the KV blocks in use at its end (the segment's
 maximum, since decode only grows the cache).
 """
 from __future__ import annotations
@@ -49,18 +50,18 @@ class Recorder:
         self.seg_batch: list[int] = []
         self.seg_padded: list[int] = []
         self.seg_prefill_tokens: list[int] = []
-        self.seg_decode_tokens: list[int] = []
+        self.seg_output_tokens: list[int] = []
         self.seg_kv_blocks: list[int] = []
 
     def segment(self, start: float, end: float, steps: int, batch: int, padded: int, prefill_tokens: int,
-                decode_tokens: int, kv_blocks: int) -> None:
+                output_tokens: int, kv_blocks: int) -> None:
         self.seg_start.append(start)
         self.seg_end.append(end)
         self.seg_steps.append(steps)
         self.seg_batch.append(batch)
         self.seg_padded.append(padded)
         self.seg_prefill_tokens.append(prefill_tokens)
-        self.seg_decode_tokens.append(decode_tokens)
+        self.seg_output_tokens.append(output_tokens)
         self.seg_kv_blocks.append(kv_blocks)
 
     # -- tables ------------------------------------------------------------------
@@ -109,7 +110,7 @@ class Recorder:
             "batch_size": np.asarray(self.seg_batch, dtype=np.int64),
             "padded_rows": np.asarray(self.seg_padded, dtype=np.int64),
             "prefill_tokens": np.asarray(self.seg_prefill_tokens, dtype=np.int64),
-            "decode_tokens": np.asarray(self.seg_decode_tokens, dtype=np.int64),
+            "output_tokens": np.asarray(self.seg_output_tokens, dtype=np.int64),
             "kv_blocks_used": np.asarray(self.seg_kv_blocks, dtype=np.int64),
         })
 

@@ -1,0 +1,35 @@
+"""Shared test helpers: small traces and a step-by-step wrapper for any policy."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from traces.schema import make_trace
+
+
+def small_trace(n=50, rate=2.0, seed=0, prompt=(20, 400), output=(1, 200), name="synthetic-test"):
+    rng = np.random.default_rng(seed)
+    arrivals = np.cumsum(rng.exponential(1.0 / rate, n))
+    return make_trace(name, arrivals, rng.integers(*prompt, n), rng.integers(*output, n))
+
+
+class OneStepAtATime:
+    """Wraps a policy so every plan runs a single step (the reference the multi-step engine must match)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name = inner.name
+
+    def plan(self, view):
+        plan = self.inner.plan(view)
+        return dataclasses.replace(plan, max_steps=1) if plan.max_steps > 1 else plan
+
+    def observe(self, result):
+        self.inner.observe(result)
+
+
+@pytest.fixture
+def trace50():
+    return small_trace()
