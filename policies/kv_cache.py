@@ -32,6 +32,8 @@ class KVCache:
         self._free_slots: list[int] = list(range(len(self._tokens) - 1, -1, -1))
         self.used_blocks = 0
         self.peak_blocks = 0
+        self._slots_key: object = None
+        self._slots_val = np.empty(0, dtype=np.int64)
 
     # -- queries -----------------------------------------------------------------
     @property
@@ -57,25 +59,37 @@ class KVCache:
     def __len__(self) -> int:
         return len(self._slot)
 
-    def slots(self, request_ids) -> np.ndarray:
-        """Slot indices of the given requests (for vectorised :meth:`append`)."""
+    def slots(self, request_ids: tuple) -> np.ndarray:
+        """Slot indices of the given requests (for vectorised :meth:`append`).
+
+        Policies keep one tuple object per batch composition; asking twice for the same tuple
+        object (policy, then executor) reuses the answer. Slots never move while held."""
+        if request_ids is self._slots_key:
+            return self._slots_val
         slot = self._slot
-        return np.fromiter((slot[r] for r in request_ids), dtype=np.int64, count=len(request_ids))
+        out = np.fromiter((slot[r] for r in request_ids), dtype=np.int64, count=len(request_ids))
+        self._slots_key, self._slots_val = request_ids, out
+        return out
+
+    def _last_block_room(self, slots: np.ndarray) -> np.ndarray:
+        """Histogram over the requests of free token positions left in their last block (0..bs-1)."""
+        return np.bincount((-self._tokens[slots]) % self.block_size, minlength=self.block_size)
 
     def growth_blocks(self, slots: np.ndarray, steps: int) -> int:
         """Blocks that growing every slot by ``steps`` tokens would add."""
         if steps <= 0 or len(slots) == 0:
             return 0
-        tokens = self._tokens[slots]
-        return int((-(-(tokens + steps) // self.block_size)).sum() - (-(-tokens // self.block_size)).sum())
+        q, r = divmod(steps, self.block_size)
+        room = self._last_block_room(slots)
+        return len(slots) * q + int(room[:r].sum())
 
     def max_decode_steps(self, slots: np.ndarray, limit: int) -> int:
         """Largest ``s <= limit`` such that growing every slot by ``s`` tokens still fits.
 
-        With ``f`` free token positions in a request's last block, ``s`` steps add
-        ``ceil(max(s - f, 0) / block_size)`` blocks; a histogram of ``f`` (block_size bins)
-        makes each evaluation O(block_size), and the answer lies within one block of
-        ``free_blocks * block_size / B``, so the search is short.
+        A request with ``f`` free positions in its last block needs ``ceil(max(s - f, 0) / bs)``
+        new blocks for ``s`` more tokens. Writing ``s = q * bs + r`` (0 <= r < bs), that is
+        ``q + [f < r]``, so the whole batch needs ``B * q + #{f < r}``: the largest fitting
+        ``s`` follows from ``q = free // B`` and a cumulative histogram of ``f``, no search.
         """
         b = len(slots)
         if limit <= 0 or b == 0:
@@ -84,26 +98,10 @@ class KVCache:
         free = self.num_blocks - self.used_blocks
         if b * (-(-(limit + bs - 1) // bs)) <= free:  # even the worst phase alignment fits
             return limit
-        tokens = self._tokens[slots]
-        hist = np.bincount((-tokens) % bs, minlength=bs)  # free positions in the last block
-        f = np.arange(bs)
-
-        def need(s: int) -> int:
-            return int((hist * (-(-np.maximum(s - f, 0) // bs))).sum())
-
-        lo = max(0, min(limit, free * bs // b - bs))
-        while lo > 0 and need(lo) > free:
-            lo = max(0, lo - bs)
-        hi = min(limit, free * bs // b + bs + 1)
-        if need(hi) <= free:
-            return hi
-        while hi - lo > 1:  # need(lo) fits, need(hi) does not
-            mid = (lo + hi) // 2
-            if need(mid) <= free:
-                lo = mid
-            else:
-                hi = mid
-        return lo
+        q, spare = divmod(free, b)
+        below = np.cumsum(self._last_block_room(slots))  # below[r - 1] = #{f < r}
+        r = int(np.searchsorted(below[:-1], spare, side="right"))  # largest r in [0, bs-1] with #{f < r} <= spare
+        return min(limit, q * bs + r)
 
     # -- updates -----------------------------------------------------------------
     def allocate(self, request_id: int, tokens: int) -> bool:
@@ -126,6 +124,7 @@ class KVCache:
     def free(self, request_id: int) -> int:
         """Release a request's blocks; returns how many were freed."""
         slot = self._slot.pop(request_id)
+        self._slots_key = None
         blocks = self.blocks_for(int(self._tokens[slot]))
         self._tokens[slot] = 0
         self._free_slots.append(slot)

@@ -1,0 +1,76 @@
+"""Plotly dashboards of sweep results: latency, throughput and QoS against load, per policy."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import plotly.graph_objects as go
+import polars as pl
+from plotly.subplots import make_subplots
+
+PANELS = (
+    ("e2e_latency_s_mean", "mean end-to-end latency (s)"),
+    ("e2e_latency_s_p99", "p99 end-to-end latency (s)"),
+    ("throughput_output_tokens_per_s", "throughput (output tokens/s)"),
+    ("ttft_s_mean", "mean time to first token (s)"),
+    ("tpot_s_mean", "mean time per output token (s)"),
+    ("qos_mean", "mean QoS (share of natural answer kept)"),
+)
+
+
+def series_label(row: dict) -> str:
+    parts = [row["policy"]]
+    if row.get("predictor"):
+        parts.append(row["predictor"])
+    if row.get("length_control"):
+        parts.append("control")
+    if row.get("batch_size"):
+        parts.append(f"B={row['batch_size']}")
+    return " / ".join(parts)
+
+
+def aggregate(df: pl.DataFrame) -> pl.DataFrame:
+    """Mean and standard deviation over seeds, per series and rate."""
+    df = df.with_columns(series=pl.Series([series_label(r) for r in df.iter_rows(named=True)]))
+    metrics = [m for m, _ in PANELS if m in df.columns]
+    return (df.group_by(["series", "rate"]).agg(
+        *[pl.col(m).mean().alias(m) for m in metrics],
+        *[pl.col(m).std().fill_null(0.0).alias(m + "_std") for m in metrics],
+        pl.len().alias("seeds"),
+    ).sort(["series", "rate"]))
+
+
+def build_figure(df: pl.DataFrame, title: str = "Sweep") -> go.Figure:
+    if "rate" not in df.columns or df["rate"].null_count() == df.height:
+        raise ValueError("the dashboard plots metrics against --rate; this sweep has no rate values")
+    agg = aggregate(df)
+    panels = [(m, t) for m, t in PANELS if m in agg.columns]
+    rows = (len(panels) + 1) // 2
+    fig = make_subplots(rows=rows, cols=2, subplot_titles=[t for _, t in panels])
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
+    for k, series in enumerate(agg["series"].unique(maintain_order=True).to_list()):
+        part = agg.filter(pl.col("series") == series)
+        for j, (m, _) in enumerate(panels):
+            fig.add_trace(go.Scatter(
+                x=part["rate"].to_list(), y=part[m].to_list(), name=series, legendgroup=series,
+                showlegend=j == 0, mode="lines+markers", line={"color": palette[k % len(palette)]},
+                error_y={"type": "data", "array": part[m + "_std"].to_list(), "visible": True},
+                hovertemplate=f"{series}<br>rate %{{x}} req/s<br>%{{y:.4g}}<extra></extra>",
+            ), row=j // 2 + 1, col=j % 2 + 1)
+    for j in range(len(panels)):
+        fig.update_xaxes(title_text="arrival rate (req/s)", row=j // 2 + 1, col=j % 2 + 1)
+    fig.update_layout(title=title, height=330 * rows, template="plotly_white")
+    return fig
+
+
+def write_dashboard(results: str | Path, out_html: str | Path | None = None, title: str | None = None) -> Path:
+    """Read a sweep's results.parquet (or its directory) and write a standalone HTML dashboard."""
+    path = Path(results)
+    if path.is_dir():
+        path = path / "results.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"no sweep results at {path} (run `syncintellects sweep --out DIR` first)")
+    df = pl.read_parquet(path)
+    out_html = Path(out_html) if out_html else path.parent / "dashboard.html"
+    fig = build_figure(df, title or f"Sweep: {path.parent.name}")
+    fig.write_html(out_html, include_plotlyjs=True, full_html=True, div_id="dashboard")
+    return out_html
