@@ -89,7 +89,8 @@ def _finish(p: Parsed, path: Path, name: str, sort: bool, arrivals, rate, cv, se
 
     if p.arrival_ticks is None and arrivals is None:
         raise TraceError(f"{path}: the {p.fmt} format has no arrival times; pass arrivals='poisson' (or 'gamma' "
-                         f"with cv=), rate=<req/s> and seed=<int> to draw synthetic arrivals")
+                         f"with cv=), rate=<req/s> and seed=<int> to draw synthetic arrivals (command line: "
+                         f"--synthetic-arrivals, --synthetic-rate, --synthetic-seed)")
     order = None
     if p.arrival_ticks is not None:
         ticks = p.arrival_ticks[keep]

@@ -36,8 +36,8 @@ def slice_window(trace: Trace, start_s: float, end_s: float, rebase: bool = True
     With ``rebase`` (default) arrival times are shifted by ``-start_s`` so the window
     starts at 0 and the idle time before its first request is kept. Request ids are kept.
     """
-    if not (math.isfinite(start_s) and math.isfinite(end_s) and end_s > start_s):
-        raise TraceError(f"slice_window: need finite start_s < end_s, got [{start_s!r}, {end_s!r})")
+    if not (math.isfinite(start_s) and end_s > start_s):  # end_s may be +inf: "to the end"
+        raise TraceError(f"slice_window: need a finite start_s < end_s, got [{start_s!r}, {end_s!r})")
     idx = np.flatnonzero((trace.arrival_s >= start_s) & (trace.arrival_s < end_s))
     if len(idx) == 0:
         span = f"[{trace.arrival_s[0]:.6g}, {trace.arrival_s[-1]:.6g}] s" if len(trace) else "(empty)"
