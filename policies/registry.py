@@ -10,6 +10,11 @@ from policies.schedulers.static import StaticBatching
 POLICIES = {
     "static": StaticBatching,
     "continuous": ContinuousBatching,
+    "length-grouped": __import__("policies.schedulers.length_grouped", fromlist=["x"]).LengthGroupedBatching,
+    "sjf": __import__("policies.schedulers.sjf", fromlist=["x"]).SJFBatching,
+    "srpt": __import__("policies.schedulers.srpt", fromlist=["x"]).SRPTBatching,
+    "syncintellects": __import__("policies.schedulers.syncintellects", fromlist=["x"]).SyncIntellects,
+    "syncintellects-continuous": __import__("policies.schedulers.syncintellects", fromlist=["x"]).SyncIntellectsContinuous,
 }
 
 
