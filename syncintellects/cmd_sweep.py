@@ -72,7 +72,7 @@ def register(sub) -> None:
     d.set_defaults(func=dashboard)
 
     m = sub.add_parser("demo", help="the default study: static vs continuous batching on the Azure conversation "
-                                    "trace at four loads, with a dashboard")
+                                    "trace at six loads, with a dashboard")
     m.add_argument("--out", default="results/demo")
     m.add_argument("--num-requests", type=int, default=2000)
     m.add_argument("--workers", type=int, default=None)
@@ -112,7 +112,7 @@ def demo(args) -> int:
     from syncintellects.dashboard import write_dashboard
 
     base = RunSpec(trace="azure-conv", num_requests=args.num_requests)
-    specs = expand(base, {"policy": ["static", "continuous"], "rate": [0.5, 1.0, 1.5, 2.0]})
+    specs = expand(base, {"policy": ["static", "continuous"], "rate": [0.5, 1.0, 1.5, 2.0, 3.0, 4.0]})
     print(f"Simulating {len(specs)} runs of {args.num_requests} Azure conversation requests on one A100 "
           f"(Llama-2-7B, fp16 profile): static task batching (B=16) vs continuous batching.")
     df = run_sweep(specs, workers=args.workers, out=args.out)
