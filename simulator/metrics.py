@@ -175,10 +175,34 @@ def summarize(requests: pl.DataFrame, steps: pl.DataFrame, kv_blocks: int) -> di
         "qos_mean": float(qos.mean()) if len(qos) else None,
         "qos_p10": float(np.percentile(qos, 10)) if len(qos) else None,
     }
+    summary.update(_prediction_and_batch_figures(done))
     if requests.height and requests["rejected"].any():
         reasons = requests.filter(pl.col("rejected")).group_by("reject_reason").len().sort("reject_reason")
         summary["reject_reasons"] = {r: int(c) for r, c in reasons.iter_rows()}
     return summary
+
+
+def _prediction_and_batch_figures(done: pl.DataFrame) -> dict:
+    """Predictor error, overruns, QoS spread and per-batch padding (for batch-at-a-time policies)."""
+    out: dict = {}
+    pred = done.filter(pl.col("predicted_tokens").is_not_nan())
+    if pred.height:
+        err = (pred["predicted_tokens"] - pred["output_tokens"]).to_numpy()
+        out["prediction_mae_tokens"] = float(np.abs(err).mean())
+        out["prediction_overrun_fraction"] = float((err < 0).mean())  # the answer ran past its first prediction
+    out["controlled_fraction"] = float((done["target_tokens"] > 0).mean()) if done.height else 0.0
+    if done.height:
+        out["qos_p50"] = float(done["qos"].median())
+    # A batch of a static policy = the requests prefilled in one step and released together.
+    batches = (done.group_by(["admitted_s", "finish_s"])
+               .agg(pl.len().alias("n"), pl.col("generated_tokens").sum().alias("made"),
+                    pl.col("generated_tokens").max().alias("longest"))
+               .filter(pl.col("n") > 1))
+    if batches.height:
+        waste = (1.0 - batches["made"] / (batches["n"] * batches["longest"])).to_numpy()
+        out["batch_padding_waste"] = _stats(waste)
+        out["num_batches"] = batches.height
+    return out
 
 
 def _clean(obj):
