@@ -87,21 +87,31 @@ class RowChecker:
         self.bad = np.zeros(len(self.where), dtype=bool)
         # Rows a format's filter removed (e.g. another model's rows): not checked, not "bad".
         self.active = np.ones(len(self.where), dtype=bool)
-        self.first_problem: str | None = None
+        self.problems: list[tuple[int, str]] = []  # (row index, message) of each check's first new bad row
 
     def flag(self, bad: np.ndarray, column: str, values, expected: str, hint: str = "") -> None:
-        """Report rows where ``bad`` is true (values: the raw strings, for the message)."""
+        """Mark rows where ``bad`` is true (values: the raw strings, for the message).
+
+        Nothing is raised here: :meth:`raise_if_bad` reports the problem on the earliest
+        line once every column has been checked, so the first error in the file is named.
+        """
         bad = np.asarray(bad, dtype=bool) & self.active
-        if not bad.any():
+        new = bad & ~self.bad
+        if not new.any():
             return
-        i = int(np.argmax(bad & ~self.bad)) if (bad & ~self.bad).any() else int(np.argmax(bad))
+        i = int(np.argmax(new))
         got = values[i]
-        msg = (f"{self.path}: {self.line_word} {self.where[i]}, column {column!r}: got "
-               f"{'a missing value' if got is None else repr(got)}, expected {expected}{hint}")
-        if not self.skip:
-            raise TraceError(msg + "; pass skip_bad_rows=True to drop bad rows (they are counted and reported)")
-        self.first_problem = self.first_problem or msg
+        self.problems.append((i, f"{self.path}: {self.line_word} {self.where[i]}, column {column!r}: got "
+                                 f"{'a missing value' if got is None else repr(got)}, expected {expected}{hint}"))
         self.bad |= bad
+
+    def first_problem(self) -> str | None:
+        return min(self.problems)[1] if self.problems else None
+
+    def raise_if_bad(self) -> None:
+        if self.problems and not self.skip:
+            raise TraceError(self.first_problem() + "; pass skip_bad_rows=True to drop bad rows (they are counted "
+                             "and reported)")
 
     def integers(self, series: pl.Series, column: str, minimum: int | None = None, hint: str = "") -> np.ndarray:
         raw = series.to_list()
@@ -129,12 +139,13 @@ class RowChecker:
         return self.active & ~self.bad
 
     def report(self, notes: dict) -> dict:
-        """Record skipped rows in ``notes`` (and warn); a no-op when nothing was skipped."""
+        """Raise on bad rows, or (skipping) record them in ``notes`` and warn; no-op when all rows are good."""
+        self.raise_if_bad()
         n_bad = int((self.bad & self.active).sum())
         if n_bad:
             notes["skipped_bad_rows"] = n_bad
-            notes["first_skipped_problem"] = self.first_problem
-            warnings.warn(f"{self.path}: skipped {n_bad} bad row(s) of {len(self.bad)}; first: {self.first_problem}",
+            notes["first_skipped_problem"] = self.first_problem()
+            warnings.warn(f"{self.path}: skipped {n_bad} bad row(s) of {len(self.bad)}; first: {self.first_problem()}",
                           stacklevel=3)
         return notes
 
