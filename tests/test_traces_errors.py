@@ -139,3 +139,9 @@ def test_all_rows_bad(tmp_path):
     f = _write(tmp_path, "azure.csv", AZURE_HEAD + "2023-11-16 18:15:47.1,x,1\n")
     with pytest.warns(UserWarning), pytest.raises(TraceError, match="no usable rows"):
         load_trace(f, skip_bad_rows=True)
+
+
+def test_duplicate_request_id(tmp_path):
+    f = _write(tmp_path, "p.csv", "request_id,arrival_s,prompt_tokens,output_tokens\n7,0,1,1\n8,1,1,1\n7,2,1,1\n")
+    with pytest.raises(TraceError, match=r"p\.csv: line 4, column 'request_id': got '7', expected an id not used"):
+        load_trace(f)

@@ -172,13 +172,17 @@ def read_burstgpt(path: Path, df: pl.DataFrame, checker: RowChecker, drop_failed
 def read_project(path: Path, df: pl.DataFrame, checker: RowChecker, **opts) -> Parsed:
     _no_opts("project", opts)
     text = {c: (df[c].fill_null("").to_list() if c in df.columns else None) for c in ("prompt", "response", "slo_class")}
+    request_id = None
+    if "request_id" in df.columns:
+        request_id = checker.integers(df["request_id"], "request_id")
+        seen = np.zeros(len(request_id), dtype=bool)
+        seen[np.unique(request_id, return_index=True)[1]] = True  # first use of each id
+        checker.flag(~seen, "request_id", df["request_id"].to_list(), "an id not used by an earlier row")
     return Parsed(
         "project", checker,
         prompt_tokens=checker.integers(df["prompt_tokens"], "prompt_tokens", 1),
         output_tokens=checker.integers(df["output_tokens"], "output_tokens", 1),
-        arrival_ticks=checker.floats(df["arrival_s"], "arrival_s"),
-        request_id=checker.integers(df["request_id"], "request_id") if "request_id" in df.columns else None,
-        **text,
+        arrival_ticks=checker.floats(df["arrival_s"], "arrival_s"), request_id=request_id, **text,
     )
 
 
