@@ -194,7 +194,7 @@ def _prediction_and_batch_figures(done: pl.DataFrame) -> dict:
     if done.height:
         out["qos_p50"] = float(done["qos"].median())
     # A batch of a static policy = the requests prefilled in one step and released together.
-    batches = (done.group_by(["admitted_s", "finish_s"])
+    batches = (done.group_by(["admitted_s", "finish_s"], maintain_order=True)  # stable order: same sums every run
                .agg(pl.len().alias("n"), pl.col("generated_tokens").sum().alias("made"),
                     pl.col("generated_tokens").max().alias("longest"))
                .filter(pl.col("n") > 1))
