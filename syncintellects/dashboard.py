@@ -7,11 +7,11 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
-PANELS = (
-    ("e2e_latency_s_mean", "mean end-to-end latency (s)"),
-    ("e2e_latency_s_p99", "p99 end-to-end latency (s)"),
+PANELS = (  # metric, title; latency panels use a log axis (queues blow up past saturation)
+    ("e2e_latency_s_mean", "mean end-to-end latency (s, log)"),
+    ("e2e_latency_s_p99", "p99 end-to-end latency (s, log)"),
     ("throughput_output_tokens_per_s", "throughput (output tokens/s)"),
-    ("ttft_s_mean", "mean time to first token (s)"),
+    ("ttft_s_mean", "mean time to first token (s, log)"),
     ("tpot_s_mean", "mean time per output token (s)"),
     ("qos_mean", "mean QoS (share of natural answer kept)"),
 )
@@ -56,8 +56,10 @@ def build_figure(df: pl.DataFrame, title: str = "Sweep") -> go.Figure:
                 error_y={"type": "data", "array": part[m + "_std"].to_list(), "visible": True},
                 hovertemplate=f"{series}<br>rate %{{x}} req/s<br>%{{y:.4g}}<extra></extra>",
             ), row=j // 2 + 1, col=j % 2 + 1)
-    for j in range(len(panels)):
+    for j, (_, title) in enumerate(panels):
         fig.update_xaxes(title_text="arrival rate (req/s)", row=j // 2 + 1, col=j % 2 + 1)
+        if title.endswith("log)"):
+            fig.update_yaxes(type="log", row=j // 2 + 1, col=j % 2 + 1)
     fig.update_layout(title=title, height=330 * rows, template="plotly_white")
     return fig
 
