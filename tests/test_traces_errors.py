@@ -145,3 +145,10 @@ def test_duplicate_request_id(tmp_path):
     f = _write(tmp_path, "p.csv", "request_id,arrival_s,prompt_tokens,output_tokens\n7,0,1,1\n8,1,1,1\n7,2,1,1\n")
     with pytest.raises(TraceError, match=r"p\.csv: line 4, column 'request_id': got '7', expected an id not used"):
         load_trace(f)
+
+
+@pytest.mark.parametrize("fmt", ["azure", "vidur", "length-stats", "burstgpt", "project"])
+def test_forced_format_with_missing_columns(tmp_path, fmt):
+    f = _write(tmp_path, "x.csv", "arrived_at,foo\n0,1\n")
+    with pytest.raises(TraceError, match=rf"x\.csv: {fmt} format needs column\(s\)"):
+        load_trace(f, format=fmt)

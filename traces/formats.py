@@ -95,6 +95,7 @@ def read_file(path: Path, fmt: str | None, skip_bad_rows: bool, **opts) -> Parse
         return reader(path, skip_bad_rows, **opts)
     df, lines = read_csv_strings(path)
     fmt = fmt or detect_format(path, df.columns)
+    require_columns(path, df.columns, list(dict(_CSV_SIGNATURES)[fmt]), fmt)
     checker = RowChecker(path, lines, skip_bad_rows)
     reader = {"azure": read_azure, "vidur": read_vidur, "length-stats": read_length_stats,
               "burstgpt": read_burstgpt, "project": read_project}[fmt]
@@ -108,7 +109,6 @@ def _no_opts(fmt: str, opts: dict) -> None:
 
 def read_azure(path: Path, df: pl.DataFrame, checker: RowChecker, **opts) -> Parsed:
     _no_opts("azure", opts)
-    require_columns(path, df.columns, ["TIMESTAMP", "ContextTokens", "GeneratedTokens"], "azure")
     raw = df["TIMESTAMP"]
     ns = raw.str.strip_chars().str.to_datetime("%Y-%m-%d %H:%M:%S%.f", time_unit="ns", strict=False).cast(pl.Int64)
     checker.flag(ns.is_null().to_numpy(), "TIMESTAMP", raw.to_list(), "a time 'YYYY-MM-DD HH:MM:SS.fffffff'")

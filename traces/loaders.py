@@ -6,6 +6,9 @@ Bundled names (data in ``traces/data/``, sources and licences in ``traces/data/S
 - ``mooncake-conv``: Mooncake FAST'25 conversation trace (Kimi), one hour, real arrivals, long prompts.
 - ``sharegpt-lengths``: ShareGPT request lengths (Llama-2 tokenizer) with *synthetic* Poisson
   arrivals, by default at 1.0 req/s with seed 0 (override with ``rate=``, ``seed=``, ``arrivals=``).
+
+Text traces (Alpaca-style JSON) get token counts from a bundled WordPiece tokenizer: these
+are WordPiece counts, not the Llama SentencePiece counts of the other traces.
 """
 from __future__ import annotations
 
