@@ -5,7 +5,8 @@ length, so that short answers do not sit as padding behind a long one:
 
 - *Binning.* Waiting requests fall into buckets of ``bucket_tokens`` by predicted
   remaining output length. The next batch is taken from the bucket of the oldest waiting
-  request (so no bucket starves), in arrival order.
+  request (so no bucket starves), in arrival order; rows the bucket cannot fill go to the
+  oldest requests of shorter buckets (``fill_shorter``), which finish within the limit.
 - *Variable batch size.* A bucket's batch holds up to ``batch_tokens // bucket_limit``
   requests (bigger batches for short buckets), at most ``max_batch_size``, and only as
   many as the KV cache holds when every member grows to the bucket's limit.
@@ -45,6 +46,8 @@ class LengthGroupedConfig:
     batch_tokens: int = 16 * 512    # variable batch size: rows * bucket limit per batch
     max_batch_size: int = 128
     early_cut_slack: float = 0.25   # progressive: cut when the new prediction exceeds the limit by this fraction
+    limit_slack: float = 0.0        # a bucket's limit is its upper edge times (1 + limit_slack)
+    fill_shorter: bool = True       # fill a batch's free rows with the oldest requests of shorter buckets
 
 
 class LengthGroupedBatching:
@@ -85,7 +88,7 @@ class LengthGroupedBatching:
         room = max(view.max_output_tokens - generated, 1)
         if bucket == FAILURE_POOL:
             return room
-        return min((bucket + 1) * self.config.bucket_tokens, room)
+        return min(int((bucket + 1) * self.config.bucket_tokens * (1.0 + self.config.limit_slack)), room)
 
     def bucket_batch_size(self, bucket: int) -> int:
         c = self.config
@@ -99,19 +102,20 @@ class LengthGroupedBatching:
         bucket = self.bucket_of(head)
         size = self.bucket_batch_size(bucket)
         lt = self.lengths
-        chosen, limit, need = [], 0, 0
-        for r in self.waiting:
+        chosen, limit = [], 0
+        same = [r for r in self.waiting if self.bucket_of(r) == bucket]
+        if self.config.fill_shorter and len(same) < size:  # shorter requests finish within the limit
+            same += [r for r in self.waiting if 0 <= self.bucket_of(r) < bucket]
+        for r in same:
             if len(chosen) == size:
                 break
-            if self.bucket_of(r) != bucket:
-                continue
             lim = max(limit, self.bucket_limit(bucket, lt.views[r], lt.generated[r]))
             # every member's row grows for the whole batch (finished rows are padding)
             need_next = sum(kv.blocks_for(self.context[m] + lim) for m in chosen + [r])
             if need_next > kv.free_blocks:
                 break
             chosen.append(r)
-            limit, need = lim, need_next
+            limit = lim
         return chosen, limit
 
     # -- contract ------------------------------------------------------------------

@@ -1,0 +1,38 @@
+"""``syncintellects reproduce paper``: the SyncIntellects paper's comparison, simulated."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("reproduce", help="reproduce published results in the simulator",
+                       description="Reproduce published results in the simulator.")
+    rsub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    q = rsub.add_parser("paper", help="the SyncIntellects paper's comparison (task batching vs SyncIntellects)",
+                        description="Task batching FCFS vs the SyncIntellects policy and its parts, and the same "
+                                    "against continuous batching and SRPT, over load levels and seeds, on windows of "
+                                    "the Azure conversation trace. Writes reproduction.json/.csv/.md/.html to --out.")
+    q.add_argument("--out", required=True, help="output directory")
+    q.add_argument("--quick", action="store_true", help="2 rates, 2 seeds, 150 requests (a smoke run, for tests)")
+    q.add_argument("--rates", type=float, nargs="+", default=None, help="arrival rates in req/s")
+    q.add_argument("--seeds", type=int, default=None, help="number of seeds (trace windows): 0..N-1")
+    q.add_argument("--num-requests", type=int, default=None, help="requests per run")
+    q.add_argument("--trace", default=None, help="bundled trace name (default azure-conv)")
+    q.add_argument("--workers", type=int, default=None, help="parallel processes (default 2)")
+    q.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    q.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from syncintellects.reproduce import ReproductionConfig, markdown, run_reproduction, with_overrides, write_outputs
+
+    cfg = ReproductionConfig.quick() if args.quick else ReproductionConfig()
+    cfg = with_overrides(cfg, rates=tuple(args.rates) if args.rates else None,
+                         seeds=tuple(range(args.seeds)) if args.seeds else None, num_requests=args.num_requests,
+                         trace=args.trace, workers=args.workers)
+    if cfg.num_requests < 2 or not cfg.rates or any(r <= 0 for r in cfg.rates) or cfg.workers < 1:
+        raise ValueError(f"reproduce paper: need --num-requests >= 2, rates > 0 and --workers >= 1, got {cfg}")
+    rows = run_reproduction(cfg, progress=not args.quiet)
+    out = write_outputs(rows, cfg, args.out)
+    if not args.quiet:
+        print(markdown(rows, cfg))
+        print(f"results in {out}/ (reproduction.json, .csv, .md, .html)")
+    return 0
