@@ -75,6 +75,16 @@ def test_groups_by_predicted_length_bucket_of_the_oldest_request():
     assert pol.batch_limit == 150 and not kv.holds(0)
 
 
+def test_free_rows_go_to_shorter_buckets_never_to_longer_ones():
+    pred = TablePredictor({0: 120, 1: 30, 2: 140, 3: 400})
+    arrivals = [req(i, t=0.1 * i) for i in range(4)]
+    pol = LengthGroupedBatching(predictor=pred, bucket_tokens=50)
+    p = pol.plan(view(KVCache(10_000, 16), *arrivals))
+    assert [c.request_id for c in p.prefill] == [0, 2, 1] and pol.batch_limit == 150  # own bucket first
+    pure = LengthGroupedBatching(predictor=pred, bucket_tokens=50, fill_shorter=False)
+    assert [c.request_id for c in pure.plan(view(KVCache(10_000, 16), *arrivals)).prefill] == [0, 2]
+
+
 def test_bucket_overrun_is_cut_at_the_limit_and_recomputed_with_its_tokens():
     kv = KVCache(10_000, 16)
     pred = TablePredictor({0: 30, 1: 20, 2: 400})

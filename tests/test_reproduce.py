@@ -1,0 +1,68 @@
+"""``syncintellects reproduce paper``: the table's arithmetic, the workload windows, and a quick end-to-end run."""
+import json
+
+import pytest
+
+from syncintellects.reproduce import (ARMS, BASELINE, HEADLINE, PAPER, ReproductionConfig, headline, run_one,
+                                      workload)
+
+
+def _row(label, rate, seed, e2e, tok, req):
+    return {"label": label, "rate": rate, "seed": seed, "mean_e2e_s": e2e, "throughput_output_tokens_per_s": tok,
+            "throughput_requests_per_s": req}
+
+
+def test_headline_compares_each_seed_with_its_own_baseline():
+    rows = [_row(BASELINE, 1.0, 0, 10.0, 100.0, 1.0), _row(HEADLINE, 1.0, 0, 8.0, 110.0, 1.0),
+            _row(BASELINE, 1.0, 1, 20.0, 200.0, 2.0), _row(HEADLINE, 1.0, 1, 10.0, 200.0, 3.0),
+            _row(BASELINE, 2.0, 0, 40.0, 100.0, 1.0), _row(HEADLINE, 2.0, 0, 50.0, 90.0, 1.0)]
+    h = {x["rate"]: x for x in headline(rows)}
+    assert h[1.0]["latency_reduction_pct"] == pytest.approx((20 + 50) / 2)
+    assert h[1.0]["throughput_gain_pct"] == pytest.approx((10 + 0) / 2)
+    assert h[1.0]["request_throughput_gain_pct"] == pytest.approx((0 + 50) / 2)
+    assert h[2.0]["latency_reduction_pct"] == pytest.approx(-25.0) and h[2.0]["throughput_gain_pct"] == pytest.approx(-10)
+    assert h["all"]["latency_reduction_pct"] == pytest.approx((20 + 50 - 25) / 3) and h["all"]["runs"] == 3
+
+
+def test_workload_windows_are_real_disjoint_and_at_the_asked_rate():
+    cfg = ReproductionConfig(num_requests=200)
+    a, b = workload(cfg, 2.0, 0), workload(cfg, 2.0, 1)
+    assert len(a) == len(b) == 200 and a.arrival_s[0] == 0.0 and b.arrival_s[0] == 0.0
+    assert a.mean_rate == pytest.approx(2.0) and workload(cfg, 5.0, 0).mean_rate == pytest.approx(5.0)
+    assert not set(a.request_id.tolist()) & set(b.request_id.tolist())
+    from traces import load_trace
+
+    full = load_trace("azure-conv")
+    assert (a.output_tokens == full.output_tokens[:200]).all() and (b.prompt_tokens == full.prompt_tokens[200:400]).all()
+
+
+def test_one_run_is_deterministic_and_finishes_every_request():
+    cfg = ReproductionConfig(num_requests=80)
+    arm = next(a for a in ARMS if a.policy == "syncintellects")
+    first, again = run_one((cfg, arm, 3.0, 1)), run_one((cfg, arm, 3.0, 1))
+    assert first == again
+    assert first["num_finished"] == first["num_requests"] == 80 and first["length_control"]
+
+
+def test_quick_cli_writes_the_table_and_the_plot(tmp_path):
+    from syncintellects.cli import main
+
+    out = tmp_path / "repro"
+    assert main(["reproduce", "paper", "--quick", "--num-requests", "60", "--out", str(out), "--quiet"]) == 0
+    rows = json.loads((out / "reproduction.json").read_text())
+    quick = ReproductionConfig.quick()
+    assert len(rows) == len(ARMS) * len(quick.rates) * len(quick.seeds)
+    keys = {"policy", "predictor", "length_control", "rate", "seed", "mean_e2e_s", "p99_e2e_s",
+            "throughput_output_tokens_per_s", "mean_qos"}
+    assert all(keys <= r.keys() for r in rows)
+    for policy in ("static", "syncintellects"):
+        got = {(r["rate"], r["seed"]) for r in rows if r["policy"] == policy}
+        assert got == {(x, s) for x in quick.rates for s in quick.seeds}
+    assert all(r["num_finished"] == 60 for r in rows)  # the first windows hold no over-long prompt
+    assert all(r["mean_qos"] == 1.0 for r in rows if not r["length_control"])
+    assert all(0.0 < r["mean_qos"] <= 1.0 for r in rows if r["length_control"])
+    md = (out / "reproduction.md").read_text()
+    assert f"{PAPER['mean_latency_reduction_pct']}%" in md and f"{PAPER['throughput_gain_pct']}%" in md
+    html = (out / "reproduction.html").read_text()
+    assert "plotly" in html.lower() and HEADLINE in html
+    assert (out / "reproduction.csv").read_text().splitlines()[0].startswith("label,policy")
