@@ -1,0 +1,178 @@
+"""The real engine: one model serving a trace under a policy, on a virtual clock.
+
+The loop is the simulator's (:mod:`simulator.engine`) with the executor swapped: the
+same edge checks (a prompt that leaves no room in the model context is rejected, outputs
+are capped at ``max_context - prompt``), the same KV accountant sized the same way, the
+same Recorder and :func:`summarize`, and the same RunResult files.
+
+Clock. Arrivals are served on a *virtual clock* that advances by the measured wall time
+of everything the server does (the policy's planning plus every step, measured with
+``perf_counter``) and jumps over idle gaps to the next arrival. A request therefore sees
+exactly the latency it would see in real time, but the run does not sleep through idle
+gaps (faster, and no sleep jitter); see docs/validation.md.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from policies.contract import SchedulerView
+from policies.kv_cache import KVCache
+from simulator.engine import _policy_config, bind_truth, request_views
+from simulator.executor import PlanError
+from simulator.metrics import Recorder, RunResult, summarize
+from traces.schema import Trace
+
+GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """Real-engine settings. KV size: ``kv_blocks``, else ``kv_tokens`` / block, else from the device memory."""
+
+    block_size: int = 16
+    kv_blocks: int | None = None
+    kv_tokens: int | None = None
+    max_context: int | None = None        # default: the model's context
+    length_mode: str = "forced"           # forced | natural
+    max_new_tokens: int | None = None     # natural mode: cap on generated tokens
+    temperature: float = 0.0              # 0: greedy
+    seed: int = 0
+    threads: int | None = 1               # torch CPU threads (recorded; 1 is steadiest on a shared machine)
+    progress: bool = False
+
+
+def set_threads(threads: int | None) -> int:
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    return torch.get_num_threads()
+
+
+def default_kv_blocks(lm, block_size: int, kv_tokens: int | None = None, memory_utilization: float = 0.9) -> int:
+    """CPU: ``kv_tokens`` (default 32768) worth of blocks; GPU: what the device memory leaves after the weights."""
+    if kv_tokens is not None:
+        return max(1, int(kv_tokens) // block_size)
+    if str(lm.device).startswith("cuda"):
+        import torch
+
+        total = torch.cuda.get_device_properties(torch.device(lm.device)).total_memory
+        free = total * memory_utilization - lm.weights_bytes - 2 * GIB
+        return max(1, int(free // (lm.kv_bytes_per_token * block_size)))
+    return 32768 // block_size
+
+
+def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, length_response=None) -> RunResult:
+    """Serve ``trace`` with the real model under ``policy``; per-request and per-step tables and a summary."""
+    from gpu_runner.executor import RealExecutor
+
+    if config.length_mode not in ("forced", "natural"):
+        raise ValueError(f"length mode must be 'forced' or 'natural', got {config.length_mode!r}")
+    wall0 = time.perf_counter()
+    threads = set_threads(config.threads) if lm.device == "cpu" else None
+    blocks = config.kv_blocks or default_kv_blocks(lm, config.block_size, config.kv_tokens)
+    kv = KVCache(blocks, config.block_size)
+    rec = Recorder(trace, blocks, config.block_size)
+    n = len(trace)
+
+    # Edge checks, exactly as the simulator makes them.
+    max_context = min(int(config.max_context or lm.shape["max_context"]), lm.shape["max_context"], kv.capacity_tokens)
+    prompt = trace.prompt_tokens
+    max_output = np.maximum(max_context - prompt, 0)
+    too_long = prompt >= max_context
+    forced = config.length_mode == "forced"
+    if forced:
+        output = np.minimum(trace.output_tokens, np.maximum(max_output, 1))
+        rec.output_capped[:] = (trace.output_tokens > max_output) & ~too_long
+    else:
+        cap = max_output if config.max_new_tokens is None else np.minimum(max_output, config.max_new_tokens)
+        output = np.maximum(cap, 1)
+    for i in np.flatnonzero(too_long).tolist():
+        rec.reject_reason[i] = (f"prompt of {int(prompt[i])} tokens leaves no room for output in the model "
+                                f"context of {max_context} tokens")
+    rng = np.random.default_rng(config.seed)
+    ex = RealExecutor(lm, kv, rec, prompt, output, forced=forced, prompts=trace.prompt, seed=config.seed,
+                      temperature=config.temperature, length_response=length_response, rng=rng,
+                      embeddings=bool(getattr(policy, "wants_embeddings", False)))
+    if forced:
+        bind_truth(policy, ex.true_output)
+    views = request_views(trace, max_output)
+    arrivals = trace.arrival_s
+    outstanding = n - int(too_long.sum())
+    plan_s = 0.0
+    bar = tqdm(total=n, desc=f"run {getattr(policy, 'name', 'policy')}", unit="req", disable=not config.progress,
+               mininterval=0.5)
+
+    now, i = 0.0, 0
+    while True:
+        t0 = time.perf_counter()
+        j = int(np.searchsorted(arrivals, now, side="right"))
+        new = tuple(views[k] for k in range(i, j) if not too_long[k]) if j > i else ()
+        i = max(i, j)
+        plan = policy.plan(SchedulerView(now_s=now, arrivals=new, kv=kv, more_arrivals=i < n))
+        for r in plan.release:
+            if ex.remaining[r] != 0 or ex.pending[r] != 0:
+                raise PlanError(f"request {r} released at t={now:.6f}s before it finished generating")
+            if rec.released[r]:
+                raise PlanError(f"request {r} released twice")
+            rec.released[r] = True
+            rec.finish_s[r] = now
+            ex.release(r)
+        for r, why in plan.reject:
+            if ex.started[r]:
+                raise PlanError(f"request {r} rejected after it started")
+            rec.reject_reason[r] = why
+        done = len(plan.release) + len(plan.reject)
+        outstanding -= done
+        bar.update(done)
+        for r in plan.preempt:
+            ex.preempt(r)
+        if plan.directives:
+            ex.apply_directives(plan)
+        # the server's own time (arrivals, planning) passes on the clock too
+        dt = time.perf_counter() - t0
+        plan_s += dt
+        if plan.is_idle:
+            if i < n:
+                now = max(now + dt, float(arrivals[i]))
+                continue
+            if outstanding > 0:
+                raise PlanError(f"policy {getattr(policy, 'name', policy)!r} returned an idle plan at t={now:.3f}s "
+                                f"with {outstanding} requests outstanding and no arrivals left")
+            break
+        now += dt
+        nxt = float(arrivals[i]) if i < n else float("inf")
+        result = ex.run(plan, now, nxt)
+        now = result.end_s
+        t1 = time.perf_counter()
+        policy.observe(result)
+        dt = time.perf_counter() - t1
+        plan_s += dt
+        now += dt
+    bar.close()
+    for r, v in getattr(policy, "initial_predictions", {}).items():
+        rec.predicted_tokens[r] = v
+    requests = rec.requests_frame()
+    steps = rec.steps_frame()
+    summary = summarize(requests, steps, blocks)
+    step_s = np.asarray(ex.step_s)
+    summary["run_wall_s"] = time.perf_counter() - wall0
+    summary["runner"] = {
+        "steps": int(len(step_s)),
+        "step_ms_mean": float(step_s.mean() * 1e3) if len(step_s) else None,
+        "forward_share": float(ex.forward_s / step_s.sum()) if len(step_s) else None,
+        "python_overhead_ms_per_step": float((step_s.sum() - ex.forward_s) / len(step_s) * 1e3) if len(step_s) else None,
+        "policy_ms_per_plan": float(plan_s / max(len(rec.seg_start), 1) * 1e3),
+        "virtual_clock_s": now,
+    }
+    cfg = {"engine": "runner", "policy": getattr(policy, "name", type(policy).__name__),
+           "policy_config": _policy_config(policy), "runner": asdict(config), "model": lm.shape, "dtype": lm.dtype,
+           "device": str(lm.device), "torch_threads": threads, "kv_blocks": blocks, "max_context": max_context,
+           "trace": trace.name, "trace_notes": trace.notes, "num_requests": n, "clock": "virtual"}
+    result = RunResult(requests=requests, steps=steps, summary=summary, config=cfg)
+    result.executor = ex  # generated token ids, for tests and inspection (not written)
+    return result

@@ -1,0 +1,256 @@
+"""The real executor: runs a StepPlan through a model and a paged KV cache.
+
+It mirrors :class:`simulator.executor.SimExecutor` step for step (same plan checks, same
+repeat rule, same KV accounting, same Recorder fields), except that tokens come from a
+forward pass and time from the clock: every step's duration is measured with
+``time.perf_counter`` around the whole step (packing, forward, sampling, bookkeeping).
+
+Length modes. *forced*: a request produces exactly its trace's output length: EOS is
+masked out before the last token and the last token is EOS (how simulators are validated).
+*natural*: the model stops at EOS or at its cap (model context, ``max_new_tokens``).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from policies.contract import StepPlan, StepResult
+from policies.kv_cache import KVCache
+from gpu_runner.models import LoadedModel, synthetic_prompt
+from gpu_runner.paged import PagedKV, forward, pack
+from simulator.executor import PlanError
+from simulator.metrics import Recorder
+
+
+class RealExecutor:
+    def __init__(self, lm: LoadedModel, kv: KVCache, rec: Recorder, prompt_tokens: np.ndarray,
+                 output_tokens: np.ndarray, *, forced: bool = True, prompts: list[str] | None = None,
+                 seed: int = 0, temperature: float = 0.0, length_response=None, rng: np.random.Generator | None = None,
+                 embeddings: bool = False):
+        self.lm, self.kv, self.rec = lm, kv, rec
+        cfg = lm.model.config
+        n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.pool = PagedKV(cfg.num_hidden_layers, kv.num_blocks, kv.block_size, n_kv, hd,
+                            next(lm.model.parameters()).dtype, lm.device)
+        self.forced = forced
+        self.prompt_tokens = prompt_tokens.astype(np.int64)
+        self.prompts = prompts
+        self.seed = seed
+        self.temperature = float(temperature)
+        self.gen = torch.Generator(device=lm.device).manual_seed(seed) if temperature > 0 else None
+        self.remaining = output_tokens.astype(np.int64).copy()  # forced: tokens still to make; natural: cap
+        rec.output_tokens[:] = self.remaining if forced else 0
+        self.pending = self.prompt_tokens.copy()  # context tokens still to prefill
+        self.cached = np.zeros(len(prompt_tokens), dtype=np.int64)  # tokens whose K/V are in the pool
+        self.started = np.zeros(len(prompt_tokens), dtype=bool)
+        self.ctx: dict[int, list[int]] = {}       # prompt ids + generated ids
+        self.length_response = length_response
+        self.rng = rng or np.random.default_rng(seed)
+        self.want_embeddings = embeddings
+        self.step_s: list[float] = []             # measured duration of every step
+        self.forward_s = 0.0                      # of which inside forward + sampling
+        self.eos = lm.eos_token_id
+        self.is_cuda = str(lm.device).startswith("cuda")
+
+    def true_output(self, request_id: int) -> int:
+        return int(self.rec.output_tokens[request_id])
+
+    def tokens_of(self, request_id: int) -> list[int]:
+        """Generated token ids of a request."""
+        p = int(self.prompt_tokens[request_id])
+        return self.ctx.get(request_id, [])[p:]
+
+    # -- plan side effects ----------------------------------------------------------
+    def apply_directives(self, plan: StepPlan) -> None:
+        """Forced mode: the simulator's length-response model decides the new length.
+        Natural mode: the target caps the request's new tokens (the instruction text is recorded,
+        not inserted, so the prompt keeps the length the policy accounted for)."""
+        for d in plan.directives:
+            i = d.request_id
+            if self.started[i]:
+                raise PlanError(f"length directive for request {i} after its prefill started")
+            if self.forced:
+                if self.length_response is None:
+                    raise PlanError("the policy issued length directives but no length-response model is configured")
+                achieved, qos = self.length_response.apply(int(self.remaining[i]), d.target_tokens, self.rng)
+                self.remaining[i] = max(1, int(achieved))
+                self.rec.output_tokens[i] = self.remaining[i]
+                self.rec.qos[i] = qos
+            else:
+                self.remaining[i] = max(1, min(int(self.remaining[i]), int(d.target_tokens)))
+            self.rec.target_tokens[i] = d.target_tokens
+            self.rec.instruction[i] = d.instruction
+
+    def preempt(self, request_id: int) -> None:
+        """Recompute preemption: drop the K/V; prompt + generated is prefilled again."""
+        i = request_id
+        self.pending[i] = self.prompt_tokens[i] + self.rec.generated[i]
+        self.cached[i] = 0
+        self.pool.release(i)
+        self.rec.preemptions[i] += 1
+
+    def release(self, request_id: int) -> None:
+        self.pool.release(request_id)
+
+    # -- running --------------------------------------------------------------------
+    def run(self, plan: StepPlan, now: float, next_arrival: float) -> StepResult:
+        if plan.max_steps < 1:
+            raise PlanError(f"plan.max_steps must be >= 1, got {plan.max_steps}")
+        idx = np.asarray(plan.decode, dtype=np.int64)
+        if len(idx) and (self.pending[idx] > 0).any():
+            bad = int(idx[np.argmax(self.pending[idx] > 0)])
+            raise PlanError(f"request {bad} is scheduled to decode before its prefill is complete")
+        if plan.prefill:
+            return self._run_mixed_step(plan, idx, now)
+        return self._run_decode(plan, idx, now, next_arrival)
+
+    def _context(self, i: int) -> list[int]:
+        ids = self.ctx.get(i)
+        if ids is None:
+            p = int(self.prompt_tokens[i])
+            syn = synthetic_prompt(self.seed, i, p, self.lm.shape["vocab"], self.eos).tolist()
+            text = self.prompts[i] if self.prompts is not None else None
+            ids = (self.lm.encode(text) + syn)[:p] if text and self.lm.tokenizer is not None else syn
+            self.ctx[i] = ids
+        return ids
+
+    def _sample(self, logits: torch.Tensor, rows: list[int]) -> list[int]:
+        """Next token per logit row; forced mode masks EOS except for a request's last token."""
+        if self.forced:
+            logits[:, self.eos] = float("-inf")
+        if self.gen is None:
+            toks = logits.argmax(-1)
+        else:
+            probs = torch.softmax(logits.float() / self.temperature, dim=-1)
+            toks = torch.multinomial(probs, 1, generator=self.gen)[:, 0]
+        out = toks.tolist()  # synchronises the device, so the step's clock reading is true
+        if self.forced:
+            rem = self.remaining
+            out = [self.eos if rem[r] == 1 else t for r, t in zip(rows, out)]
+        return out
+
+    def _forward(self, idx: np.ndarray, chunks, pad_to: int):
+        """One step of compute; returns (tokens per decode row, tokens per chunk, hidden per row)."""
+        pool, cached, eos = self.pool, self.cached, self.eos
+        dec = []
+        for r in idx.tolist():
+            c = int(cached[r])
+            ctx = self.ctx[r]
+            pool.ensure(r, c + 1)
+            dec.append((r, ctx[c] if c < len(ctx) else eos, c))  # past the end: a padded row
+        chs = []
+        for ch in chunks:
+            r, c0 = ch.request_id, int(cached[ch.request_id])
+            pool.ensure(r, c0 + ch.num_tokens)
+            chs.append((r, self._context(r)[c0:c0 + ch.num_tokens], c0))
+        t0 = time.perf_counter()
+        inp = pack(pool, dec, chs, pad_to, self.lm.device)
+        logits, hidden = forward(self.lm.model, pool, inp)
+        # chunks are packed loose-first then padded; map logit rows back to plan order
+        loose = [k for k, c in enumerate(chs) if not (pad_to > 0 and c[2] == 0)]
+        padded = [k for k, c in enumerate(chs) if pad_to > 0 and c[2] == 0]
+        order = list(range(len(dec))) + [len(dec) + j for j in np.argsort(loose + padded).tolist()]
+        rows = [r for r, _, _ in dec] + [c[0] for c in chs]
+        logits = logits[order]
+        toks = self._sample(logits, rows)
+        self.forward_s += time.perf_counter() - t0
+        emb = hidden[order] if self.want_embeddings else None
+        return toks[:len(dec)], toks[len(dec):], emb
+
+    def _emit(self, i: int, tok: int, finished: list) -> None:
+        """Record one generated token of request i (the caller stamps finish times)."""
+        rec = self.rec
+        self.ctx[i].append(tok)
+        rec.generated[i] += 1
+        self.remaining[i] -= 1
+        if self.remaining[i] == 0 or (not self.forced and tok == self.eos):
+            self.remaining[i] = 0
+            if not self.forced:
+                rec.output_tokens[i] = rec.generated[i]
+            finished.append(i)
+
+    def _run_decode(self, plan: StepPlan, idx: np.ndarray, now: float, next_arrival: float) -> StepResult:
+        kv, rec = self.kv, self.rec
+        slots = kv.slots(plan.decode)
+        active = idx[self.remaining[idx] > 0]
+        n_active = len(active)
+        finished: list[int] = []
+        start, n, emb = now, 0, None
+        while n < plan.max_steps:
+            t0 = time.perf_counter()
+            toks, _, emb = self._forward(idx, (), 0)
+            kv.append(slots, 1)
+            self.cached[idx] += 1
+            for r, t in zip(idx.tolist(), toks):
+                if self.remaining[r] > 0:
+                    self._emit(r, t, finished)
+            dt = time.perf_counter() - t0
+            self.step_s.append(dt)
+            now += dt
+            n += 1
+            if finished or (plan.wake_on_arrival and now >= next_arrival):
+                break
+        if finished:
+            rec.last_token_s[np.asarray(finished)] = now
+        rec.segment(start, now, n, len(idx), len(idx) - n_active, 0, n * n_active, kv.used_blocks)
+        return StepResult(start_s=start, end_s=now, num_steps=n, tokens=n * n_active, finished=tuple(finished),
+                          embeddings=self._embeddings(idx.tolist(), emb))
+
+    def _run_mixed_step(self, plan: StepPlan, idx: np.ndarray, now: float) -> StepResult:
+        kv, rec = self.kv, self.rec
+        t0 = time.perf_counter()
+        chunks = []
+        for ch in plan.prefill:
+            i = ch.request_id
+            if ch.num_tokens < 1 or ch.num_tokens > self.pending[i]:
+                raise PlanError(f"prefill chunk of {ch.num_tokens} tokens for request {i}, "
+                                f"which has {int(self.pending[i])} tokens left to prefill")
+            held = kv.tokens_of(i) if kv.holds(i) else 0
+            done_before = self.prompt_tokens[i] + rec.generated[i] - self.pending[i]
+            if held != done_before + ch.num_tokens:
+                raise PlanError(f"request {i}: KV holds {held} tokens but prefill needs {done_before + ch.num_tokens}; "
+                                f"the policy must allocate KV for a chunk before planning it")
+            chunks.append((ch.num_tokens, int(done_before)))
+            if not self.started[i]:
+                self.started[i] = True
+                rec.admitted_s[i] = now
+        dec_toks, chunk_toks, emb = self._forward(idx, plan.prefill, plan.prefill_pad_to)
+        if len(idx):
+            kv.append(kv.slots(plan.decode), 1)
+            self.cached[idx] += 1
+        first, prefilled, finished = [], [], []
+        pending_emit = []
+        for ch, tok in zip(plan.prefill, chunk_toks):
+            i = ch.request_id
+            self.pending[i] -= ch.num_tokens
+            self.cached[i] += ch.num_tokens
+            if self.pending[i] == 0:  # context complete: this step sampled the next token
+                prefilled.append(i)
+                if rec.generated[i] == 0:
+                    first.append(i)
+                pending_emit.append((i, tok))
+        act = [(r, t) for r, t in zip(idx.tolist(), dec_toks) if self.remaining[r] > 0]
+        for i, tok in pending_emit + act:
+            self._emit(i, tok, finished)
+        end = now + (time.perf_counter() - t0)
+        self.step_s.append(end - now)
+        for i in first:
+            rec.first_token_s[i] = end
+        if finished:
+            rec.last_token_s[np.asarray(finished)] = end
+        prefill_tokens = sum(max(c, plan.prefill_pad_to) for c, _ in chunks)
+        rec.segment(now, end, 1, len(idx) + len(chunks), len(idx) - len(act), prefill_tokens, len(act),
+                    kv.used_blocks)
+        rows = idx.tolist() + [ch.request_id for ch in plan.prefill]
+        return StepResult(start_s=now, end_s=end, num_steps=1, tokens=len(pending_emit) + len(act),
+                          first_tokens=tuple(first), prefilled=tuple(prefilled), finished=tuple(finished),
+                          embeddings=self._embeddings(rows, emb))
+
+    def _embeddings(self, rows: list[int], emb) -> dict:
+        if emb is None:
+            return {}
+        arr = emb.float().cpu().numpy()
+        return {r: arr[k] for k, r in enumerate(rows)}
