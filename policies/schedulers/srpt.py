@@ -7,11 +7,13 @@ every one of them.
 
 Preemption for priority is limited as in TRAIL (Shahout et al., arXiv 2410.01035): when
 the head of the queue cannot be admitted (KV or sequence limit), a running request whose
-predicted remaining length is longer than the head's may be preempted (recompute) only
+predicted remaining length is over ``min_ratio`` times the head's may be preempted (recompute) only
 if it is still early (generated < ``early_fraction`` of its predicted total) and has been
 preempted fewer than ``max_preemptions`` times; never near its end. When memory runs out
 the request with the longest predicted remaining length is preempted, as a priority
-scheduler would. Needs a length predictor (``--predictor``).
+scheduler would. Recompute is not free (the prompt is prefilled again: about a thousand
+tokens on the Azure conversation trace), which is why a victim must be much longer than
+the request it makes room for. Needs a length predictor (``--predictor``).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from policies.schedulers.sjf import SJFBatching
 class SRPTConfig(ContinuousConfig):
     early_fraction: float = 0.5
     max_preemptions: int = 1
+    min_ratio: float = 2.0        # preempt only a request predicted to need this many times the head's remaining
 
 
 class SRPTBatching(SJFBatching):
@@ -89,7 +92,8 @@ class SRPTBatching(SJFBatching):
         lt = self.lengths
         while self._queue and self._head_blocked(kv):
             head_remaining = lt.remaining(self._queue[0][2])
-            victims = [r for r in self._decode if self.may_preempt(r) and lt.remaining(r) > head_remaining]
+            victims = [r for r in self._decode
+                       if self.may_preempt(r) and lt.remaining(r) > self.config.min_ratio * head_remaining]
             if not victims:
                 break
             rank = {r: i for i, r in enumerate(self.running)}
