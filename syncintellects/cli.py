@@ -16,6 +16,7 @@ COMMANDS = [
     "syncintellects.cmd_reproduce",
     "syncintellects.cmd_trace",
     "syncintellects.cmd_sweep",
+    "syncintellects.cmd_runner",
 ]
 
 

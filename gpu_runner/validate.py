@@ -1,0 +1,167 @@
+"""Validate the simulator against the real runner: one trace, one policy, one seed, both engines.
+
+The real run and the simulated run start from the same :func:`syncintellects.spec.prepare`
+(same trace, a policy object of the same class with the same settings), the same length
+transform, the same KV block count and model context, and are scored by the same
+:func:`simulator.metrics.summarize`. The simulator is calibrated with a profile measured
+on the same machine (``syncintellects profile``).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from simulator.metrics import RunResult
+
+METRICS = (
+    ("e2e_latency_s", "mean"), ("e2e_latency_s", "p50"), ("e2e_latency_s", "p99"),
+    ("ttft_s", "mean"), ("tpot_s", "mean"), ("throughput_output_tokens_per_s", None),
+)
+GATED = ("e2e_latency_s.mean", "throughput_output_tokens_per_s")
+
+
+def scale_lengths(trace, scale: float):
+    """Multiply prompt and output lengths by ``scale`` (rounded, at least 1): fits a long trace
+    to a small model's context while keeping its length distribution's shape."""
+    if scale == 1.0:
+        return trace
+    if not (scale > 0):
+        raise ValueError(f"--length-scale must be > 0, got {scale}")
+    from traces.schema import Trace
+
+    notes = dict(trace.notes)
+    notes.setdefault("transforms", []).append(f"lengths x {scale} (gpu_runner length scale)")
+    sc = lambda a: np.maximum(np.rint(a * scale), 1).astype(np.int64)
+    return Trace(name=trace.name, request_id=trace.request_id, arrival_s=trace.arrival_s,
+                 prompt_tokens=sc(trace.prompt_tokens), output_tokens=sc(trace.output_tokens), prompt=trace.prompt,
+                 response=trace.response, slo_class=trace.slo_class, source=trace.source, notes=notes)
+
+
+def _get(summary: dict, key: str, stat: str | None) -> float | None:
+    v = summary.get(key)
+    if stat is not None:
+        v = (v or {}).get(stat)
+    return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(v)
+
+
+def compare(real: dict, sim: dict) -> dict:
+    """{metric: {real, sim, rel_error}} with rel_error = (sim - real) / real."""
+    out = {}
+    for key, stat in METRICS:
+        name = key if stat is None else f"{key}.{stat}"
+        r, s = _get(real, key, stat), _get(sim, key, stat)
+        rel = None if r is None or s is None or r == 0 else (s - r) / r
+        out[name] = {"real": r, "sim": s, "rel_error": rel}
+    return out
+
+
+def failures(report: dict, tolerance: float) -> list[str]:
+    """Gated metrics whose |rel_error| exceeds the tolerance (or could not be computed)."""
+    bad = []
+    for name in GATED:
+        rel = report[name]["rel_error"]
+        if rel is None or abs(rel) > tolerance:
+            bad.append(name)
+    return bad
+
+
+def write_html(real: RunResult, sim: RunResult, report: dict, path: Path, title: str) -> None:
+    """Per-request simulated vs real E2E latency (scatter) and the two latency CDFs."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    cols = ["request_id", "e2e_latency_s"]
+    a = real.requests.select(cols).rename({"e2e_latency_s": "real"})
+    b = sim.requests.select(cols).rename({"e2e_latency_s": "sim"})
+    both = a.join(b, on="request_id").drop_nulls().filter(pl.col("real").is_not_nan() & pl.col("sim").is_not_nan())
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("per-request E2E latency: simulated vs real",
+                                                        "E2E latency CDF"))
+    fig.add_trace(go.Scattergl(x=both["real"], y=both["sim"], mode="markers", name="requests",
+                               marker=dict(size=5, opacity=0.6), text=[f"request {i}" for i in both["request_id"]]),
+                  1, 1)
+    hi = float(max(both["real"].max() or 1, both["sim"].max() or 1))
+    fig.add_trace(go.Scatter(x=[0, hi], y=[0, hi], mode="lines", name="y = x", line=dict(dash="dash", color="grey")),
+                  1, 1)
+    for label, col in (("real", "real"), ("simulated", "sim")):
+        x = np.sort(both[col].to_numpy())
+        fig.add_trace(go.Scatter(x=x, y=np.arange(1, len(x) + 1) / max(len(x), 1), mode="lines", name=f"{label} CDF"),
+                      1, 2)
+    fig.update_xaxes(title_text="real E2E latency (s)", row=1, col=1)
+    fig.update_yaxes(title_text="simulated E2E latency (s)", row=1, col=1)
+    fig.update_xaxes(title_text="E2E latency (s)", row=1, col=2)
+    fig.update_yaxes(title_text="fraction of requests", row=1, col=2)
+    lines = [f"{k}: real {v['real']:.4g}, sim {v['sim']:.4g}, error {v['rel_error']:+.1%}"
+             for k, v in report.items() if v["rel_error"] is not None]
+    fig.update_layout(title=dict(text=f"{title}<br><sup>{' | '.join(lines[:3])}<br>{' | '.join(lines[3:])}</sup>"),
+                      height=560, margin=dict(t=120))
+    fig.write_html(path, include_plotlyjs="cdn")
+
+
+def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path, *, length_scale: float = 1.0,
+                   tolerance: float = 0.10) -> tuple[dict, int]:
+    """Run both engines, write DIR/validation.json and DIR/validation.html (and each run's files
+    under DIR/real and DIR/sim); returns (report, exit status)."""
+    from dataclasses import replace
+
+    from gpu_runner.engine import serve
+    from simulator.engine import SimConfig, simulate
+    from simulator.profile import load_profile
+    from syncintellects.spec import length_response_model, prepare
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    profile = load_profile(profile_path)
+    trace, policy, _ = prepare(spec)
+    trace = scale_lengths(trace, length_scale)
+    if runner_cfg.kv_blocks is None and runner_cfg.kv_tokens is None:
+        runner_cfg = replace(runner_cfg, kv_blocks=profile.kv_blocks(runner_cfg.block_size))
+    real = serve(trace, policy, lm, runner_cfg, length_response=length_response_model(spec))
+    real.config["spec"] = spec.to_dict()
+    real.write(out / "real")
+    _, sim_policy, _ = prepare(spec)  # a fresh policy object of the same class and settings
+    sim_cfg = SimConfig(profile=profile_path, block_size=runner_cfg.block_size, kv_blocks=real.config["kv_blocks"],
+                        max_context=real.config["max_context"], seed=spec.seed)
+    sim = simulate(trace, sim_policy, sim_cfg, profile=profile, length_response=length_response_model(spec))
+    sim.config["spec"] = spec.to_dict()
+    sim.write(out / "sim")
+    report = compare(real.summary, sim.summary)
+    bad = failures(report, tolerance)
+    doc = {"metrics": report, "tolerance": tolerance, "gated": list(GATED), "failed": bad,
+           "policy": real.config["policy"], "trace": trace.name, "num_requests": len(trace),
+           "length_scale": length_scale, "seed": spec.seed, "profile": profile.path, "model": lm.shape,
+           "device": str(lm.device), "dtype": lm.dtype, "kv_blocks": real.config["kv_blocks"],
+           "max_context": real.config["max_context"], "torch_threads": real.config["torch_threads"],
+           "real_summary": {k: real.summary[k] for k in ("num_finished", "num_rejected", "preemptions",
+                                                          "mean_batch_size", "num_steps", "runner")},
+           "sim_summary": {k: sim.summary[k] for k in ("num_finished", "num_rejected", "preemptions",
+                                                        "mean_batch_size", "num_steps")},
+           "busy": busy_breakdown(real, sim)}
+    from simulator.metrics import _clean
+
+    (out / "validation.json").write_text(json.dumps(_clean(doc), indent=2, sort_keys=True) + "\n")
+    write_html(real, sim, report, out / "validation.html",
+               f"{real.config['policy']} on {trace.name} ({len(trace)} requests): simulator vs real {lm.name}")
+    return doc, (1 if bad else 0)
+
+
+def busy_breakdown(real: RunResult, sim: RunResult) -> dict:
+    """Where an error comes from: busy time, steps and mean step time of each engine, split into
+    steps with prefill work and decode-only steps."""
+    out = {}
+    for label, res in (("real", real), ("sim", sim)):
+        st = res.steps
+        dur = (st["end_s"] - st["start_s"]).to_numpy()
+        n = st["num_steps"].to_numpy()
+        pre = (st["prefill_tokens"] > 0).to_numpy()
+        out[label] = {
+            "busy_s": float(dur.sum()),
+            "prefill_steps": int(n[pre].sum()), "prefill_busy_s": float(dur[pre].sum()),
+            "decode_steps": int(n[~pre].sum()), "decode_busy_s": float(dur[~pre].sum()),
+            "mean_prefill_step_ms": float(dur[pre].sum() / max(n[pre].sum(), 1) * 1e3),
+            "mean_decode_step_ms": float(dur[~pre].sum() / max(n[~pre].sum(), 1) * 1e3),
+        }
+    return out

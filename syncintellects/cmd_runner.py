@@ -1,0 +1,166 @@
+"""``syncintellects models | profile | run | validate``: the real runner's commands.
+
+torch and transformers are imported inside the handlers: the simulator's commands (and
+``models``) work without them.
+"""
+from __future__ import annotations
+
+from syncintellects.cmd_simulate import add_run_arguments, spec_from_args
+
+
+def _model_arguments(p) -> None:
+    p.add_argument("--model", default="tiny-llama", help="named shape (see `syncintellects models`) or a local "
+                   "Hugging Face checkpoint directory")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default=None, help="fp32 | fp16 | bf16 (default: fp32 on CPU, fp16 on GPU)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (recorded; 1 is steadiest when the "
+                   "machine is shared)")
+    p.add_argument("--max-context", type=int, default=None, help="shorten the model context (tokens)")
+    p.add_argument("--block-size", type=int, default=16, help="KV block size in tokens")
+    p.add_argument("--model-seed", type=int, default=0, help="seed of a named shape's random weights")
+
+
+def _serving_arguments(p) -> None:
+    add_run_arguments(p)
+    _model_arguments(p)
+    p.add_argument("--kv-blocks", type=int, default=None, help="KV cache size in blocks")
+    p.add_argument("--kv-tokens", type=int, default=None, help="KV cache size in tokens (CPU default 32768)")
+    p.add_argument("--length-mode", choices=("forced", "natural"), default="forced",
+                   help="forced: exactly the trace's output lengths (default); natural: stop at EOS or the cap")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="natural mode: cap on generated tokens")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); > 0: sampling, seeded by --seed")
+    p.add_argument("--length-scale", type=float, default=1.0, help="multiply prompt and output lengths (fit a long "
+                   "trace to a small model)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("models", help="list the runner's named model shapes")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("profile", help="measure step times of a model on this machine; write a simulator profile",
+                       description="Measure prefill, decode and mixed step times through the real executor, fit "
+                                   "the simulator's step-time model and write a versioned profile JSON.")
+    _model_arguments(p)
+    p.add_argument("--quick", action="store_true", help="a small grid (CI)")
+    p.add_argument("--kv-tokens", type=int, default=None, help="KV budget in tokens written to the profile's memory "
+                   "section (CPU default 32768)")
+    p.add_argument("--memory-gb", type=float, default=None, help="memory budget instead of --kv-tokens")
+    p.add_argument("--name", default=None, help="profile name (default: device-model-dtype)")
+    p.add_argument("--out", required=True, help="profile JSON path")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("run", help="serve a trace for real under a policy (same outputs as simulate)",
+                       description="Serve a trace with a real model under any policy; writes summary.json, "
+                                   "requests.parquet, steps.parquet and config.json to --out.")
+    _serving_arguments(p)
+    p.add_argument("--profile", default=None, help="size the KV cache from this profile's memory section")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="run a trace through the real runner and the calibrated simulator; compare",
+                       description="Real vs simulated TTFT, TPOT, E2E latency and throughput; writes "
+                                   "validation.json and validation.html to --out; exit status 1 when the error "
+                                   "of the mean E2E latency or the throughput exceeds --tolerance.")
+    _serving_arguments(p)
+    p.add_argument("--profile", required=True, help="profile JSON measured on this machine (syncintellects profile)")
+    p.add_argument("--tolerance", type=float, default=0.10, help="largest accepted |relative error|")
+    p.set_defaults(func=cmd_validate)
+
+
+def cmd_models(args) -> int:
+    from gpu_runner.models import SHAPES, list_models
+
+    for name, note in list_models():
+        s = SHAPES[name]
+        print(f"{name:<12} {s['num_hidden_layers']:>2} layers x {s['hidden_size']:>4} hidden, {s['num_attention_heads']} "
+              f"heads ({s['num_key_value_heads']} KV), context {s['max_position_embeddings']}: {note}")
+    print("--model also takes a local Hugging Face checkpoint directory (Llama architecture)")
+    return 0
+
+
+def _load(args):
+    from gpu_runner.engine import set_threads
+    from gpu_runner.models import load_model
+
+    if args.device == "cpu":
+        set_threads(args.threads)
+    return load_model(args.model, device=args.device, dtype=args.dtype, seed=args.model_seed,
+                      max_context=args.max_context)
+
+
+def _runner_config(args, kv_blocks=None):
+    from gpu_runner.engine import RunnerConfig
+
+    return RunnerConfig(block_size=args.block_size, kv_blocks=args.kv_blocks or kv_blocks, kv_tokens=args.kv_tokens,
+                        max_context=args.max_context, length_mode=args.length_mode, max_new_tokens=args.max_new_tokens,
+                        temperature=args.temperature, seed=args.seed, threads=args.threads, progress=not args.quiet)
+
+
+def cmd_profile(args) -> int:
+    from gpu_runner.profiler import build_profile
+    from simulator.profile import save_profile
+
+    lm = _load(args)
+    prof = build_profile(lm, quick=args.quick, block_size=args.block_size, kv_tokens=args.kv_tokens,
+                         memory_gb=args.memory_gb, threads=args.threads, name=args.name, progress=not args.quiet)
+    save_profile(prof, args.out)
+    if not args.quiet:
+        f = prof["fit"]
+        print(f"profile {prof['name']}: {len(prof['samples'])} grid points, fit median |error| "
+              f"{f['median_abs_rel_error']:.1%} (max {f['max_abs_rel_error']:.1%}); wrote {args.out}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from gpu_runner.engine import serve
+    from gpu_runner.validate import scale_lengths
+    from simulator.metrics import format_summary
+    from syncintellects.spec import length_response_model, prepare
+
+    spec = spec_from_args(args)
+    trace, policy, _ = prepare(spec)
+    trace = scale_lengths(trace, args.length_scale)
+    kv_blocks = None
+    if args.profile and not (args.kv_blocks or args.kv_tokens):
+        from simulator.profile import load_profile
+
+        kv_blocks = load_profile(args.profile).kv_blocks(args.block_size)
+    lm = _load(args)
+    result = serve(trace, policy, lm, _runner_config(args, kv_blocks), length_response=length_response_model(spec))
+    result.config["spec"] = spec.to_dict()
+    out = result.write(args.out)
+    if not args.quiet:
+        print(f"{spec.policy} on {spec.trace} ({result.summary['num_requests']} requests), real {lm.name} on "
+              f"{lm.device} ({lm.dtype}):")
+        print(format_summary(result.summary))
+        r = result.summary["runner"]
+        print(f"  runner: {r['steps']} steps, {r['step_ms_mean']:.2f} ms mean, Python overhead "
+              f"{r['python_overhead_ms_per_step']:.3f} ms/step, policy {r['policy_ms_per_plan']:.3f} ms/plan")
+        print(f"results in {out}/ (summary.json, requests.parquet, steps.parquet, config.json)")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from gpu_runner.validate import run_validation
+
+    spec = spec_from_args(args)
+    lm = _load(args)
+    doc, status = run_validation(spec, lm, _runner_config(args), args.profile, args.out,
+                                 length_scale=args.length_scale, tolerance=args.tolerance)
+    if not args.quiet:
+        print(f"{doc['policy']} on {doc['trace']} ({doc['num_requests']} requests), tolerance {args.tolerance:.0%}:")
+        print(f"  {'metric':<34} {'real':>10} {'sim':>10} {'error':>8}")
+        for name, v in doc["metrics"].items():
+            if v["real"] is None or v["sim"] is None:
+                print(f"  {name:<34} {'-':>10} {'-':>10}")
+                continue
+            err = "-" if v["rel_error"] is None else f"{v['rel_error']:+.1%}"
+            flag = "  FAIL" if name in doc["failed"] else ""
+            print(f"  {name:<34} {v['real']:>10.4g} {v['sim']:>10.4g} {err:>8}{flag}")
+        print(f"wrote {args.out}/validation.json and validation.html")
+        if status:
+            print(f"error above tolerance: {', '.join(doc['failed'])}")
+    return status
+
