@@ -13,6 +13,7 @@ import sys
 
 COMMANDS = [
     "syncintellects.cmd_simulate",
+    "syncintellects.cmd_predictors",
     "syncintellects.cmd_reproduce",
     "syncintellects.cmd_trace",
     "syncintellects.cmd_sweep",

@@ -1,0 +1,83 @@
+"""Calibrated error models: how the real predictors err, for runs without text.
+
+Azure-style traces carry token counts but no text, so the learned predictors cannot run
+there. Instead they are replaced by a model of their *measured* held-out errors, applied
+to the truth (bound by the simulator). All errors are in log space:
+
+    ln(pred_rem) - m = c + b (ln(true_rem) - m) + sigma z,      z ~ N(0, 1) per request
+
+where ``true_rem`` is the remaining length after ``g`` of ``T`` tokens (``T`` at g = 0) and
+``m`` the mean log remaining length of the workload at that progress, ``mu + ln(1 - p)``
+with ``mu`` the trace's mean log output length. b < 1 is the predictor's shrinkage
+towards the mean (what limits its ranking power), c its bias, sigma its residual noise.
+A trained model directory carries its own measured parameters (``model.json``); the
+defaults below were measured with::
+
+    syncintellects train-predictor --kind prompt --data alpaca-eval --out runs/pred-prompt
+    syncintellects train-predictor --kind progressive --data alpaca-eval --out runs/pred-prog
+
+(605 training / 200 held-out Llama-2-7b-chat answers, split by prompt with seed 0, lengths in
+MiniLM tokens); docs/predictors.md has the tables.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# Pooled within-prompt SD of ln(output tokens) over Vicuna-7B's four answers (temperatures
+# 0.7/0.5/0.3/0.0) to each of 10,000 Alpaca prompts: 0.390 on the val file, 0.391 on the train
+# file (Sequence-Scheduling data, traces/seqsched-alpaca-lengths). Measured with
+# `python -m policies.predictors.calibrate --seqsched /work/shared/traces/seqsched-alpaca-lengths`.
+NOISY_SIGMA = 0.39
+
+# Prompt predictor (MiniLM + ridge), 200 held-out prompts: shrinkage fit of its errors.
+PROMPT_ERROR = {"b": 0.291, "c": 0.029, "sigma": 0.274}
+# Mean ln(tokens) of the 605 training answers: the centre when no trace is given.
+TRAIN_MU_LOG_TOKENS = 5.44
+
+# Progressive predictor, same held-out prompts, after 0/25/50/75% of each answer
+# (errors on the remaining length).
+PROGRESSIVE_ERROR = {
+    0.00: {"b": 0.291, "c": 0.029, "sigma": 0.274},
+    0.25: {"b": 0.5, "c": 0.0, "sigma": 0.3},
+    0.50: {"b": 0.6, "c": 0.0, "sigma": 0.3},
+    0.75: {"b": 0.7, "c": 0.0, "sigma": 0.3},
+}
+
+
+class RequestNoise:
+    """A standard normal per request, from ``default_rng([seed, stream, request_id])``.
+
+    Deterministic regardless of call order (each request has its own stream), cached.
+    """
+
+    def __init__(self, seed: int, stream: int):
+        self.seed, self.stream = int(seed), int(stream)
+        self._z: dict[int, float] = {}
+
+    def __call__(self, request_id: int) -> float:
+        z = self._z.get(request_id)
+        if z is None:
+            z = float(np.random.default_rng([self.seed, self.stream, int(request_id)]).standard_normal())
+            self._z[request_id] = z
+        return z
+
+
+def params_at(table: dict[float, dict], progress: float) -> dict:
+    """Linear interpolation of the error parameters in progress (held constant past the ends)."""
+    keys = sorted(table)
+    p = min(max(progress, keys[0]), keys[-1])
+    for lo, hi in zip(keys, keys[1:]):
+        if lo <= p <= hi:
+            w = (p - lo) / (hi - lo)
+            return {k: (1 - w) * table[lo][k] + w * table[hi][k] for k in ("b", "c", "sigma")}
+    return dict(table[keys[0]])
+
+
+def modelled_remaining(true_total: int, generated: int, mu: float, params: dict, z: float) -> float:
+    """The modelled predictor's remaining-length estimate (>= 1) for one request."""
+    rem = max(true_total - generated, 1)
+    p = min(generated / max(true_total, 1), 0.99)
+    m = mu + math.log1p(-p)
+    return max(1.0, math.exp(m + params["c"] + params["b"] * (math.log(rem) - m) + params["sigma"] * z))

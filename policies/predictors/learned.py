@@ -1,0 +1,136 @@
+"""The learned predictors: MiniLM prompt predictor and the progressive (re-predicting) one.
+
+Both run for real whenever they have text (the prompt, and for the progressive one the
+answer so far or its MiniLM embedding from the runner). Where text is missing (Azure-style
+traces, or the simulator, which generates no text) they fall back to the calibrated
+error model of :mod:`policies.predictors.errors`, applied to the truth the simulator binds.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from policies.contract import RequestView
+from policies.predictors import errors
+from policies.predictors.errors import RequestNoise
+from policies.predictors.head import RidgeHead
+from policies.predictors.oracle import _TruthBound
+from policies.predictors.text import EMBED_DIM, load_records, prefix_texts, shared_encoder, token_counts
+
+
+def _train_bundled(kind: str, seed: int) -> RidgeHead:
+    from policies.predictors.train import train
+
+    # No model directory: fit on every bundled answer (seeded), in memory. Train once with
+    # `syncintellects train-predictor` and pass --predictor-model to skip this.
+    print(f"training a {kind} predictor on the bundled AlpacaEval answers (no --predictor-model given)", file=sys.stderr)
+    return train(kind, load_records("alpaca-eval"), None, seed=seed, source="alpaca-eval (all 805)")
+
+
+class _Learned(_TruthBound):
+    kind = ""
+
+    def __init__(self, trace=None, seed: int = 0, model_dir=None, embedding_cache=None):
+        super().__init__()
+        self.seed = int(seed)
+        self.model_dir = model_dir
+        self.trace = trace
+        self._head = RidgeHead.load(model_dir) if model_dir is not None else None
+        if self._head is not None and self._head.meta.get("kind") != self.kind:
+            raise ValueError(f"predictor model {model_dir} is a {self._head.meta.get('kind')!r} model, "
+                             f"expected {self.kind!r}")
+        self._encoder = shared_encoder(embedding_cache)
+        self._noise = RequestNoise(seed, stream=2)
+        outputs = getattr(trace, "output_tokens", None)
+        # Centre of the error model: the workload's own mean log length (see errors.py).
+        self.mu = float(np.log(np.maximum(outputs, 1)).mean()) if outputs is not None and len(outputs) else \
+            float((self._head.meta if self._head else {}).get("mu_log_tokens", errors.TRAIN_MU_LOG_TOKENS))
+        self._trace_embedded = False
+
+    @property
+    def head(self) -> RidgeHead:
+        if self._head is None:
+            self._head = _train_bundled(self.kind, self.seed)
+        return self._head
+
+    def _embed_prompt(self, prompt: str) -> np.ndarray:
+        prompts = getattr(self.trace, "prompt", None)
+        if prompts is not None and not self._trace_embedded:
+            self._trace_embedded = True  # embed the whole trace in one batched pass
+            self._encoder.embed([p for p in prompts if p], progress=len(prompts) > 256)
+        return self._encoder.embed([prompt])[0]
+
+    def _measured(self, key: str):
+        """This model directory's own held-out error parameters, if it has them."""
+        ev = (self._head.meta.get("heldout") if self._head is not None else None) or {}
+        return ev.get(key)
+
+
+class PromptPredictor(_Learned):
+    """One-shot prediction from the prompt: MiniLM embedding + ridge on ln(tokens)."""
+
+    name = "prompt"
+    kind = "prompt"
+    refresh_every = None
+
+    def __init__(self, trace=None, seed: int = 0, model_dir=None, embedding_cache=None, error: dict | None = None):
+        super().__init__(trace, seed, model_dir, embedding_cache)
+        em = self._measured("error_model")
+        self.error = dict(error or (em and {k: em[k] for k in ("b", "c", "sigma")}) or errors.PROMPT_ERROR)
+        self._by_text: dict[str, float] = {}
+
+    def predict(self, request: RequestView, generated: int = 0, embedding=None) -> float:
+        if request.prompt is not None:
+            pred = self._by_text.get(request.prompt)
+            if pred is None:
+                x = np.hstack([self._embed_prompt(request.prompt), np.log1p(token_counts([request.prompt]))])
+                pred = self._by_text[request.prompt] = float(np.exp(self.head.predict_log(x)[0]))
+        else:
+            pred = errors.modelled_remaining(self._true(request), 0, self.mu, self.error,
+                                             self._noise(request.request_id))
+        return float(max(pred, generated + 1))
+
+
+class ProgressivePredictor(_Learned):
+    """Re-predicts the remaining length every ``refresh_every`` tokens from the answer so far.
+
+    ``embedding`` is the answer so far as text (its last 200 tokens are re-embedded with the
+    prompt) or its MiniLM embedding (a 384-vector). Without either, after the first token the
+    simulator's error-vs-progress model stands in (interpolated from the 0/25/50/75% fits).
+    """
+
+    name = "progressive"
+    kind = "progressive"
+
+    def __init__(self, trace=None, seed: int = 0, model_dir=None, embedding_cache=None, refresh_every: int = 32,
+                 error: dict | None = None):
+        super().__init__(trace, seed, model_dir, embedding_cache)
+        if refresh_every < 1:
+            raise ValueError(f"progressive predictor: refresh_every must be >= 1, got {refresh_every}")
+        self.refresh_every = int(refresh_every)
+        by_f = self._measured("by_fraction")
+        measured = by_f and {float(f): {k: m["error_model"][k] for k in ("b", "c", "sigma")} for f, m in by_f.items()}
+        self.error = dict(error or measured or errors.PROGRESSIVE_ERROR)
+
+    def _real(self, request: RequestView, generated: int, text_vec: np.ndarray) -> float:
+        x = np.hstack([self._embed_prompt(request.prompt), text_vec, np.log1p(generated),
+                       np.log1p(token_counts([request.prompt]))])
+        return float(np.exp(self.head.predict_log(x)[0]))
+
+    def predict(self, request: RequestView, generated: int = 0, embedding=None) -> float:
+        has_state = isinstance(embedding, str) or (embedding is not None and np.size(embedding) == EMBED_DIM)
+        if request.prompt is not None and (has_state or generated == 0):
+            if isinstance(embedding, str):
+                vec = self._encoder.embed(prefix_texts(embedding, [10**9]))[0]
+            elif has_state:
+                vec = np.asarray(embedding, dtype=np.float64).ravel()
+            else:
+                vec = np.zeros(EMBED_DIM)
+            rem = self._real(request, generated, vec)
+        else:
+            true = self._true(request)
+            rem = errors.modelled_remaining(true, generated, self.mu,
+                                            errors.params_at(self.error, generated / max(true, 1)),
+                                            self._noise(request.request_id))
+        return float(generated + max(rem, 1.0))
