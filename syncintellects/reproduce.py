@@ -99,7 +99,7 @@ def run_one(job: tuple[ReproductionConfig, Arm, float, int]) -> dict:
     s = res.summary
     return {"label": arm.label, "policy": arm.policy, "predictor": arm.predictor or "none",
             "length_control": arm.length_control, "rate": rate, "seed": seed, "num_requests": s["num_requests"],
-            "num_finished": s["num_finished"], "mean_e2e_s": s["e2e_latency_s"]["mean"],
+            "num_finished": s["num_finished"], "num_rejected": s["num_rejected"], "mean_e2e_s": s["e2e_latency_s"]["mean"],
             "p99_e2e_s": s["e2e_latency_s"]["p99"], "mean_ttft_s": s["ttft_s"]["mean"],
             "throughput_output_tokens_per_s": s["throughput_output_tokens_per_s"],
             "throughput_requests_per_s": s["throughput_requests_per_s"], "mean_qos": s["qos_mean"],
@@ -116,10 +116,19 @@ def run_reproduction(cfg: ReproductionConfig, arms=ARMS, progress: bool = True) 
     bar = tqdm(total=len(jobs), desc="reproduce paper", unit="run", disable=not progress)
     rows = []
     if cfg.workers > 1:
-        with mp.get_context("spawn").Pool(cfg.workers) as pool:
+        # spawn: workers start clean (no copied simulator state); close + join, not terminate,
+        # so the pool's own semaphores are released before exit
+        pool = mp.get_context("spawn").Pool(cfg.workers)
+        try:
             for row in pool.imap_unordered(run_one, jobs):
                 rows.append(row)
                 bar.update()
+            pool.close()
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
     else:
         for job in jobs:
             rows.append(run_one(job))

@@ -41,7 +41,9 @@ def test_one_run_is_deterministic_and_finishes_every_request():
     arm = next(a for a in ARMS if a.policy == "syncintellects")
     first, again = run_one((cfg, arm, 3.0, 1)), run_one((cfg, arm, 3.0, 1))
     assert first == again
-    assert first["num_finished"] == first["num_requests"] == 80 and first["length_control"]
+    assert first["num_requests"] == 80 and first["length_control"]
+    # window 1 holds one prompt longer than the model context, which the engine turns away
+    assert first["num_finished"] == 80 - first["num_rejected"] == 79
 
 
 def test_quick_cli_writes_the_table_and_the_plot(tmp_path):

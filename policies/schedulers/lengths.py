@@ -55,7 +55,7 @@ class LengthTracker:
         self.initial: dict[int, float] = {}
         self.done: set[int] = set()          # produced their last token (padding rows from now on)
         self._next_refresh: dict[int, int] = {}
-        self._embedding: dict[int, object] = {}
+        self._embedding: dict[int, object] = {}  # the engine's latest state per request: embedding, else text
 
     # -- predictions ---------------------------------------------------------------
     def add(self, view: RequestView) -> float:
@@ -115,6 +115,8 @@ class LengthTracker:
         for r in result.prefilled:
             if r in self.generated:
                 self.generated[r] += 1
+        if result.texts:  # predictors accept the answer so far as text when there is no embedding
+            self._embedding.update(result.texts)
         if result.embeddings:
             self._embedding.update(result.embeddings)
         self.done.update(result.finished)
