@@ -21,7 +21,10 @@ def test_headline_compares_each_seed_with_its_own_baseline():
     assert h[1.0]["throughput_gain_pct"] == pytest.approx((10 + 0) / 2)
     assert h[1.0]["request_throughput_gain_pct"] == pytest.approx((0 + 50) / 2)
     assert h[2.0]["latency_reduction_pct"] == pytest.approx(-25.0) and h[2.0]["throughput_gain_pct"] == pytest.approx(-10)
-    assert h["all"]["latency_reduction_pct"] == pytest.approx((20 + 50 - 25) / 3) and h["all"]["runs"] == 3
+    assert h["all rates"]["latency_reduction_pct"] == pytest.approx((20 + 50 - 25) / 3) and h["all rates"]["runs"] == 3
+    # the baseline serves 1 and 2 req/s at rate 1.0 (>= 90%) but only 1 req/s at rate 2.0
+    assert h[1.0]["baseline_keeps_up"] and not h[2.0]["baseline_keeps_up"]
+    assert h["rates the baseline keeps up with"]["latency_reduction_pct"] == pytest.approx(35.0)
 
 
 def test_workload_windows_are_real_disjoint_and_at_the_asked_rate():
