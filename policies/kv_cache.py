@@ -79,6 +79,8 @@ class KVCache:
         """Blocks that growing every slot by ``steps`` tokens would add."""
         if steps <= 0 or len(slots) == 0:
             return 0
+        if steps == 1:  # the hot case: rows whose last block is exactly full
+            return int(np.count_nonzero(self._tokens[slots] % self.block_size == 0))
         q, r = divmod(steps, self.block_size)
         room = self._last_block_room(slots)
         return len(slots) * q + int(room[:r].sum())

@@ -86,13 +86,15 @@ class SimExecutor:
     def _run_decode(self, plan: StepPlan, now: float, next_arrival: float) -> StepResult:
         idx, slots = self._decode_rows(plan)
         rem = self.remaining[idx]
-        active = rem > 0
-        n_active = int(active.sum())
         batch = len(idx)
+        active = rem > 0
+        n_active = int(np.count_nonzero(active))
         limit = int(plan.max_steps)
         if limit < 1:
             raise PlanError(f"plan.max_steps must be >= 1, got {limit}")
-        if n_active:
+        if n_active == batch:  # no padded rows (continuous batching): skip the mask
+            limit = min(limit, int(rem.min()))
+        elif n_active:
             limit = min(limit, int(rem[active].min()))
         sum_ctx = int(self.kv._tokens[slots].sum())
         if plan.wake_on_arrival and next_arrival < float("inf"):
@@ -103,7 +105,7 @@ class SimExecutor:
         end = now + self.cost.decode_run_s(batch, sum_ctx, n)
         finished: tuple[int, ...] = ()
         if n_active:
-            act = idx[active]
+            act = idx if n_active == batch else idx[active]
             self.remaining[act] -= n
             self.rec.generated[act] += n
             done = act[self.remaining[act] == 0]
