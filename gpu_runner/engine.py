@@ -5,11 +5,13 @@ same edge checks (a prompt that leaves no room in the model context is rejected,
 are capped at ``max_context - prompt``), the same KV accountant sized the same way, the
 same Recorder and :func:`summarize`, and the same RunResult files.
 
-Clock. Arrivals are served on a *virtual clock* that advances by the measured wall time
-of everything the server does (the policy's planning plus every step, measured with
-``perf_counter``) and jumps over idle gaps to the next arrival. A request therefore sees
-exactly the latency it would see in real time, but the run does not sleep through idle
-gaps (faster, and no sleep jitter); see docs/validation.md.
+Clock. Arrivals are served on a *virtual clock* that advances by the measured time of
+everything the server does (the policy's planning plus every step) and jumps over idle
+gaps to the next arrival. A request therefore sees the latency it would see in real
+time, but the run does not sleep through idle gaps (faster, and no sleep jitter). The
+measuring clock is wall time (``perf_counter``), or on a CPU with one torch thread the
+thread's CPU time (``thread_time``), which other processes on a shared machine cannot
+inflate; see docs/validation.md.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ class RunnerConfig:
     temperature: float = 0.0              # 0: greedy
     seed: int = 0
     threads: int | None = 1               # torch CPU threads (recorded; 1 is steadiest on a shared machine)
+    clock: str = "auto"                   # wall | cpu | auto (cpu on a CPU with one thread, else wall)
     progress: bool = False
 
 
@@ -51,6 +54,17 @@ def set_threads(threads: int | None) -> int:
     if threads:
         torch.set_num_threads(int(threads))
     return torch.get_num_threads()
+
+
+def step_clock(kind: str, device: str, threads: int | None):
+    """The function that measures step time: ``time.perf_counter`` (wall) or ``time.thread_time`` (cpu)."""
+    if kind == "auto":
+        kind = "cpu" if str(device) == "cpu" and threads == 1 else "wall"
+    if kind not in ("wall", "cpu"):
+        raise ValueError(f"clock must be wall, cpu or auto, got {kind!r}")
+    if kind == "cpu" and str(device) != "cpu":
+        raise ValueError("the cpu clock measures host CPU time; on a GPU use --clock wall")
+    return kind, (time.thread_time if kind == "cpu" else time.perf_counter)
 
 
 def default_kv_blocks(lm, block_size: int, kv_tokens: int | None = None, memory_utilization: float = 0.9) -> int:
@@ -74,6 +88,7 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
         raise ValueError(f"length mode must be 'forced' or 'natural', got {config.length_mode!r}")
     wall0 = time.perf_counter()
     threads = set_threads(config.threads) if lm.device == "cpu" else None
+    clock_kind, clock = step_clock(config.clock, lm.device, threads)
     blocks = config.kv_blocks or default_kv_blocks(lm, config.block_size, config.kv_tokens)
     kv = KVCache(blocks, config.block_size)
     rec = Recorder(trace, blocks, config.block_size)
@@ -97,7 +112,7 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
     rng = np.random.default_rng(config.seed)
     ex = RealExecutor(lm, kv, rec, prompt, output, forced=forced, prompts=trace.prompt, seed=config.seed,
                       temperature=config.temperature, length_response=length_response, rng=rng,
-                      embeddings=bool(getattr(policy, "wants_embeddings", False)))
+                      embeddings=bool(getattr(policy, "wants_embeddings", False)), clock=clock)
     if forced:
         bind_truth(policy, ex.true_output)
     views = request_views(trace, max_output)
@@ -109,7 +124,7 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
 
     now, i = 0.0, 0
     while True:
-        t0 = time.perf_counter()
+        t0 = clock()
         j = int(np.searchsorted(arrivals, now, side="right"))
         new = tuple(views[k] for k in range(i, j) if not too_long[k]) if j > i else ()
         i = max(i, j)
@@ -134,7 +149,7 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
         if plan.directives:
             ex.apply_directives(plan)
         # the server's own time (arrivals, planning) passes on the clock too
-        dt = time.perf_counter() - t0
+        dt = clock() - t0
         plan_s += dt
         if plan.is_idle:
             if i < n:
@@ -148,9 +163,9 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
         nxt = float(arrivals[i]) if i < n else float("inf")
         result = ex.run(plan, now, nxt)
         now = result.end_s
-        t1 = time.perf_counter()
+        t1 = clock()
         policy.observe(result)
-        dt = time.perf_counter() - t1
+        dt = clock() - t1
         plan_s += dt
         now += dt
     bar.close()
@@ -172,7 +187,8 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
     cfg = {"engine": "runner", "policy": getattr(policy, "name", type(policy).__name__),
            "policy_config": _policy_config(policy), "runner": asdict(config), "model": lm.shape, "dtype": lm.dtype,
            "device": str(lm.device), "torch_threads": threads, "kv_blocks": blocks, "max_context": max_context,
-           "trace": trace.name, "trace_notes": trace.notes, "num_requests": n, "clock": "virtual"}
+           "trace": trace.name, "trace_notes": trace.notes, "num_requests": n,
+           "clock": f"virtual, advanced by measured {clock_kind} time"}
     result = RunResult(requests=requests, steps=steps, summary=summary, config=cfg)
     result.executor = ex  # generated token ids, for tests and inspection (not written)
     return result

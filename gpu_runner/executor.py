@@ -3,11 +3,16 @@
 It mirrors :class:`simulator.executor.SimExecutor` step for step (same plan checks, same
 repeat rule, same KV accounting, same Recorder fields), except that tokens come from a
 forward pass and time from the clock: every step's duration is measured with
-``time.perf_counter`` around the whole step (packing, forward, sampling, bookkeeping).
+the executor's clock around the whole step (packing, forward, sampling, bookkeeping).
 
 Length modes. *forced*: a request produces exactly its trace's output length: EOS is
 masked out before the last token and the last token is EOS (how simulators are validated).
 *natural*: the model stops at EOS or at its cap (model context, ``max_new_tokens``).
+
+Clock. ``clock`` is ``time.perf_counter`` (wall time; on a GPU the sampled tokens' ``tolist``
+synchronises the device first) or ``time.thread_time`` (the CPU time of the calling thread:
+with one torch thread all compute runs on it, so a step's CPU time equals its wall time on
+an idle machine but does not count the time other processes steal on a shared one).
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ class RealExecutor:
     def __init__(self, lm: LoadedModel, kv: KVCache, rec: Recorder, prompt_tokens: np.ndarray,
                  output_tokens: np.ndarray, *, forced: bool = True, prompts: list[str] | None = None,
                  seed: int = 0, temperature: float = 0.0, length_response=None, rng: np.random.Generator | None = None,
-                 embeddings: bool = False):
+                 embeddings: bool = False, clock=time.perf_counter):
         self.lm, self.kv, self.rec = lm, kv, rec
         cfg = lm.model.config
         n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
@@ -50,8 +55,10 @@ class RealExecutor:
         self.length_response = length_response
         self.rng = rng or np.random.default_rng(seed)
         self.want_embeddings = embeddings
+        self.clock = clock
         self.step_s: list[float] = []             # measured duration of every step
         self.forward_s = 0.0                      # of which inside forward + sampling
+        self.segment_work: list[tuple] = []       # (decode rows' KV tokens at the start, chunks, pad): for diagnosis
         self.eos = lm.eos_token_id
         self.is_cuda = str(lm.device).startswith("cuda")
 
@@ -146,7 +153,7 @@ class RealExecutor:
             r, c0 = ch.request_id, int(cached[ch.request_id])
             pool.ensure(r, c0 + ch.num_tokens)
             chs.append((r, self._context(r)[c0:c0 + ch.num_tokens], c0))
-        t0 = time.perf_counter()
+        t0 = self.clock()
         inp = pack(pool, dec, chs, pad_to, self.lm.device)
         logits, hidden = forward(self.lm.model, pool, inp)
         # chunks are packed loose-first then padded; map logit rows back to plan order
@@ -156,7 +163,7 @@ class RealExecutor:
         rows = [r for r, _, _ in dec] + [c[0] for c in chs]
         logits = logits[order]
         toks = self._sample(logits, rows)
-        self.forward_s += time.perf_counter() - t0
+        self.forward_s += self.clock() - t0
         emb = hidden[order] if self.want_embeddings else None
         return toks[:len(dec)], toks[len(dec):], emb
 
@@ -175,19 +182,20 @@ class RealExecutor:
     def _run_decode(self, plan: StepPlan, idx: np.ndarray, now: float, next_arrival: float) -> StepResult:
         kv, rec = self.kv, self.rec
         slots = kv.slots(plan.decode)
+        self.segment_work.append((int(kv._tokens[slots].sum()), (), 0))
         active = idx[self.remaining[idx] > 0]
         n_active = len(active)
         finished: list[int] = []
         start, n, emb = now, 0, None
         while n < plan.max_steps:
-            t0 = time.perf_counter()
+            t0 = self.clock()
             toks, _, emb = self._forward(idx, (), 0)
             kv.append(slots, 1)
             self.cached[idx] += 1
             for r, t in zip(idx.tolist(), toks):
                 if self.remaining[r] > 0:
                     self._emit(r, t, finished)
-            dt = time.perf_counter() - t0
+            dt = self.clock() - t0
             self.step_s.append(dt)
             now += dt
             n += 1
@@ -201,7 +209,7 @@ class RealExecutor:
 
     def _run_mixed_step(self, plan: StepPlan, idx: np.ndarray, now: float) -> StepResult:
         kv, rec = self.kv, self.rec
-        t0 = time.perf_counter()
+        t0 = self.clock()
         chunks = []
         for ch in plan.prefill:
             i = ch.request_id
@@ -217,6 +225,8 @@ class RealExecutor:
             if not self.started[i]:
                 self.started[i] = True
                 rec.admitted_s[i] = now
+        self.segment_work.append((int(kv._tokens[kv.slots(plan.decode)].sum()) if len(idx) else 0, tuple(chunks),
+                                  plan.prefill_pad_to))
         dec_toks, chunk_toks, emb = self._forward(idx, plan.prefill, plan.prefill_pad_to)
         if len(idx):
             kv.append(kv.slots(plan.decode), 1)
@@ -235,7 +245,7 @@ class RealExecutor:
         act = [(r, t) for r, t in zip(idx.tolist(), dec_toks) if self.remaining[r] > 0]
         for i, tok in pending_emit + act:
             self._emit(i, tok, finished)
-        end = now + (time.perf_counter() - t0)
+        end = now + (self.clock() - t0)
         self.step_s.append(end - now)
         for i in first:
             rec.first_token_s[i] = end

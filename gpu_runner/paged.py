@@ -12,9 +12,10 @@ for the projections and the MLP (no padding), and attention is computed per kind
 
 * decode rows: batched attention over each row's cached context, gathered from the
   pool into a padded ``[rows, longest context]`` block. Rows are first grouped by
-  context length (a new group whenever a row's context is under ``GROUP_RATIO`` of its
-  group's longest) so the work tracks the *sum* of the contexts, as paged attention on a
-  GPU does, rather than batch x longest context. (A fully vectorised segment softmax
+  context length (a new group when a row's context is under ``GROUP_RATIO`` of its
+  group's longest *and* at least ``GROUP_MIN_GAP`` tokens shorter: an extra group costs
+  one more attention call per layer) so the work tracks the *sum* of the contexts, as
+  paged attention on a GPU does, rather than batch x longest context. (A fully vectorised segment softmax
   was measured 20-100x slower on CPU: scatter-adds are single-threaded.)
 * prefill chunks: one causal attention call per chunk over its cached prefix and itself;
 * a padded prefill group (static batching): the chunks left-padded to a common length and
@@ -29,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 GROUP_RATIO = 0.75
+GROUP_MIN_GAP = 384
 MAX_GROUPS = 6
 
 
@@ -153,7 +155,8 @@ def _decode_groups(kv: PagedKV, decode, lengths: np.ndarray, device) -> list:
     order = np.argsort(-lengths, kind="stable")
     groups: list[list[int]] = []
     for j in order.tolist():
-        if groups and (lengths[j] >= GROUP_RATIO * lengths[groups[-1][0]] or len(groups) == MAX_GROUPS):
+        top = lengths[groups[-1][0]] if groups else 0
+        if groups and (lengths[j] >= min(GROUP_RATIO * top, top - GROUP_MIN_GAP) or len(groups) == MAX_GROUPS):
             groups[-1].append(j)
         else:
             groups.append([j])

@@ -3,7 +3,8 @@
 Every sample is timed through the real executor (:class:`gpu_runner.executor.RealExecutor`),
 so a profile includes exactly the per-step Python work the engine does. Grids:
 
-* decode: batch size x context per row (one plan repeated for warm-up + repeats steps);
+* decode: batch size x mean context per row (one plan repeated for warm-up + repeats
+  steps); the rows' contexts are spread uniformly over [K/2, 3K/2] as in a real batch;
 * prefill: chunk length with nothing cached, and chunks on top of a cached prefix;
 * padded prefill (static batching): R prompts left-padded to P tokens in one step;
 * mixed (continuous batching): decode rows plus one prefill chunk in the same step.
@@ -45,11 +46,11 @@ class Grid:
     repeats: int
 
 
-FULL = Grid(decode_batch=(1, 2, 4, 8, 16, 32, 64), decode_ctx=(32, 128, 512, 1024, 1792),
+FULL = Grid(decode_batch=(1, 2, 4, 8, 16, 32, 64), decode_ctx=(32, 128, 384, 768, 1280),
             prefill=(8, 32, 64, 128, 256, 512, 1024, 1792), prefill_cached=((64, 256), (128, 1024), (256, 512), (512, 1024)),
             padded=((4, 64), (8, 128), (16, 256), (16, 512)), mixed=((8, 256, 64), (16, 512, 256), (32, 256, 512), (32, 1024, 128)),
             warmup=3, repeats=7)
-QUICK = Grid(decode_batch=(1, 4, 16, 32), decode_ctx=(64, 512, 1024), prefill=(16, 128, 512, 1024),
+QUICK = Grid(decode_batch=(1, 4, 16, 32), decode_ctx=(64, 384, 1024), prefill=(16, 128, 512, 1024),
              prefill_cached=((128, 512),), padded=((8, 128),), mixed=((16, 256, 128),), warmup=2, repeats=5)
 
 
@@ -57,14 +58,15 @@ class Bench:
     """A RealExecutor whose requests are placed directly in a chosen state (contexts are never computed:
     timing does not depend on the cache's values, and skipping the prefills keeps profiling quick)."""
 
-    def __init__(self, lm, slots: int, kv_tokens: int, block_size: int = 16, seed: int = 0):
+    def __init__(self, lm, slots: int, kv_tokens: int, block_size: int = 16, seed: int = 0, clock=None):
         from gpu_runner.executor import RealExecutor
 
         self.kv = KVCache(max(1, kv_tokens // block_size), block_size)
         trace = make_trace("profile", np.zeros(slots), np.ones(slots, dtype=np.int64), np.ones(slots, dtype=np.int64))
         self.rec = Recorder(trace, self.kv.num_blocks, block_size)
         big = np.full(slots, 1 << 40, dtype=np.int64)
-        self.ex = RealExecutor(lm, self.kv, self.rec, np.ones(slots, dtype=np.int64), big, forced=True, seed=seed)
+        self.ex = RealExecutor(lm, self.kv, self.rec, np.ones(slots, dtype=np.int64), big, forced=True, seed=seed,
+                               **({"clock": clock} if clock else {}))
         self.vocab = lm.shape["vocab"]
         self.rng = np.random.default_rng(seed)
 
@@ -96,53 +98,74 @@ class Bench:
         return ex.step_s[before:]
 
 
-def measure(lm, grid: Grid, kv_tokens: int, block_size: int = 16, progress: bool = True) -> list[dict]:
-    """Time every grid point; returns raw samples (each with all repeat timings in ms and the median)."""
+def _spread(b: int, k: int) -> list[int]:
+    """Contexts of ``b`` rows with mean ``k``, spread over [k/2, 3k/2] as in a real batch."""
+    return [k] if b == 1 else np.rint(np.linspace(k * 0.5, k * 1.5, b)).astype(int).tolist()
+
+
+def _time_case(bench: Bench, case: tuple, grid: Grid, slots: int) -> tuple[list[float], dict]:
+    kind, b, k, c, pad = case
+    if kind == "decode":
+        ctx = _spread(b, k)
+        for r in range(b):
+            bench.place(r, ctx[r], 0)
+        plan = StepPlan(decode=tuple(range(b)), max_steps=grid.warmup + grid.repeats, wake_on_arrival=False)
+        times = bench.time_plan(plan)[grid.warmup:]
+        bench.clear()
+        sum_ctx = sum(ctx) + b * (grid.warmup + (grid.repeats - 1) / 2)  # mean over the measured steps
+        return times, dict(batch=b, sum_ctx=sum_ctx, chunks=[])
+    times = []
+    for rep in range(grid.warmup + grid.repeats):
+        if kind == "padded":
+            for r in range(b):
+                bench.place(r, 0, pad)
+            plan = StepPlan(prefill=tuple(PrefillChunk(r, pad) for r in range(b)), prefill_pad_to=pad)
+            work = dict(batch=0, sum_ctx=0, chunks=[(pad, 0)] * b, pad=pad)
+        else:
+            ctx = _spread(b, k) if b else []
+            for r in range(b):
+                bench.place(r, ctx[r], 0)
+            k0 = k if kind == "prefill" else 0
+            bench.place(slots - 1, k0, c)
+            plan = StepPlan(decode=tuple(range(b)), prefill=(PrefillChunk(slots - 1, c),))
+            work = dict(batch=b, sum_ctx=sum(ctx), chunks=[(c, k0)])
+        t = bench.time_plan(plan)
+        bench.clear()
+        if rep >= grid.warmup:
+            times += t
+    return times, work
+
+
+def measure(lm, grid: Grid, kv_tokens: int, block_size: int = 16, progress: bool = True, clock=None,
+            rounds: int = 1) -> list[dict]:
+    """Time every grid point; returns raw samples (all timings in ms, and their median).
+
+    With ``rounds`` > 1 the whole grid is measured that many times and each point's timings
+    pooled, so a point's median spans the whole profiling time rather than one moment of it
+    (background load on a shared machine comes and goes)."""
     max_ctx = lm.shape["max_context"]
     slots = max(max(grid.decode_batch), max(r for r, _ in grid.padded), max(b for b, _, _ in grid.mixed)) + 2
-    bench = Bench(lm, slots, kv_tokens, block_size)
+    bench = Bench(lm, slots, kv_tokens, block_size, clock=clock)
     cases = []
     for b in grid.decode_batch:
         for k in grid.decode_ctx:
-            if k + grid.warmup + grid.repeats < max_ctx and b * (k + 64) <= kv_tokens:
+            if k * 1.5 + grid.warmup + grid.repeats < max_ctx and b * (k * 1.5 + 64) <= kv_tokens:
                 cases.append(("decode", b, k, 0, 0))
     cases += [("prefill", 0, 0, c, 0) for c in grid.prefill if c < max_ctx]
     cases += [("prefill", 0, k0, c, 0) for c, k0 in grid.prefill_cached if c + k0 < max_ctx]
     cases += [("padded", r, 0, p, p) for r, p in grid.padded if p < max_ctx]
-    cases += [("mixed", b, k, c, 0) for b, k, c in grid.mixed if k + c < max_ctx]
-    samples = []
-    for kind, b, k, c, pad in tqdm(cases, desc="profile", unit="point", disable=not progress):
-        times = []
-        if kind == "decode":
-            for r in range(b):
-                bench.place(r, k, 0)
-            plan = StepPlan(decode=tuple(range(b)), max_steps=grid.warmup + grid.repeats, wake_on_arrival=False)
-            times = bench.time_plan(plan)[grid.warmup:]
-            bench.clear()
-            sum_ctx = b * (k + grid.warmup + (grid.repeats - 1) / 2)  # mean over the measured steps
-            samples.append(_sample(kind, times, b, sum_ctx, []))
-            continue
-        for rep in range(grid.warmup + grid.repeats):
-            if kind == "padded":
-                for r in range(b):
-                    bench.place(r, 0, pad)
-                plan = StepPlan(prefill=tuple(PrefillChunk(r, pad) for r in range(b)), prefill_pad_to=pad)
-                chunks = [(pad, 0)] * b
-                dec, sum_ctx = 0, 0
-            else:
-                dec = b
-                for r in range(b):
-                    bench.place(r, k, 0)
-                bench.place(slots - 1, k if kind == "prefill" else 0, c)
-                plan = StepPlan(decode=tuple(range(b)), prefill=(PrefillChunk(slots - 1, c),))
-                chunks = [(c, k if kind == "prefill" else 0)]
-                sum_ctx = b * k
-            t = bench.time_plan(plan)
-            bench.clear()
-            if rep >= grid.warmup:
-                times += t
-        samples.append(_sample(kind, times, dec, sum_ctx, chunks, pad))
-    return samples
+    cases += [("mixed", b, k, c, 0) for b, k, c in grid.mixed if k * 1.5 + c < max_ctx]
+    times: list[list[float]] = [[] for _ in cases]
+    works: list[dict] = [{} for _ in cases]
+    bar = tqdm(total=len(cases) * rounds, desc="profile", unit="point", disable=not progress)
+    for _ in range(rounds):
+        for j, case in enumerate(cases):
+            t, works[j] = _time_case(bench, case, grid, slots)
+            times[j] += t
+            bar.update(1)
+    bar.close()
+    return [_sample(case[0], t, w["batch"], w["sum_ctx"], w["chunks"], w.get("pad", 0))
+            for case, t, w in zip(cases, times, works)]
 
 
 def _sample(kind, times, batch, sum_ctx, chunks, pad=0) -> dict:
@@ -252,19 +275,21 @@ def memory_section(lm, block_size: int, kv_tokens: int | None, memory_gb: float 
 
 def build_profile(lm, *, quick: bool = False, block_size: int = 16, kv_tokens: int | None = None,
                   memory_gb: float | None = None, threads: int | None = 1, name: str | None = None,
-                  progress: bool = True, grid: Grid | None = None) -> dict:
+                  progress: bool = True, grid: Grid | None = None, clock: str = "auto", rounds: int | None = None) -> dict:
     """Measure, fit and return a profile dict in the simulator's schema (save with ``save_profile``)."""
     import torch
     import transformers
 
-    from gpu_runner.engine import set_threads
+    from gpu_runner.engine import set_threads, step_clock
 
     threads = set_threads(threads) if lm.device == "cpu" else None
+    clock_kind, clock_fn = step_clock(clock, lm.device, threads)
     grid = grid or (QUICK if quick else FULL)
     memory = memory_section(lm, block_size, kv_tokens, memory_gb)
-    bench_tokens = max(max(grid.decode_batch) * (max(grid.decode_ctx) + 64),
+    bench_tokens = max(max(grid.decode_batch) * int(max(grid.decode_ctx) * 1.5 + 64),
                        max(r * p for r, p in grid.padded), 4096) + 4096
-    samples = measure(lm, grid, bench_tokens, block_size, progress)
+    rounds = rounds or (1 if quick else 3)
+    samples = measure(lm, grid, bench_tokens, block_size, progress, clock_fn, rounds)
     coeff, report = fit(samples)
     dev = device_info(lm, threads)
     model = dict(lm.shape)
@@ -280,15 +305,15 @@ def build_profile(lm, *, quick: bool = False, block_size: int = 16, kv_tokens: i
                      "python": platform.python_version()},
         "created": created,
         "runner": {"torch_threads": threads, "block_size": block_size, "grid": "quick" if quick else "full",
-                   "warmup_steps": grid.warmup, "repeats": grid.repeats, "timer": "time.perf_counter around each "
-                   "executor step (pack + forward + sampling + bookkeeping)"},
+                   "warmup_steps": grid.warmup, "repeats": grid.repeats, "rounds": rounds, "clock": clock_kind,
+                   "timer": f"{clock_fn.__name__} around each executor step (pack + forward + sampling + bookkeeping)"},
         "fit": report,
         "derivation": (
             f"Measured by gpu_runner/profiler.py on {dev['name']} ({lm.dtype}, torch threads {threads}): decode steps "
             f"over batch {list(grid.decode_batch)} x context {list(grid.decode_ctx)}, prefill chunks "
             f"{list(grid.prefill)} (and on cached prefixes {list(grid.prefill_cached)}), padded prefill "
             f"{list(grid.padded)}, mixed steps {list(grid.mixed)}; median of {grid.repeats} repeats after "
-            f"{grid.warmup} warm-up steps each. Coefficients: one non-negative least-squares fit weighted by "
+            f"{grid.warmup} warm-up steps each, in {rounds} round(s) over the whole grid. Coefficients: one non-negative least-squares fit weighted by "
             f"relative error; linear_ops knots at the measured token counts, fixed_step_ms 0 (the table holds "
             f"the constant). Fit: median |relative error| {report['median_abs_rel_error']:.3f}, "
             f"max {report['max_abs_rel_error']:.3f}. Memory: {memory['budget']}."),
