@@ -94,10 +94,16 @@ def test_sjf_with_an_oracle_gives_the_spt_mean_completion_time():
     np.testing.assert_allclose(sjf.requests["predicted_tokens"].to_numpy(), outputs)
 
 
-def test_syncintellects_with_exact_predictions_and_no_control_makes_the_plans_of_length_grouped(small_azure):
+@pytest.mark.parametrize("oracle", ["test-double", "policies.predictors"])
+def test_syncintellects_with_exact_predictions_and_no_control_makes_the_plans_of_length_grouped(small_azure, oracle):
+    def exact():
+        from policies.predictors import make_predictor
+
+        return TruthPredictor() if oracle == "test-double" else make_predictor("oracle")
+
     runs = []
     for name in ("length-grouped", "syncintellects"):
-        pol = Recording(make_policy(name, predictor=TruthPredictor()))
+        pol = Recording(make_policy(name, predictor=exact()))
         res = simulate(small_azure, pol, SimConfig(kv_blocks=3000))
         runs.append((pol.plans, res))
     (plans_a, res_a), (plans_b, res_b) = runs
@@ -152,3 +158,28 @@ def small_azure():
 
     trace = rescale_rate(load_trace("azure-conv"), 4.0).head(300)
     return dataclasses.replace(trace, name="azure-conv-300")
+
+
+@pytest.mark.parametrize("name", ["syncintellects", "syncintellects-continuous"])
+def test_with_the_real_progressive_predictor_controller_and_response_model(small_azure, name):
+    from policies.control import default_length_response, make_controller
+    from policies.predictors import make_predictor
+
+    pol = make_policy(name, predictor=make_predictor("progressive", trace=small_azure, seed=1),
+                      controller=make_controller())
+    res = simulate(small_azure, pol, SimConfig(seed=1), length_response=default_length_response())
+    _check_every_request_done_once(res, len(small_azure))
+    r = res.requests.filter(~res.requests["rejected"])
+    assert (r["target_tokens"] > 0).any() and (r["qos"] < 1).any() and (r["qos"] > 0).all()
+    assert (r["output_tokens"] <= r["trace_output_tokens"]).all()  # a length cap never lengthens an answer
+    assert r["predicted_tokens"].is_not_nan().all()
+
+
+def test_cli_defaults_and_errors_for_the_predictor_flag(tmp_path, capsys):
+    from syncintellects.cli import main
+
+    args = ["simulate", "--num-requests", "40", "--rate", "2", "--quiet"]
+    assert main(args + ["--policy", "syncintellects", "--out", str(tmp_path / "si")]) == 0  # defaults to progressive
+    assert main(args + ["--policy", "sjf", "--out", str(tmp_path / "sjf")]) == 2
+    assert "--predictor" in capsys.readouterr().err
+    assert main(args + ["--policy", "sjf", "--predictor", "oracle", "--out", str(tmp_path / "sjf")]) == 0
