@@ -106,6 +106,9 @@ def test_bucket_overrun_is_cut_at_the_limit_and_recomputed_with_its_tokens():
     pol.observe(prefilled(0, t=3))
     p = pol.plan(view(kv, t=4))
     assert p.decode == (0,) and p.max_steps == 949 and not p.preempt
+    slack = LengthGroupedBatching(predictor=pred, bucket_tokens=50, limit_slack=0.2)
+    slack.plan(view(KVCache(10_000, 16), req(0), req(1)))
+    assert slack.batch_limit == 60
 
 
 def test_variable_batch_size_is_bigger_for_short_buckets_and_bounded_by_kv():

@@ -81,6 +81,8 @@ class SRPTBatching(SJFBatching):
         if len(self.running) >= cfg.max_num_seqs:
             return True
         head = self._queue[0][2]
+        if kv.blocks_for(self.context[head] + 1) > kv.num_blocks - int(cfg.watermark * kv.num_blocks):
+            return False  # it can never fit: the base policy rejects it, nobody should make room
         budget = cfg.max_batched_tokens - len(self._decode)
         if budget <= 0:
             return False  # a compute limit, not a memory one: preempting would not help
