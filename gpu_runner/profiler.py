@@ -18,6 +18,7 @@ raw samples, the fit's errors and where everything came from.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import platform
 from dataclasses import dataclass
 
@@ -48,7 +49,7 @@ class Grid:
 
 FULL = Grid(decode_batch=(1, 2, 4, 8, 16, 32, 64), decode_ctx=(32, 128, 384, 768, 1280),
             prefill=(8, 32, 64, 128, 256, 512, 1024, 1792), prefill_cached=((64, 256), (128, 1024), (256, 512), (512, 1024)),
-            padded=((4, 64), (8, 128), (16, 256), (16, 512)), mixed=((8, 256, 64), (16, 512, 256), (32, 256, 512), (32, 1024, 128)),
+            padded=((4, 64), (8, 128), (16, 256), (16, 512), (8, 1024)), mixed=((8, 256, 64), (16, 512, 256), (32, 256, 512), (32, 1024, 128)),
             warmup=3, repeats=7)
 QUICK = Grid(decode_batch=(1, 4, 16, 32), decode_ctx=(64, 384, 1024), prefill=(16, 128, 512, 1024),
              prefill_cached=((128, 512),), padded=((8, 128),), mixed=((16, 256, 128),), warmup=2, repeats=5)
@@ -249,7 +250,8 @@ def device_info(lm, threads: int | None) -> dict:
             name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
     except OSError:
         pass
-    return {"name": f"CPU {name}", "memory_bytes": None, "device": "cpu", "torch_threads": threads}
+    return {"name": f"CPU {name}", "memory_bytes": None, "device": "cpu", "torch_threads": threads,
+            "cpu_count": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2)}
 
 
 def memory_section(lm, block_size: int, kv_tokens: int | None, memory_gb: float | None) -> dict:

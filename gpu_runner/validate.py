@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +120,9 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
     trace = scale_lengths(trace, length_scale)
     if runner_cfg.kv_blocks is None and runner_cfg.kv_tokens is None:
         runner_cfg = replace(runner_cfg, kv_blocks=profile.kv_blocks(runner_cfg.block_size))
+    load_before = os.getloadavg()[0]
     real = serve(trace, policy, lm, runner_cfg, length_response=length_response_model(spec))
+    load_after = os.getloadavg()[0]
     real.config["spec"] = spec.to_dict()
     real.write(out / "real")
     _, sim_policy, _ = prepare(spec)  # a fresh policy object of the same class and settings
@@ -139,7 +142,9 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
                                                           "mean_batch_size", "num_steps", "runner")},
            "sim_summary": {k: sim.summary[k] for k in ("num_finished", "num_rejected", "preemptions",
                                                         "mean_batch_size", "num_steps")},
-           "busy": busy_breakdown(real, sim)}
+           "busy": busy_breakdown(real, sim),
+           "machine_load_average_1m": {"before_real_run": round(load_before, 2), "after_real_run": round(load_after, 2),
+                                       "cpu_count": os.cpu_count()}}
     from simulator.metrics import _clean
 
     (out / "validation.json").write_text(json.dumps(_clean(doc), indent=2, sort_keys=True) + "\n")
