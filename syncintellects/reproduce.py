@@ -250,7 +250,7 @@ def write_html(rows: list[dict], path: Path) -> None:
     fig.update_yaxes(type="log", row=1, col=1)
     fig.update_layout(title="SyncIntellects reproduction: latency and throughput vs load (simulated A100, Llama-2-7B, "
                             "Azure conversation trace)", height=560)
-    fig.write_html(path, include_plotlyjs="cdn")
+    fig.write_html(path, include_plotlyjs=True)  # self-contained: opens offline
 
 
 CONTINUOUS_LABELS = tuple(a.label for a in ARMS if a.policy in CONTINUOUS)
