@@ -5,16 +5,20 @@ Adding a policy is one file in ``policies/schedulers/`` and one line here.
 from __future__ import annotations
 
 from policies.schedulers.continuous import ContinuousBatching
+from policies.schedulers.length_grouped import LengthGroupedBatching
+from policies.schedulers.sjf import SJFBatching
+from policies.schedulers.srpt import SRPTBatching
 from policies.schedulers.static import StaticBatching
+from policies.schedulers.syncintellects import SyncIntellects, SyncIntellectsContinuous
 
 POLICIES = {
     "static": StaticBatching,
     "continuous": ContinuousBatching,
-    "length-grouped": __import__("policies.schedulers.length_grouped", fromlist=["x"]).LengthGroupedBatching,
-    "sjf": __import__("policies.schedulers.sjf", fromlist=["x"]).SJFBatching,
-    "srpt": __import__("policies.schedulers.srpt", fromlist=["x"]).SRPTBatching,
-    "syncintellects": __import__("policies.schedulers.syncintellects", fromlist=["x"]).SyncIntellects,
-    "syncintellects-continuous": __import__("policies.schedulers.syncintellects", fromlist=["x"]).SyncIntellectsContinuous,
+    "length-grouped": LengthGroupedBatching,
+    "sjf": SJFBatching,
+    "srpt": SRPTBatching,
+    "syncintellects": SyncIntellects,
+    "syncintellects-continuous": SyncIntellectsContinuous,
 }
 
 
