@@ -73,9 +73,12 @@ def run(args) -> int:
 
 
 def list_policies(args) -> int:
+    import sys
+
     from policies.registry import POLICIES
 
+    width = max(map(len, POLICIES)) + 2
     for name, cls in sorted(POLICIES.items()):
-        doc = (cls.__doc__ or cls.__module__ and __import__(cls.__module__, fromlist=["x"]).__doc__ or "").strip()
-        print(f"{name:<16} {doc.splitlines()[0] if doc else ''}")
+        doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip()
+        print(f"{name:<{width}}{doc.splitlines()[0] if doc else ''}")
     return 0
