@@ -134,9 +134,16 @@ def load_model(name_or_dir: str, *, device: str = "cpu", dtype: str | None = Non
         # Seeded init: same name + seed gives the same weights, hence the same tokens.
         gen_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
-        with torch.device(device):
-            model = LlamaForCausalLM(config).to(tdt)
-        torch.random.set_rng_state(gen_state)
+        # build directly in the target dtype on the target device (llama-2-7b in fp32 would need 27 GB first)
+        prev = torch.get_default_dtype()
+        torch.set_default_dtype(tdt)
+        try:
+            with torch.device(device):
+                model = LlamaForCausalLM(config)
+        finally:
+            torch.set_default_dtype(prev)
+            torch.random.set_rng_state(gen_state)
+        model.to(tdt)
         name = name_or_dir
     elif path.is_dir():
         if not (path / "config.json").exists():

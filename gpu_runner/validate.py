@@ -133,6 +133,11 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
     sim.write(out / "sim")
     report = compare(real.summary, sim.summary)
     bad = failures(report, tolerance)
+    replay = replay_steps(real, profile)
+    # Diagnosis only (never gated): the simulator again, with every step time scaled by the measured
+    # drift between this run's steps and the profile's prediction of those very steps.
+    drifted = simulate(trace, prepare(spec)[1], sim_cfg, profile=scaled_profile(profile, replay["drift"]),
+                       length_response=length_response_model(spec))
     doc = {"metrics": report, "tolerance": tolerance, "gated": list(GATED), "failed": bad,
            "policy": real.config["policy"], "trace": trace.name, "num_requests": len(trace),
            "length_scale": length_scale, "seed": spec.seed, "profile": profile.path, "model": lm.shape,
@@ -143,6 +148,8 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
            "sim_summary": {k: sim.summary[k] for k in ("num_finished", "num_rejected", "preemptions",
                                                         "mean_batch_size", "num_steps")},
            "busy": busy_breakdown(real, sim),
+           "replay": replay,
+           "drift_corrected_metrics": compare(real.summary, drifted.summary),
            "machine_load_average_1m": {"before_real_run": round(load_before, 2), "after_real_run": round(load_after, 2),
                                        "cpu_count": os.cpu_count()}}
     from simulator.metrics import _clean
@@ -170,3 +177,40 @@ def busy_breakdown(real: RunResult, sim: RunResult) -> dict:
             "mean_decode_step_ms": float(dur[~pre].sum() / max(n[~pre].sum(), 1) * 1e3),
         }
     return out
+
+
+def replay_steps(real: RunResult, profile) -> dict:
+    """The profile's predicted time of each step the real run made (same batch, contexts, chunks) vs its
+    measured time. ``drift`` = measured / predicted over the run: 1.0 means the cost model priced the real
+    steps exactly; a drift alone explains an error common to every step (e.g. a machine slower or faster
+    than when it was profiled)."""
+    from simulator.cost_model import CostModel
+
+    cost = CostModel(profile)
+    st = real.steps
+    work = real.executor.segment_work
+    measured = (st["end_s"] - st["start_s"]).to_numpy()
+    rows, n = st["batch_size"].to_numpy(), st["num_steps"].to_numpy()
+    pred = np.array([cost.decode_run_s(int(b), ctx, int(k)) if not chunks else
+                     cost.step_s(int(b) - len(chunks), ctx, list(chunks), pad)
+                     for b, k, (ctx, chunks, pad) in zip(rows, n, work)])
+    pre = (st["prefill_tokens"] > 0).to_numpy()
+    ratio = lambda m: float(measured[m].sum() / pred[m].sum()) if pred[m].sum() > 0 else None
+    return {"measured_busy_s": float(measured.sum()), "predicted_busy_s": float(pred.sum()),
+            "drift": ratio(np.ones_like(pre)), "drift_prefill_steps": ratio(pre), "drift_decode_steps": ratio(~pre),
+            "segment_abs_rel_error_median": float(np.median(np.abs(measured / np.maximum(pred, 1e-12) - 1)))}
+
+
+def scaled_profile(profile, factor: float):
+    """A copy of ``profile`` whose every step time is multiplied by ``factor``."""
+    import copy
+
+    from simulator.profile import Profile
+
+    data = copy.deepcopy(profile.data)
+    c = data["coefficients"]
+    c["fixed_step_ms"] *= factor
+    c["linear_ops"] = [[n, ms * factor] for n, ms in c["linear_ops"]]
+    for sec in ("decode_attn", "prefill_attn"):
+        c[sec] = {k: v * factor for k, v in c[sec].items()}
+    return Profile(data=data, path=f"{profile.path} x {factor:.3f}")
