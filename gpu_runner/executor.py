@@ -45,7 +45,9 @@ class RealExecutor:
         self.prompts = prompts
         self.seed = seed
         self.temperature = float(temperature)
-        self.gen = torch.Generator(device=lm.device).manual_seed(seed) if temperature > 0 else None
+        # sampling draws come from one stream per request, so a request's tokens do not depend on
+        # which other requests shared its batches (the batching depends on measured step times)
+        self._streams: dict[int, np.random.Generator] = {}
         self.remaining = output_tokens.astype(np.int64).copy()  # forced: tokens still to make; natural: cap
         rec.output_tokens[:] = self.remaining if forced else 0
         self.pending = self.prompt_tokens.copy()  # context tokens still to prefill
@@ -124,16 +126,25 @@ class RealExecutor:
             self.ctx[i] = ids
         return ids
 
-    def _sample(self, logits: torch.Tensor, rows: list[int]) -> list[int]:
-        """Next token per logit row; forced mode masks EOS except for a request's last token."""
+    def _sample(self, logits: torch.Tensor, rows: list[int], emits: list[bool]) -> list[int]:
+        """Next token per logit row; forced mode masks EOS except for a request's last token.
+
+        Sampling (temperature > 0) draws one uniform per emitted token from the request's own
+        seeded stream (inverse CDF), so the same seed gives the same tokens whatever the batching."""
         if self.forced:
             logits[:, self.eos] = float("-inf")
-        if self.gen is None:
-            toks = logits.argmax(-1)
+        if self.temperature <= 0:
+            out = logits.argmax(-1).tolist()  # synchronises the device, so the step's clock reading is true
         else:
-            probs = torch.softmax(logits.float() / self.temperature, dim=-1)
-            toks = torch.multinomial(probs, 1, generator=self.gen)[:, 0]
-        out = toks.tolist()  # synchronises the device, so the step's clock reading is true
+            probs = torch.softmax(logits.double() / self.temperature, dim=-1).cpu().numpy()
+            out = [0] * len(rows)
+            for k, (r, e) in enumerate(zip(rows, emits)):
+                if e:
+                    rng = self._streams.get(r)
+                    if rng is None:
+                        rng = self._streams[r] = np.random.default_rng([self.seed, 11, r])
+                    cdf = np.cumsum(probs[k])
+                    out[k] = int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), len(cdf) - 1))
         if self.forced:
             rem = self.remaining
             out = [self.eos if rem[r] == 1 else t for r, t in zip(rows, out)]
@@ -162,7 +173,9 @@ class RealExecutor:
         order = list(range(len(dec))) + [len(dec) + j for j in np.argsort(loose + padded).tolist()]
         rows = [r for r, _, _ in dec] + [c[0] for c in chs]
         logits = logits[order]
-        toks = self._sample(logits, rows)
+        emits = [self.remaining[r] > 0 for r, _, _ in dec] + [ch.num_tokens == self.pending[ch.request_id]
+                                                               for ch in chunks]
+        toks = self._sample(logits, rows, emits)
         self.forward_s += self.clock() - t0
         emb = hidden[order] if self.want_embeddings else None
         return toks[:len(dec)], toks[len(dec):], emb

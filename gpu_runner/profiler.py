@@ -3,13 +3,13 @@
 Every sample is timed through the real executor (:class:`gpu_runner.executor.RealExecutor`),
 so a profile includes exactly the per-step Python work the engine does. Grids:
 
-* decode: batch size x mean context per row (one plan repeated for warm-up + repeats
-  steps); the rows' contexts are spread uniformly over [K/2, 3K/2] as in a real batch;
+* decode: batch size x mean context per row; the rows' contexts are spread uniformly over
+  [K/2, 3K/2] as in a real batch;
 * prefill: chunk length with nothing cached, and chunks on top of a cached prefix;
 * padded prefill (static batching): R prompts left-padded to P tokens in one step;
 * mixed (continuous batching): decode rows plus one prefill chunk in the same step.
 
-Each grid point is the median over repeats after warm-up. The fit is one non-negative
+Each grid point is the median over repeats after warm-up (see :func:`measure` for the order). The fit is one non-negative
 least-squares problem, weighted by relative error, over the model of
 :mod:`simulator.profile` (``linear_ops`` knots at the measured token counts,
 ``fixed_step_ms`` = 0 since a constant is already in the table). The profile records the
@@ -49,7 +49,7 @@ class Grid:
 
 FULL = Grid(decode_batch=(1, 2, 4, 8, 16, 32, 64), decode_ctx=(32, 128, 384, 768, 1280),
             prefill=(8, 32, 64, 128, 256, 512, 1024, 1792), prefill_cached=((64, 256), (128, 1024), (256, 512), (512, 1024)),
-            padded=((4, 64), (8, 128), (16, 256), (16, 512), (8, 1024)), mixed=((8, 256, 64), (16, 512, 256), (32, 256, 512), (32, 1024, 128)),
+            padded=((4, 64), (8, 128), (16, 256), (16, 512), (8, 1024), (12, 768), (16, 1024)), mixed=((8, 256, 64), (16, 512, 256), (32, 256, 512), (32, 1024, 128)),
             warmup=3, repeats=7)
 QUICK = Grid(decode_batch=(1, 4, 16, 32), decode_ctx=(64, 384, 1024), prefill=(16, 128, 512, 1024),
              prefill_cached=((128, 512),), padded=((8, 128),), mixed=((16, 256, 128),), warmup=2, repeats=5)
@@ -104,53 +104,50 @@ def _spread(b: int, k: int) -> list[int]:
     return [k] if b == 1 else np.rint(np.linspace(k * 0.5, k * 1.5, b)).astype(int).tolist()
 
 
-def _time_case(bench: Bench, case: tuple, grid: Grid, slots: int) -> tuple[list[float], dict]:
+def _time_case(bench: Bench, case: tuple, slots: int) -> tuple[float, dict]:
+    """Time one step of a grid point (requests placed, one plan run, requests cleared)."""
     kind, b, k, c, pad = case
     if kind == "decode":
         ctx = _spread(b, k)
         for r in range(b):
             bench.place(r, ctx[r], 0)
-        plan = StepPlan(decode=tuple(range(b)), max_steps=grid.warmup + grid.repeats, wake_on_arrival=False)
-        times = bench.time_plan(plan)[grid.warmup:]
-        bench.clear()
-        sum_ctx = sum(ctx) + b * (grid.warmup + (grid.repeats - 1) / 2)  # mean over the measured steps
-        return times, dict(batch=b, sum_ctx=sum_ctx, chunks=[])
-    times = []
-    for rep in range(grid.warmup + grid.repeats):
-        if kind == "padded":
-            for r in range(b):
-                bench.place(r, 0, pad)
-            plan = StepPlan(prefill=tuple(PrefillChunk(r, pad) for r in range(b)), prefill_pad_to=pad)
-            work = dict(batch=0, sum_ctx=0, chunks=[(pad, 0)] * b, pad=pad)
-        else:
-            ctx = _spread(b, k) if b else []
-            for r in range(b):
-                bench.place(r, ctx[r], 0)
-            k0 = k if kind == "prefill" else 0
-            bench.place(slots - 1, k0, c)
-            plan = StepPlan(decode=tuple(range(b)), prefill=(PrefillChunk(slots - 1, c),))
-            work = dict(batch=b, sum_ctx=sum(ctx), chunks=[(c, k0)])
-        t = bench.time_plan(plan)
-        bench.clear()
-        if rep >= grid.warmup:
-            times += t
-    return times, work
+        # decode runs repeat a batch step after step: time the second step of a two-step run
+        plan = StepPlan(decode=tuple(range(b)), max_steps=2, wake_on_arrival=False)
+        work = dict(batch=b, sum_ctx=sum(ctx) + b, chunks=[])
+    elif kind == "padded":
+        for r in range(b):
+            bench.place(r, 0, pad)
+        plan = StepPlan(prefill=tuple(PrefillChunk(r, pad) for r in range(b)), prefill_pad_to=pad)
+        work = dict(batch=0, sum_ctx=0, chunks=[(pad, 0)] * b, pad=pad)
+    else:
+        ctx = _spread(b, k) if b else []
+        for r in range(b):
+            bench.place(r, ctx[r], 0)
+        k0 = k if kind == "prefill" else 0
+        bench.place(slots - 1, k0, c)
+        plan = StepPlan(decode=tuple(range(b)), prefill=(PrefillChunk(slots - 1, c),))
+        work = dict(batch=b, sum_ctx=sum(ctx), chunks=[(c, k0)])
+    t = bench.time_plan(plan)[-1]
+    bench.clear()
+    return t, work
 
 
 def measure(lm, grid: Grid, kv_tokens: int, block_size: int = 16, progress: bool = True, clock=None,
             rounds: int = 1) -> list[dict]:
     """Time every grid point; returns raw samples (all timings in ms, and their median).
 
-    With ``rounds`` > 1 the whole grid is measured that many times and each point's timings
-    pooled, so a point's median spans the whole profiling time rather than one moment of it
-    (background load on a shared machine comes and goes)."""
+    The grid is swept round-robin, one step per point per sweep (``warmup`` discarded sweeps, then
+    ``repeats x rounds`` measured ones): every measured step follows a step of another shape, as in
+    a real run where batches change from step to step, rather than a warm repeat of itself (which
+    was measured ~10-20% faster on CPU); and a point's median spans the whole profiling time, so
+    background load that comes and goes on a shared machine weighs on every point alike."""
     max_ctx = lm.shape["max_context"]
     slots = max(max(grid.decode_batch), max(r for r, _ in grid.padded), max(b for b, _, _ in grid.mixed)) + 2
     bench = Bench(lm, slots, kv_tokens, block_size, clock=clock)
     cases = []
     for b in grid.decode_batch:
         for k in grid.decode_ctx:
-            if k * 1.5 + grid.warmup + grid.repeats < max_ctx and b * (k * 1.5 + 64) <= kv_tokens:
+            if k * 1.5 + 2 < max_ctx and b * (k * 1.5 + 64) <= kv_tokens:
                 cases.append(("decode", b, k, 0, 0))
     cases += [("prefill", 0, 0, c, 0) for c in grid.prefill if c < max_ctx]
     cases += [("prefill", 0, k0, c, 0) for c, k0 in grid.prefill_cached if c + k0 < max_ctx]
@@ -158,11 +155,13 @@ def measure(lm, grid: Grid, kv_tokens: int, block_size: int = 16, progress: bool
     cases += [("mixed", b, k, c, 0) for b, k, c in grid.mixed if k * 1.5 + c < max_ctx]
     times: list[list[float]] = [[] for _ in cases]
     works: list[dict] = [{} for _ in cases]
-    bar = tqdm(total=len(cases) * rounds, desc="profile", unit="point", disable=not progress)
-    for _ in range(rounds):
+    sweeps = grid.warmup + grid.repeats * rounds
+    bar = tqdm(total=len(cases) * sweeps, desc="profile", unit="step", disable=not progress)
+    for sweep in range(sweeps):
         for j, case in enumerate(cases):
-            t, works[j] = _time_case(bench, case, grid, slots)
-            times[j] += t
+            t, works[j] = _time_case(bench, case, slots)
+            if sweep >= grid.warmup:
+                times[j].append(t)
             bar.update(1)
     bar.close()
     return [_sample(case[0], t, w["batch"], w["sum_ctx"], w["chunks"], w.get("pad", 0))
@@ -307,15 +306,15 @@ def build_profile(lm, *, quick: bool = False, block_size: int = 16, kv_tokens: i
                      "python": platform.python_version()},
         "created": created,
         "runner": {"torch_threads": threads, "block_size": block_size, "grid": "quick" if quick else "full",
-                   "warmup_steps": grid.warmup, "repeats": grid.repeats, "rounds": rounds, "clock": clock_kind,
+                   "warmup_sweeps": grid.warmup, "measured_sweeps": grid.repeats * rounds, "clock": clock_kind,
                    "timer": f"{clock_fn.__name__} around each executor step (pack + forward + sampling + bookkeeping)"},
         "fit": report,
         "derivation": (
             f"Measured by gpu_runner/profiler.py on {dev['name']} ({lm.dtype}, torch threads {threads}): decode steps "
             f"over batch {list(grid.decode_batch)} x context {list(grid.decode_ctx)}, prefill chunks "
             f"{list(grid.prefill)} (and on cached prefixes {list(grid.prefill_cached)}), padded prefill "
-            f"{list(grid.padded)}, mixed steps {list(grid.mixed)}; median of {grid.repeats} repeats after "
-            f"{grid.warmup} warm-up steps each, in {rounds} round(s) over the whole grid. Coefficients: one non-negative least-squares fit weighted by "
+            f"{list(grid.padded)}, mixed steps {list(grid.mixed)}; grid swept round-robin one step per point, "
+            f"{grid.warmup} warm-up sweeps then {grid.repeats * rounds} measured; medians. Coefficients: one non-negative least-squares fit weighted by "
             f"relative error; linear_ops knots at the measured token counts, fixed_step_ms 0 (the table holds "
             f"the constant). Fit: median |relative error| {report['median_abs_rel_error']:.3f}, "
             f"max {report['max_abs_rel_error']:.3f}. Memory: {memory['budget']}."),
