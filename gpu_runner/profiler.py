@@ -9,10 +9,8 @@ so a profile includes exactly the per-step Python work the engine does. Grids:
 * padded prefill (static batching): R prompts left-padded to P tokens in one step;
 * mixed (continuous batching): decode rows plus one prefill chunk in the same step.
 
-Each grid point is the median over repeats after warm-up (see :func:`measure` for the order). The fit is one non-negative
-least-squares problem, weighted by relative error, over the model of
-:mod:`simulator.profile` (``linear_ops`` knots at the measured token counts,
-``fixed_step_ms`` = 0 since a constant is already in the table). The profile records the
+Each grid point is the median over repeats after warm-up (see :func:`measure` for the order). The fit (:mod:`gpu_runner.fit`) is
+one non-negative least-squares problem over the model of :mod:`simulator.profile`. The profile records the
 raw samples, the fit's errors and where everything came from.
 """
 from __future__ import annotations
@@ -23,12 +21,12 @@ import platform
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import nnls
 from tqdm import tqdm
 
 from policies.contract import PrefillChunk, StepPlan
 from policies.kv_cache import KVCache
 from simulator.metrics import Recorder
+from gpu_runner.fit import fit
 from simulator.profile import SCHEMA_VERSION
 from traces.schema import make_trace
 
@@ -173,68 +171,6 @@ def _sample(kind, times, batch, sum_ctx, chunks, pad=0) -> dict:
     return {"kind": kind, "decode_rows": int(batch), "sum_ctx": float(sum_ctx),
             "chunks": [[int(c), int(k)] for c, k in chunks], "pad_to": int(pad),
             "ms": ms, "median_ms": float(np.median(ms))}
-
-
-def _features(s: dict) -> tuple[int, list[float]]:
-    b = s["decode_rows"]
-    eff = [max(c, s["pad_to"]) for c, _ in s["chunks"]]
-    n = b + sum(eff)
-    return n, [1.0 if b else 0.0, float(b), s["sum_ctx"], float(len(eff)),
-               float(sum(c * c for c in eff)), float(sum(c * k for c, (_, k) in zip(eff, s["chunks"])))]
-
-
-def _knots(ns: list[int]) -> list[int]:
-    out = []
-    for n in sorted(set(ns)):
-        if not out or n >= out[-1] * 1.4:
-            out.append(n)
-    if len(out) < 2:
-        out.append(out[-1] * 2)
-    return out
-
-
-def _interp_weights(n: int, knots: list[int]) -> np.ndarray:
-    """Weights w with linear_ms(n) = w . table, matching CostModel.linear_ms (incl. extrapolation)."""
-    w = np.zeros(len(knots))
-    if n <= knots[0]:
-        w[0] = 1.0
-        return w
-    i = min(int(np.searchsorted(knots, n)), len(knots) - 1)
-    x0, x1 = knots[i - 1], knots[i]
-    f = (n - x0) / (x1 - x0)
-    w[i - 1], w[i] = 1 - f, f
-    return w
-
-
-def fit(samples: list[dict]) -> tuple[dict, dict]:
-    """NNLS fit of the step-time model; returns (coefficients, fit report)."""
-    rows = [_features(s) for s in samples]
-    knots = _knots([n for n, _ in rows])
-    y = np.array([s["median_ms"] for s in samples])
-    a = np.array([np.concatenate([_interp_weights(n, knots), f]) for n, f in rows])
-    # The table is fitted as non-negative increments (y_i = d_0 + ... + d_i), i.e. non-decreasing in N:
-    # decode-only steps alone cannot tell the table (a function of N) from per-row costs, and an
-    # unconstrained table zig-zags between knots.
-    m = len(knots)
-    cum = np.tril(np.ones((m, m)))
-    a_inc = np.hstack([a[:, :m] @ cum, a[:, m:]])
-    sol, _ = nnls(a_inc / y[:, None], np.ones_like(y))
-    sol = np.concatenate([cum @ sol[:m], sol[m:]])
-    pred = a @ sol
-    rel = pred / y - 1
-    d_step, d_seq, d_ctx, p_chunk, p_sq, p_ctx = (float(v) for v in sol[m:])
-    coeff = {
-        "fixed_step_ms": 0.0,
-        "linear_ops": [[int(k), float(f"{v:.6g}")] for k, v in zip(knots, sol[:m])],
-        "decode_attn": {"per_step_ms": d_step, "per_seq_ms": d_seq, "per_ctx_token_ms": d_ctx},
-        "prefill_attn": {"per_chunk_ms": p_chunk, "per_sq_token_ms": p_sq, "per_ctx_token_ms": p_ctx},
-    }
-    report = {"median_abs_rel_error": float(np.median(np.abs(rel))), "max_abs_rel_error": float(np.abs(rel).max()),
-              "by_kind": {k: float(np.median(np.abs(rel[[s["kind"] == k for s in samples]])))
-                          for k in sorted({s["kind"] for s in samples})}}
-    for s, p in zip(samples, pred):
-        s["fit_ms"] = round(float(p), 5)
-    return coeff, report
 
 
 def device_info(lm, threads: int | None) -> dict:

@@ -18,6 +18,8 @@ def _model_arguments(p) -> None:
     p.add_argument("--max-context", type=int, default=None, help="shorten the model context (tokens)")
     p.add_argument("--block-size", type=int, default=16, help="KV block size in tokens")
     p.add_argument("--model-seed", type=int, default=0, help="seed of a named shape's random weights")
+    p.add_argument("--clock", choices=("auto", "wall", "cpu"), default="auto", help="what measures step time: wall "
+                   "time, or the thread's CPU time (auto: cpu on a CPU with --threads 1, else wall)")
 
 
 def _serving_arguments(p) -> None:
@@ -95,7 +97,8 @@ def _runner_config(args, kv_blocks=None):
 
     return RunnerConfig(block_size=args.block_size, kv_blocks=args.kv_blocks or kv_blocks, kv_tokens=args.kv_tokens,
                         max_context=args.max_context, length_mode=args.length_mode, max_new_tokens=args.max_new_tokens,
-                        temperature=args.temperature, seed=args.seed, threads=args.threads, progress=not args.quiet)
+                        temperature=args.temperature, seed=args.seed, threads=args.threads, clock=args.clock,
+                        progress=not args.quiet)
 
 
 def cmd_profile(args) -> int:
@@ -104,7 +107,8 @@ def cmd_profile(args) -> int:
 
     lm = _load(args)
     prof = build_profile(lm, quick=args.quick, block_size=args.block_size, kv_tokens=args.kv_tokens,
-                         memory_gb=args.memory_gb, threads=args.threads, name=args.name, progress=not args.quiet)
+                         memory_gb=args.memory_gb, threads=args.threads, name=args.name, progress=not args.quiet,
+                         clock=args.clock)
     save_profile(prof, args.out)
     if not args.quiet:
         f = prof["fit"]

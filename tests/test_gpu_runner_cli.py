@@ -40,7 +40,7 @@ def test_compare_and_tolerance_gate():
 
 def test_fit_recovers_known_coefficients():
     """Samples generated from the step-time model itself are fitted exactly (no noise)."""
-    from gpu_runner.profiler import fit
+    from gpu_runner.fit import fit
     from simulator.cost_model import CostModel
     from simulator.profile import Profile
 
