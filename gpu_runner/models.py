@@ -150,7 +150,7 @@ def load_model(name_or_dir: str, *, device: str = "cpu", dtype: str | None = Non
         finally:
             torch.set_default_dtype(prev)
             torch.random.set_rng_state(gen_state)
-        model.to(tdt)
+        # (no model.to(dtype): RoPE's inverse frequencies stay float32, as from_pretrained leaves them)
         name = name_or_dir
     elif path.is_dir():
         if not (path / "config.json").exists():
