@@ -20,8 +20,8 @@ Fitted to published and shipped measurements (docs/length-control.md has the der
 
 The QoS score is the share of the natural answer kept, min(1, achieved / natural): on the
 AlpacaEval annotations the judged win rate kept by concise answers tracks that share
-(gpt-3.5-turbo-1106: 0.40-0.51 of the plain win rate kept where concise/plain < 0.5, 0.72 at
-0.5-0.7, 0.86 at 0.7-0.9, 0.90 at 0.9-1.1).
+(gpt-3.5-turbo-1106: 0.44 of the plain win rate kept where concise/plain words < 0.5, 0.72 at
+0.5-0.7, 0.86 at 0.7-0.9, 0.90 at 0.9-1.1; ``python -m policies.control.calibrate``).
 """
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ towards the mean (what limits its ranking power), c its bias, sigma its residual
 A trained model directory carries its own measured parameters (``model.json``); the
 defaults below were measured with::
 
-    syncintellects train-predictor --kind prompt --data alpaca-eval --out runs/pred-prompt
-    syncintellects train-predictor --kind progressive --data alpaca-eval --out runs/pred-prog
+    syncintellects train-predictor --kind prompt --data alpaca-eval --out results/pred-prompt
+    syncintellects train-predictor --kind progressive --data alpaca-eval --out results/pred-prog
 
 (605 training / 200 held-out Llama-2-7b-chat answers, split by prompt with seed 0, lengths in
 MiniLM tokens); docs/predictors.md has the tables.
@@ -34,15 +34,15 @@ NOISY_SIGMA = 0.39
 # Prompt predictor (MiniLM + ridge), 200 held-out prompts: shrinkage fit of its errors.
 PROMPT_ERROR = {"b": 0.291, "c": 0.029, "sigma": 0.274}
 # Mean ln(tokens) of the 605 training answers: the centre when no trace is given.
-TRAIN_MU_LOG_TOKENS = 5.44
+TRAIN_MU_LOG_TOKENS = 5.545
 
 # Progressive predictor, same held-out prompts, after 0/25/50/75% of each answer
 # (errors on the remaining length).
 PROGRESSIVE_ERROR = {
     0.00: {"b": 0.291, "c": 0.029, "sigma": 0.274},
-    0.25: {"b": 0.5, "c": 0.0, "sigma": 0.3},
-    0.50: {"b": 0.6, "c": 0.0, "sigma": 0.3},
-    0.75: {"b": 0.7, "c": 0.0, "sigma": 0.3},
+    0.25: {"b": 0.415, "c": -0.436, "sigma": 0.349},
+    0.50: {"b": 0.168, "c": -0.094, "sigma": 0.336},
+    0.75: {"b": 0.034, "c": 0.498, "sigma": 0.324},
 }
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 # Log-spaced length buckets (tokens): <64, 64-128, 128-256, 256-512, >=512.
 BUCKET_EDGES = (64, 128, 256, 512)
-ALPHAS = tuple(float(a) for a in np.logspace(-1, 4, 16))
+ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 19))
 
 
 @dataclass
@@ -29,6 +29,10 @@ class RidgeHead:
     x_std: np.ndarray
     alpha: float
     meta: dict = field(default_factory=dict)
+    # A progressive model's prediction before the first token: a prompt head, saved in prompt/.
+    stage0: "RidgeHead | None" = None
+    # Fixed feature transforms fitted with the head (e.g. a PCA basis), saved in head.npz.
+    arrays: dict = field(default_factory=dict)
 
     def predict_log(self, x: np.ndarray) -> np.ndarray:
         x = np.atleast_2d(np.asarray(x, dtype=np.float64))
@@ -39,9 +43,12 @@ class RidgeHead:
     def save(self, model_dir: str | Path) -> None:
         d = Path(model_dir)
         d.mkdir(parents=True, exist_ok=True)
-        np.savez(d / "head.npz", w=self.w, b=np.array(self.b), x_mean=self.x_mean, x_std=self.x_std)
+        np.savez(d / "head.npz", w=self.w, b=np.array(self.b), x_mean=self.x_mean, x_std=self.x_std,
+                 **{f"extra_{k}": v for k, v in self.arrays.items()})
         meta = dict(self.meta, alpha=self.alpha, n_features=len(self.w))
         (d / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        if self.stage0 is not None:
+            self.stage0.save(d / "prompt")
 
     @staticmethod
     def load(model_dir: str | Path) -> "RidgeHead":
@@ -52,13 +59,19 @@ class RidgeHead:
                                         f"train-predictor --out {d}`)")
         meta = json.loads((d / "model.json").read_text())
         with np.load(d / "head.npz") as z:
-            return RidgeHead(w=z["w"], b=float(z["b"]), x_mean=z["x_mean"], x_std=z["x_std"],
-                             alpha=float(meta["alpha"]), meta=meta)
+            head = RidgeHead(w=z["w"], b=float(z["b"]), x_mean=z["x_mean"], x_std=z["x_std"],
+                             alpha=float(meta["alpha"]), meta=meta,
+                             arrays={k[len("extra_"):]: z[k] for k in z.files if k.startswith("extra_")})
+        if (d / "prompt" / "head.npz").exists():
+            head.stage0 = RidgeHead.load(d / "prompt")
+        return head
 
 
-def _solve(xs: np.ndarray, yc: np.ndarray, alpha: float) -> np.ndarray:
+def _ridge_path(xs: np.ndarray, yc: np.ndarray, alphas) -> list[np.ndarray]:
+    """Ridge weights for each penalty from one SVD of the design matrix."""
     u, s, vt = np.linalg.svd(xs, full_matrices=False)
-    return vt.T @ ((s / (s**2 + alpha)) * (u.T @ yc))
+    uty = u.T @ yc
+    return [vt.T @ ((s / (s**2 + a)) * uty) for a in alphas]
 
 
 def fit_ridge(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int, folds: int = 5,
@@ -79,12 +92,11 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int, folds
         mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-8
         xs = (x[tr] - mu) / sd
         ym = y[tr].mean()
-        for j, a in enumerate(alphas):
-            w = _solve(xs, y[tr] - ym, a)
+        for j, w in enumerate(_ridge_path(xs, y[tr] - ym, alphas)):
             err[j] += np.abs(((x[te] - mu) / sd) @ w + ym - y[te]).sum()
     alpha = float(alphas[int(np.argmin(err))])
     mu, sd = x.mean(0), x.std(0) + 1e-8
-    w = _solve((x - mu) / sd, y - y.mean(), alpha)
+    w = _ridge_path((x - mu) / sd, y - y.mean(), [alpha])[0]
     return RidgeHead(w=w, b=float(y.mean()), x_mean=mu, x_std=sd, alpha=alpha)
 
 

@@ -113,9 +113,17 @@ class ProgressivePredictor(_Learned):
         measured = by_f and {float(f): {k: m["error_model"][k] for k in ("b", "c", "sigma")} for f, m in by_f.items()}
         self.error = dict(error or measured or errors.PROGRESSIVE_ERROR)
 
-    def _real(self, request: RequestView, generated: int, text_vec: np.ndarray) -> float:
-        x = np.hstack([self._embed_prompt(request.prompt), text_vec, np.log1p(generated),
-                       np.log1p(token_counts([request.prompt]))])
+    def _real(self, request: RequestView, generated: int, text_vec: np.ndarray | None) -> float:
+        """The trained model: the prompt head before the first token, the progressive head after."""
+        from policies.predictors.train import progressive_features
+
+        if self.head.stage0 is None:
+            raise ValueError(f"progressive model {self.model_dir} has no prompt/ head (retrain it)")
+        m0 = self.head.stage0.predict_log(np.hstack([self._embed_prompt(request.prompt),
+                                                     np.log1p(token_counts([request.prompt]))]))
+        if text_vec is None:
+            return float(np.exp(m0[0]))
+        x = progressive_features(text_vec[None, :], np.array([generated]), m0, self.head.arrays)
         return float(np.exp(self.head.predict_log(x)[0]))
 
     def predict(self, request: RequestView, generated: int = 0, embedding=None) -> float:
@@ -126,7 +134,7 @@ class ProgressivePredictor(_Learned):
             elif has_state:
                 vec = np.asarray(embedding, dtype=np.float64).ravel()
             else:
-                vec = np.zeros(EMBED_DIM)
+                vec = None
             rem = self._real(request, generated, vec)
         else:
             true = self._true(request)
