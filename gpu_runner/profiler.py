@@ -7,7 +7,7 @@ so a profile includes exactly the per-step Python work the engine does. Grids:
   [K/2, 3K/2] as in a real batch;
 * prefill: chunk length with nothing cached, and chunks on top of a cached prefix;
 * padded prefill (static batching): R prompts left-padded to P tokens in one step;
-* mixed (continuous batching): decode rows plus one prefill chunk in the same step.
+* mixed (continuous batching): decode rows plus one or more prefill chunks in the same step.
 
 Each grid point is the median over repeats after warm-up (see :func:`measure` for the order). The fit (:mod:`gpu_runner.fit`) is
 one non-negative least-squares problem over the model of :mod:`simulator.profile`. The profile records the
@@ -40,17 +40,23 @@ class Grid:
     prefill: tuple[int, ...]
     prefill_cached: tuple[tuple[int, int], ...]   # (chunk, cached)
     padded: tuple[tuple[int, int], ...]           # (rows, padded length)
-    mixed: tuple[tuple[int, int, int], ...]       # (decode rows, context, chunk)
+    mixed: tuple[tuple[int, int, int, int], ...]  # (decode rows, context, chunk, chunks)
     warmup: int
     repeats: int
 
 
-FULL = Grid(decode_batch=(1, 2, 4, 8, 16, 32, 64), decode_ctx=(32, 128, 384, 768, 1280),
-            prefill=(8, 32, 64, 128, 256, 512, 1024, 1792), prefill_cached=((64, 256), (128, 1024), (256, 512), (512, 1024)),
-            padded=((4, 64), (8, 128), (16, 256), (16, 512), (8, 1024), (12, 768), (16, 1024)), mixed=((8, 256, 64), (16, 512, 256), (32, 256, 512), (32, 1024, 128)),
+# Continuous batching with the default 256-sequence limit runs 100+ decode rows on a 32k-token
+# cache, often with several chunks admitted in one step: the grid reaches there (no extrapolation).
+FULL = Grid(decode_batch=(1, 2, 4, 8, 16, 32, 64, 128), decode_ctx=(32, 128, 384, 768, 1280),
+            prefill=(8, 32, 64, 128, 256, 512, 1024, 1792),
+            prefill_cached=((64, 256), (128, 1024), (256, 512), (512, 1024)),
+            padded=((4, 64), (8, 128), (16, 256), (16, 512), (8, 1024), (12, 768), (16, 1024)),
+            mixed=((8, 256, 64, 1), (16, 512, 256, 1), (32, 256, 512, 1), (32, 1024, 128, 1), (64, 256, 256, 2),
+                   (96, 384, 256, 3), (128, 256, 512, 2)),
             warmup=3, repeats=7)
 QUICK = Grid(decode_batch=(1, 4, 16, 32), decode_ctx=(64, 384, 1024), prefill=(16, 128, 512, 1024),
-             prefill_cached=((128, 512),), padded=((8, 128),), mixed=((16, 256, 128),), warmup=2, repeats=5)
+             prefill_cached=((128, 512),), padded=((8, 128),), mixed=((16, 256, 128, 1), (32, 256, 64, 2)),
+             warmup=2, repeats=5)
 
 
 class Bench:
@@ -117,14 +123,16 @@ def _time_case(bench: Bench, case: tuple, slots: int) -> tuple[float, dict]:
             bench.place(r, 0, pad)
         plan = StepPlan(prefill=tuple(PrefillChunk(r, pad) for r in range(b)), prefill_pad_to=pad)
         work = dict(batch=0, sum_ctx=0, chunks=[(pad, 0)] * b, pad=pad)
-    else:
+    else:  # prefill (pad = 0, one chunk on a cached prefix of k) or mixed (pad = number of chunks)
         ctx = _spread(b, k) if b else []
         for r in range(b):
             bench.place(r, ctx[r], 0)
         k0 = k if kind == "prefill" else 0
-        bench.place(slots - 1, k0, c)
-        plan = StepPlan(decode=tuple(range(b)), prefill=(PrefillChunk(slots - 1, c),))
-        work = dict(batch=b, sum_ctx=sum(ctx), chunks=[(c, k0)])
+        ids = [slots - 1 - j for j in range(max(pad, 1))]
+        for r in ids:
+            bench.place(r, k0, c)
+        plan = StepPlan(decode=tuple(range(b)), prefill=tuple(PrefillChunk(r, c) for r in ids))
+        work = dict(batch=b, sum_ctx=sum(ctx), chunks=[(c, k0)] * len(ids))
     t = bench.time_plan(plan)[-1]
     bench.clear()
     return t, work
@@ -140,7 +148,7 @@ def measure(lm, grid: Grid, kv_tokens: int, block_size: int = 16, progress: bool
     was measured ~10-20% faster on CPU); and a point's median spans the whole profiling time, so
     background load that comes and goes on a shared machine weighs on every point alike."""
     max_ctx = lm.shape["max_context"]
-    slots = max(max(grid.decode_batch), max(r for r, _ in grid.padded), max(b for b, _, _ in grid.mixed)) + 2
+    slots = max(max(grid.decode_batch), max(r for r, _ in grid.padded), max(b + n for b, _, _, n in grid.mixed)) + 2
     bench = Bench(lm, slots, kv_tokens, block_size, clock=clock)
     cases = []
     for b in grid.decode_batch:
@@ -150,7 +158,7 @@ def measure(lm, grid: Grid, kv_tokens: int, block_size: int = 16, progress: bool
     cases += [("prefill", 0, 0, c, 0) for c in grid.prefill if c < max_ctx]
     cases += [("prefill", 0, k0, c, 0) for c, k0 in grid.prefill_cached if c + k0 < max_ctx]
     cases += [("padded", r, 0, p, p) for r, p in grid.padded if p < max_ctx]
-    cases += [("mixed", b, k, c, 0) for b, k, c in grid.mixed if k * 1.5 + c < max_ctx]
+    cases += [("mixed", b, k, c, n) for b, k, c, n in grid.mixed if k * 1.5 + c < max_ctx]
     times: list[list[float]] = [[] for _ in cases]
     works: list[dict] = [{} for _ in cases]
     sweeps = grid.warmup + grid.repeats * rounds
