@@ -225,9 +225,10 @@ def build_profile(lm, *, quick: bool = False, block_size: int = 16, kv_tokens: i
     import torch
     import transformers
 
-    from gpu_runner.engine import set_threads, step_clock
+    from gpu_runner.engine import set_threads, steady_allocator, step_clock
 
     threads = set_threads(threads) if lm.device == "cpu" else None
+    steady = steady_allocator()
     clock_kind, clock_fn = step_clock(clock, lm.device, threads)
     grid = grid or (QUICK if quick else FULL)
     memory = memory_section(lm, block_size, kv_tokens, memory_gb)
@@ -251,6 +252,7 @@ def build_profile(lm, *, quick: bool = False, block_size: int = 16, kv_tokens: i
         "created": created,
         "runner": {"torch_threads": threads, "block_size": block_size, "grid": "quick" if quick else "full",
                    "warmup_sweeps": grid.warmup, "measured_sweeps": grid.repeats * rounds, "clock": clock_kind,
+                   "steady_allocator": steady,
                    "timer": f"{clock_fn.__name__} around each executor step (pack + forward + sampling + bookkeeping)"},
         "fit": report,
         "derivation": (
