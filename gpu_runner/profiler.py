@@ -253,7 +253,8 @@ def build_profile(lm, *, quick: bool = False, block_size: int = 16, kv_tokens: i
         "runner": {"torch_threads": threads, "block_size": block_size, "grid": "quick" if quick else "full",
                    "warmup_sweeps": grid.warmup, "measured_sweeps": grid.repeats * rounds, "clock": clock_kind,
                    "steady_allocator": steady,
-                   "timer": f"{clock_fn.__name__} around each executor step (pack + forward + sampling + bookkeeping)"},
+                   "timer": f"{clock_fn.__name__} around each executor step "
+                            "(pack + forward + sampling + bookkeeping)"},
         "fit": report,
         "derivation": (
             f"Measured by gpu_runner/profiler.py on {dev['name']} ({lm.dtype}, torch threads {threads}): decode steps "
