@@ -9,8 +9,9 @@ so a profile includes exactly the per-step Python work the engine does. Grids:
 * padded prefill (static batching): R prompts left-padded to P tokens in one step;
 * mixed (continuous batching): decode rows plus one or more prefill chunks in the same step.
 
-Each grid point is the median over repeats after warm-up (see :func:`measure` for the order). The fit (:mod:`gpu_runner.fit`) is
-one non-negative least-squares problem over the model of :mod:`simulator.profile`. The profile records the
+Each grid point is the median over repeats after warm-up (see :func:`measure` for the order).
+The fit (:mod:`gpu_runner.fit`) is one non-negative least-squares problem over the model of
+:mod:`simulator.profile`. The profile records the
 raw samples, the fit's errors and where everything came from.
 """
 from __future__ import annotations
@@ -261,7 +262,8 @@ def build_profile(lm, *, quick: bool = False, block_size: int = 16, kv_tokens: i
             f"over batch {list(grid.decode_batch)} x context {list(grid.decode_ctx)}, prefill chunks "
             f"{list(grid.prefill)} (and on cached prefixes {list(grid.prefill_cached)}), padded prefill "
             f"{list(grid.padded)}, mixed steps {list(grid.mixed)}; grid swept round-robin one step per point, "
-            f"{grid.warmup} warm-up sweeps then {grid.repeats * rounds} measured; medians. Coefficients: one non-negative least-squares fit weighted by "
+            f"{grid.warmup} warm-up sweeps then {grid.repeats * rounds} measured; medians. Coefficients: one "
+            f"non-negative least-squares fit weighted by "
             f"relative error; linear_ops knots at the measured token counts, fixed_step_ms 0 (the table holds "
             f"the constant). Fit: median |relative error| {report['median_abs_rel_error']:.3f}, "
             f"max {report['max_abs_rel_error']:.3f}. Memory: {memory['budget']}."),
