@@ -134,6 +134,9 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
                       texts=getattr(policy, "predictor", None) is not None, clock=clock)
     if forced:
         bind_truth(policy, ex.true_output)
+    controller = getattr(policy, "controller", None)
+    if controller is not None and hasattr(controller, "bind_token_counter"):
+        controller.bind_token_counter(lambda text: len(ex.instruction_ids(text)))  # the model's own tokenizer
     views = request_views(trace, max_output)
     arrivals = trace.arrival_s
     outstanding = n - int(too_long.sum())

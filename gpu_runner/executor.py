@@ -74,10 +74,22 @@ class RealExecutor:
         return self.ctx.get(request_id, [])[p:]
 
     # -- plan side effects ----------------------------------------------------------
+    def instruction_ids(self, text: str) -> list[int]:
+        """Token ids of a length instruction appended to a prompt (no BOS/CLS of its own)."""
+        tok = self.lm.tokenizer
+        if tok is None:  # a random model without tokenizer: seeded ids, one per estimated token
+            from policies.control.controller import estimate_tokens
+
+            return [1000 + k for k in range(estimate_tokens(text))]
+        ids = self.lm.encode(" " + text)
+        bos = getattr(tok, "bos_token_id", None)
+        return ids[1:] if ids and bos is not None and ids[0] == bos else ids
+
     def apply_directives(self, plan: StepPlan) -> None:
-        """Forced mode: the simulator's length-response model decides the new length.
-        Natural mode: the target caps the request's new tokens (the instruction text is recorded,
-        not inserted, so the prompt keeps the length the policy accounted for)."""
+        """The instruction is appended to the request's prompt (its tokens were counted by this
+        executor's tokenizer and allocated by the policy). Forced mode: the simulator's
+        length-response model decides the new length, as in the simulator. Natural mode: the
+        model reads the instruction and decides for itself (capped only by the model context)."""
         for d in plan.directives:
             i = d.request_id
             if self.started[i]:
@@ -89,8 +101,14 @@ class RealExecutor:
                 self.remaining[i] = max(1, int(achieved))
                 self.rec.output_tokens[i] = self.remaining[i]
                 self.rec.qos[i] = qos
-            else:
-                self.remaining[i] = max(1, min(int(self.remaining[i]), int(d.target_tokens)))
+            ids = self.instruction_ids(d.instruction)
+            if len(ids) != d.prompt_tokens_added:
+                raise PlanError(f"request {i}: the instruction {d.instruction!r} is {len(ids)} tokens for this "
+                                f"tokenizer but the directive accounted {d.prompt_tokens_added}")
+            self._context(i).extend(ids)  # prompt ids (built now if needed) + instruction
+            self.prompt_tokens[i] += len(ids)
+            self.pending[i] += len(ids)
+            self.rec.instruction_tokens[i] = len(ids)
             self.rec.target_tokens[i] = d.target_tokens
             self.rec.instruction[i] = d.instruction
 

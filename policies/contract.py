@@ -54,11 +54,19 @@ class PrefillChunk:
 
 @dataclass(frozen=True, slots=True)
 class LengthDirective:
-    """A length controller's decision for one request: a target and the prompt text."""
+    """A length controller's decision for one request: a target and the prompt text.
+
+    The instruction is really added to the request's prompt, so its context grows by
+    ``prompt_tokens_added`` tokens (counted by the engine's tokenizer, see
+    ``BatchAligningController.bind_token_counter``): a policy that issues a directive
+    allocates KV for, and prefills, the prompt plus these tokens, in the plan that first
+    prefills the request.
+    """
 
     request_id: int
     target_tokens: int
     instruction: str
+    prompt_tokens_added: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ class SimExecutor:
         self.cost = cost
         self.kv = kv
         self.rec = rec
-        self.prompt_tokens = prompt_tokens
+        self.prompt_tokens = prompt_tokens.astype(np.int64).copy()  # grows by any length instruction
         self.remaining = output_tokens.astype(np.int64).copy()  # tokens still to produce
         rec.output_tokens[:] = self.remaining
         self.pending = prompt_tokens.astype(np.int64).copy()     # context tokens still to prefill
@@ -58,6 +58,15 @@ class SimExecutor:
             self.rec.qos[i] = qos
             self.rec.target_tokens[i] = d.target_tokens
             self.rec.instruction[i] = d.instruction
+            self.add_instruction_tokens(i, d.prompt_tokens_added)
+
+    def add_instruction_tokens(self, i: int, k: int) -> None:
+        """The instruction becomes part of the prompt: k more context tokens to prefill."""
+        if k < 0:
+            raise PlanError(f"length directive for request {i} adds {k} prompt tokens")
+        self.prompt_tokens[i] += k
+        self.pending[i] += k
+        self.rec.instruction_tokens[i] = k
 
     def preempt(self, request_id: int) -> None:
         """Recompute preemption: the request's whole context (prompt + generated) is prefilled again."""

@@ -39,6 +39,7 @@ class Recorder:
         self.output_capped = np.zeros(n, dtype=bool)
         self.qos = np.ones(n)
         self.target_tokens = np.zeros(n, dtype=np.int64)  # 0: no length directive
+        self.instruction_tokens = np.zeros(n, dtype=np.int64)  # prompt tokens the length instruction added
         self.predicted_tokens = np.full(n, NAN)
         self.instruction: dict[int, str] = {}
         self.reject_reason: dict[int, str] = {}
@@ -88,6 +89,8 @@ class Recorder:
             "preemptions": self.preemptions,
             "predicted_tokens": self.predicted_tokens,
             "target_tokens": self.target_tokens,
+            "instruction_tokens": self.instruction_tokens,
+            "instruction": pl.Series([self.instruction.get(i) for i in range(n)], dtype=pl.Utf8),
             "qos": self.qos,
             "rejected": rejected,
             "reject_reason": pl.Series(reasons, dtype=pl.Utf8),

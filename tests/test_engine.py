@@ -90,3 +90,27 @@ def test_context_overflow_rejects_or_caps_with_reasons():
     assert "model context of 4096" in df["reject_reason"][0]
     assert df["output_capped"].to_list() == [False, True, False] and df["generated_tokens"][1] == 96
     assert res.summary["num_rejected"] == 1 and res.summary["num_finished"] == 2
+
+
+def test_length_instructions_add_prompt_tokens_in_the_simulator():
+    from policies.control import default_length_response, make_controller
+    from policies.control.controller import estimate_tokens
+    from policies.schedulers.syncintellects import SyncIntellects
+
+    class Fixed:  # one length bucket, predictions apart: the controller shortens the long ones
+        name, refresh_every = "fixed", None
+
+        def predict(self, request, generated=0, embedding=None):
+            return 45.0 if request.request_id % 2 else 10.0
+
+    n = 8
+    trace = make_trace("ctl", [0.0] * n, [100] * n, [40] * n)
+    res = simulate(trace, SyncIntellects(predictor=Fixed(), controller=make_controller(), batch_size=n),
+                   length_response=default_length_response())
+    df = res.requests
+    ctl = df.filter(df["target_tokens"] > 0)
+    assert ctl.height == n // 2
+    assert ctl["instruction_tokens"].to_list() == [estimate_tokens(t) for t in ctl["instruction"].to_list()]
+    # one padded prefill of the batch: every prompt padded to the longest prompt + instruction
+    first = res.steps.row(0, named=True)
+    assert first["prefill_tokens"] == n * (100 + max(ctl["instruction_tokens"]))

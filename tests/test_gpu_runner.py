@@ -259,3 +259,32 @@ def test_any_packed_step_matches_a_plain_forward(lm, work, block_size):
     assert kv.used_blocks == sum(-(-len(s) // block_size) for s in seqs)
     flat = np.concatenate([kv.slots(r, 0, len(s)) for r, s in enumerate(seqs)])
     assert len(np.unique(flat)) == len(flat)  # no two tokens share a pool slot
+
+
+@pytest.mark.parametrize("length_mode", ["forced", "natural"])
+def test_length_instructions_are_really_added_to_the_prompt(lm, length_mode):
+    """SyncIntellects with length control: each directive's instruction is tokenized by the model's
+    tokenizer, appended to the prompt and prefilled, with KV accounted for it by the policy."""
+    from policies.control import default_length_response, make_controller
+    from policies.schedulers.syncintellects import SyncIntellects
+
+    class Fixed:  # one length bucket, predictions apart: the controller shortens the long ones
+        name, refresh_every = "fixed", None
+
+        def predict(self, request, generated=0, embedding=None):
+            return 45.0 if request.request_id % 2 else 10.0
+
+    n = 8
+    tr = make_trace("ctl", [0.0] * n, [12] * n, [30] * n)
+    pol = SyncIntellects(predictor=Fixed(), controller=make_controller(), batch_size=n)
+    cfg = RunnerConfig(kv_tokens=8192, max_context=256, length_mode=length_mode)
+    res = serve(tr, pol, lm, cfg, length_response=default_length_response() if length_mode == "forced" else None)
+    req, ex = res.requests, res.executor
+    controlled = req.filter(req["target_tokens"] > 0)
+    assert controlled.height > 0 and res.summary["num_finished"] == n
+    for row in controlled.iter_rows(named=True):
+        i, k = row["request_id"], row["instruction_tokens"]
+        ids = ex.instruction_ids(row["instruction"])
+        assert k == len(ids) > 0 and "Answer in at most" in row["instruction"]
+        assert ex.ctx[i][12:12 + k] == ids  # the prompt, then the instruction, then the answer
+    assert (req.filter(req["target_tokens"] == 0)["instruction_tokens"] == 0).all()

@@ -15,12 +15,17 @@ stop earlier, and only as far as needed:
    requests predicted at or below M' are left alone.
 4. If M' is not at least ``min_gain`` (default 5%) below the batch's predicted max, control
    would not help: no directives at all.
+
+The instruction is added to the prompt, so each directive says how many prompt tokens it
+adds. An engine with a real tokenizer binds its counter (:meth:`bind_token_counter`); the
+simulator uses :func:`estimate_tokens`.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Sequence
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -38,6 +43,7 @@ class BatchAligningController:
     # MiniLM tokens per whitespace word on the bundled Llama-2-7b-chat answers: 1.29.
     tokens_per_word: float = 1.29
     name: str = "batch-align"
+    count_tokens: Callable[[str], int] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 0 < self.min_fraction <= 1:
@@ -50,6 +56,13 @@ class BatchAligningController:
     def instruction(self, target_tokens: int) -> str:
         """The exact text added to the prompt for a target (in words, what a model understands)."""
         return f"Answer in at most {self.words(target_tokens)} words."
+
+    def bind_token_counter(self, count_tokens: Callable[[str], int]) -> None:
+        """Count instruction tokens with the serving model's tokenizer (the runner binds it)."""
+        object.__setattr__(self, "count_tokens", count_tokens)
+
+    def instruction_tokens(self, text: str) -> int:
+        return int((self.count_tokens or estimate_tokens)(text))
 
     def words(self, target_tokens: int) -> int:
         return max(1, int(round(target_tokens / self.tokens_per_word)))
@@ -83,7 +96,15 @@ class BatchAligningController:
             # Whole tokens, never below the guard (ceil) and never above the prediction.
             t = math.ceil(max(new_max, self.min_fraction * p))
             if o and t < p:
-                out.append(LengthDirective(request_id=r.request_id, target_tokens=t, instruction=self.instruction(t)))
+                text = self.instruction(t)
+                out.append(LengthDirective(request_id=r.request_id, target_tokens=t, instruction=text,
+                                           prompt_tokens_added=self.instruction_tokens(text)))
             else:
                 out.append(None)
         return out
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens of a short instruction without a tokenizer: one per word, number or punctuation
+    mark, plus one separator ("Answer in at most 40 words." -> 8; Llama's tokenizer gives 9-10)."""
+    return len(re.findall(r"\w+|[^\w\s]", text)) + 1

@@ -67,6 +67,7 @@ class LengthGroupedBatching:
         self.initial_predictions = self.lengths.initial
         self.waiting: list[int] = []        # request ids, oldest arrival first
         self.context: dict[int, int] = {}   # tokens to prefill when (re)admitted: prompt (+ generated)
+        self.instruction_tokens: dict[int, int] = {}  # prompt tokens added by a length instruction
         self.started: set[int] = set()      # prefilled at least once (no directive any more)
         self.cuts: dict[int, int] = {}      # request -> times cut from a batch
         self.batch: tuple[int, ...] = ()
@@ -184,7 +185,7 @@ class LengthGroupedBatching:
             kv.free(r)
             preempt.append(r)
             self.cuts[r] = self.cuts.get(r, 0) + 1
-            self.context[r] = lt.views[r].prompt_tokens + lt.generated[r]
+            self.context[r] = lt.views[r].prompt_tokens + self.instruction_tokens.get(r, 0) + lt.generated[r]
             if lt.refresh_every:
                 lt.repredict(r)
             self._requeue(r)
@@ -200,6 +201,7 @@ class LengthGroupedBatching:
     def _forget(self, rid: int) -> None:
         self.lengths.forget(rid)
         self.context.pop(rid, None)
+        self.instruction_tokens.pop(rid, None)
         self.started.discard(rid)
         self.cuts.pop(rid, None)
 
@@ -224,9 +226,18 @@ class LengthGroupedBatching:
             return StepPlan(release=release, preempt=preempt, reject=tuple(rejected))
         ids = set(chosen)
         self.waiting = [r for r in self.waiting if r not in ids]
-        for r in chosen:
-            kv.allocate(r, self.context[r])
         directives = self._directives([r for r in chosen if r not in self.started])
+        kept = []
+        added = {d.request_id: d for d in directives}
+        for r in chosen:  # the instruction is part of the prompt: KV for prompt + instruction
+            d = added.get(r)
+            if d is not None and kv.allocate(r, self.context[r] + d.prompt_tokens_added):
+                self.context[r] += d.prompt_tokens_added
+                self.instruction_tokens[r] = d.prompt_tokens_added
+                kept.append(d)
+            elif not kv.allocate(r, self.context[r]):  # select() made sure the batch fits
+                raise RuntimeError(f"KV allocation of {self.context[r]} tokens for request {r} failed after select()")
+        directives = tuple(kept)
         self.started.update(chosen)
         self.batch = tuple(chosen)
         self.batch_limit = limit

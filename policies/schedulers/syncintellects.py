@@ -17,6 +17,8 @@ Both default to the ``progressive`` predictor when none is given.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from policies.contract import SchedulerView, StepPlan
 from policies.schedulers.length_grouped import LengthGroupedBatching
 from policies.schedulers.srpt import SRPTBatching, SRPTConfig
@@ -52,10 +54,14 @@ class SyncIntellectsContinuous(SRPTBatching):
         targets = self.controller.target_lengths([lt.views[r] for r in fresh], [lt.predicted[r] for r in fresh])
         if len(targets) != len(fresh):
             raise ValueError(f"length controller returned {len(targets)} targets for {len(fresh)} requests")
-        directives = tuple(d for d in targets if d is not None)
+        directives = []
+        for d in targets:  # the instruction joins the prompt: its tokens go into the first chunk
+            if d is not None and view.kv.grow(d.request_id, d.prompt_tokens_added):
+                self.context[d.request_id] += d.prompt_tokens_added
+                directives.append(d)
         if directives:
-            from dataclasses import replace
-
-            plan = replace(plan, directives=directives)
+            extra = {d.request_id: d.prompt_tokens_added for d in directives}
+            chunks = tuple(replace(c, num_tokens=c.num_tokens + extra.get(c.request_id, 0)) for c in plan.prefill)
+            plan = replace(plan, prefill=chunks, directives=tuple(directives))
             self._last_plan = plan
         return plan
