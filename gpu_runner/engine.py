@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from policies.contract import SchedulerView
 from policies.kv_cache import KVCache
-from simulator.engine import _policy_config, bind_truth, request_views
-from simulator.executor import PlanError
-from simulator.metrics import Recorder, RunResult, summarize
+from simulator.engine import _policy_config, bind_truth
+from simulator.metrics import Recorder, RunResult
+from simulator.serving import ArrivalFeed, PlanError, collect, edge_checks
 from traces.schema import Trace
 
 GIB = 1 << 30
@@ -114,19 +114,10 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
 
     # Edge checks, exactly as the simulator makes them.
     max_context = min(int(config.max_context or lm.shape["max_context"]), lm.shape["max_context"], kv.capacity_tokens)
-    prompt = trace.prompt_tokens
-    max_output = np.maximum(max_context - prompt, 0)
-    too_long = prompt >= max_context
     forced = config.length_mode == "forced"
-    if forced:
-        output = np.minimum(trace.output_tokens, np.maximum(max_output, 1))
-        rec.output_capped[:] = (trace.output_tokens > max_output) & ~too_long
-    else:
-        cap = max_output if config.max_new_tokens is None else np.minimum(max_output, config.max_new_tokens)
-        output = np.maximum(cap, 1)
-    for i in np.flatnonzero(too_long).tolist():
-        rec.reject_reason[i] = (f"prompt of {int(prompt[i])} tokens leaves no room for output in the model "
-                                f"context of {max_context} tokens")
+    natural_cap = None if forced else (config.max_new_tokens if config.max_new_tokens is not None else max_context)
+    max_output, too_long, output = edge_checks(trace, rec, max_context, natural_cap)
+    prompt = trace.prompt_tokens
     rng = np.random.default_rng(config.seed)
     ex = RealExecutor(lm, kv, rec, prompt, output, forced=forced, prompts=trace.prompt, seed=config.seed,
                       temperature=config.temperature, length_response=length_response, rng=rng,
@@ -137,53 +128,33 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
     controller = getattr(policy, "controller", None)
     if controller is not None and hasattr(controller, "bind_token_counter"):
         controller.bind_token_counter(lambda text: len(ex.instruction_ids(text)))  # the model's own tokenizer
-    views = request_views(trace, max_output)
-    arrivals = trace.arrival_s
+    feed = ArrivalFeed(trace, max_output, too_long)
     outstanding = n - int(too_long.sum())
     plan_s = 0.0
     bar = tqdm(total=n, desc=f"run {getattr(policy, 'name', 'policy')}", unit="req", disable=not config.progress,
                mininterval=0.5)
 
-    now, i = 0.0, 0
+    now = 0.0
     while True:
         t0 = clock()
-        j = int(np.searchsorted(arrivals, now, side="right"))
-        new = tuple(views[k] for k in range(i, j) if not too_long[k]) if j > i else ()
-        i = max(i, j)
-        plan = policy.plan(SchedulerView(now_s=now, arrivals=new, kv=kv, more_arrivals=i < n))
-        for r in plan.release:
-            if ex.remaining[r] != 0 or ex.pending[r] != 0:
-                raise PlanError(f"request {r} released at t={now:.6f}s before it finished generating")
-            if rec.released[r]:
-                raise PlanError(f"request {r} released twice")
-            rec.released[r] = True
-            rec.finish_s[r] = now
-            ex.release(r)
-        for r, why in plan.reject:
-            if ex.started[r]:
-                raise PlanError(f"request {r} rejected after it started")
-            rec.reject_reason[r] = why
-        done = len(plan.release) + len(plan.reject)
+        new = feed.deliver(now)
+        plan = policy.plan(SchedulerView(now_s=now, arrivals=new, kv=kv, more_arrivals=feed.more))
+        done = ex.apply_plan(plan, now)
         outstanding -= done
         bar.update(done)
-        for r in plan.preempt:
-            ex.preempt(r)
-        if plan.directives:
-            ex.apply_directives(plan)
         # the server's own time (arrivals, planning) passes on the clock too
         dt = clock() - t0
         plan_s += dt
         if plan.is_idle:
-            if i < n:
-                now = max(now + dt, float(arrivals[i]))
+            if feed.more:
+                now = max(now + dt, feed.next_arrival_s)
                 continue
             if outstanding > 0:
                 raise PlanError(f"policy {getattr(policy, 'name', policy)!r} returned an idle plan at t={now:.3f}s "
                                 f"with {outstanding} requests outstanding and no arrivals left")
             break
         now += dt
-        nxt = float(arrivals[i]) if i < n else float("inf")
-        result = ex.run(plan, now, nxt)
+        result = ex.run(plan, now, feed.next_arrival_s)
         now = result.end_s
         t1 = clock()
         policy.observe(result)
@@ -191,11 +162,7 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
         plan_s += dt
         now += dt
     bar.close()
-    for r, v in getattr(policy, "initial_predictions", {}).items():
-        rec.predicted_tokens[r] = v
-    requests = rec.requests_frame()
-    steps = rec.steps_frame()
-    summary = summarize(requests, steps, blocks)
+    requests, steps, summary = collect(rec, policy, blocks)
     step_s = np.asarray(ex.step_s)
     summary["run_wall_s"] = time.perf_counter() - wall0
     summary["runner"] = {

@@ -25,37 +25,32 @@ from policies.contract import StepPlan, StepResult
 from policies.kv_cache import KVCache
 from gpu_runner.models import LoadedModel, synthetic_prompt
 from gpu_runner.paged import PagedKV, forward, pack
-from simulator.executor import PlanError
 from simulator.metrics import Recorder
+from simulator.serving import ExecutorBase, PlanError
 
 
-class RealExecutor:
+class RealExecutor(ExecutorBase):
     def __init__(self, lm: LoadedModel, kv: KVCache, rec: Recorder, prompt_tokens: np.ndarray,
                  output_tokens: np.ndarray, *, forced: bool = True, prompts: list[str] | None = None,
                  seed: int = 0, temperature: float = 0.0, length_response=None, rng: np.random.Generator | None = None,
                  embeddings: bool = False, texts: bool = False, clock=time.perf_counter):
-        self.lm, self.kv, self.rec = lm, kv, rec
+        super().__init__(kv, rec, prompt_tokens, output_tokens, length_response, rng or np.random.default_rng(seed))
+        self.lm = lm
         cfg = lm.model.config
         n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.pool = PagedKV(cfg.num_hidden_layers, kv.num_blocks, kv.block_size, n_kv, hd,
                             next(lm.model.parameters()).dtype, lm.device)
         self.forced = forced
-        self.prompt_tokens = prompt_tokens.astype(np.int64)
         self.prompts = prompts
         self.seed = seed
         self.temperature = float(temperature)
         # sampling draws come from one stream per request, so a request's tokens do not depend on
         # which other requests shared its batches (the batching depends on measured step times)
         self._streams: dict[int, np.random.Generator] = {}
-        self.remaining = output_tokens.astype(np.int64).copy()  # forced: tokens still to make; natural: cap
-        rec.output_tokens[:] = self.remaining if forced else 0
-        self.pending = self.prompt_tokens.copy()  # context tokens still to prefill
+        rec.output_tokens[:] = self.remaining if forced else 0  # remaining: forced, tokens to make; natural, a cap
         self.cached = np.zeros(len(prompt_tokens), dtype=np.int64)  # tokens whose K/V are in the pool
-        self.started = np.zeros(len(prompt_tokens), dtype=bool)
         self.ctx: dict[int, list[int]] = {}       # prompt ids + generated ids
-        self.length_response = length_response
-        self.rng = rng or np.random.default_rng(seed)
         self.want_embeddings = embeddings
         self.want_texts = texts and lm.tokenizer is not None  # answer so far, for progressive predictors
         self.clock = clock
@@ -64,9 +59,6 @@ class RealExecutor:
         self.segment_work: list[tuple] = []       # (decode rows' KV tokens at the start, chunks, pad): for diagnosis
         self.eos = lm.eos_token_id
         self.is_cuda = str(lm.device).startswith("cuda")
-
-    def true_output(self, request_id: int) -> int:
-        return int(self.rec.output_tokens[request_id])
 
     def tokens_of(self, request_id: int) -> list[int]:
         """Generated token ids of a request."""
@@ -85,40 +77,26 @@ class RealExecutor:
         bos = getattr(tok, "bos_token_id", None)
         return ids[1:] if ids and bos is not None and ids[0] == bos else ids
 
-    def apply_directives(self, plan: StepPlan) -> None:
-        """The instruction is appended to the request's prompt (its tokens were counted by this
-        executor's tokenizer and allocated by the policy). Forced mode: the simulator's
-        length-response model decides the new length, as in the simulator. Natural mode: the
-        model reads the instruction and decides for itself (capped only by the model context)."""
-        for d in plan.directives:
-            i = d.request_id
-            if self.started[i]:
-                raise PlanError(f"length directive for request {i} after its prefill started")
-            if self.forced:
-                if self.length_response is None:
-                    raise PlanError("the policy issued length directives but no length-response model is configured")
-                achieved, qos = self.length_response.apply(int(self.remaining[i]), d.target_tokens, self.rng)
-                self.remaining[i] = max(1, int(achieved))
-                self.rec.output_tokens[i] = self.remaining[i]
-                self.rec.qos[i] = qos
-            ids = self.instruction_ids(d.instruction)
-            if len(ids) != d.prompt_tokens_added:
-                raise PlanError(f"request {i}: the instruction {d.instruction!r} is {len(ids)} tokens for this "
-                                f"tokenizer but the directive accounted {d.prompt_tokens_added}")
-            self._context(i).extend(ids)  # prompt ids (built now if needed) + instruction
-            self.prompt_tokens[i] += len(ids)
-            self.pending[i] += len(ids)
-            self.rec.instruction_tokens[i] = len(ids)
-            self.rec.target_tokens[i] = d.target_tokens
-            self.rec.instruction[i] = d.instruction
+    def set_length(self, i: int, d) -> None:
+        """Forced mode: the simulator's length-response model decides the new length. Natural mode:
+        the model reads the instruction and decides for itself (capped only by the model context)."""
+        if self.forced:
+            super().set_length(i, d)
+
+    def add_instruction(self, i: int, d) -> None:
+        """The instruction's ids (counted by this executor's tokenizer for the policy) follow the prompt."""
+        ids = self.instruction_ids(d.instruction)
+        if len(ids) != d.prompt_tokens_added:
+            raise PlanError(f"request {i}: the instruction {d.instruction!r} is {len(ids)} tokens for this "
+                            f"tokenizer but the directive accounted {d.prompt_tokens_added}")
+        self._context(i).extend(ids)  # prompt ids (built now if needed), then the instruction
+        super().add_instruction(i, d)
 
     def preempt(self, request_id: int) -> None:
         """Recompute preemption: drop the K/V; prompt + generated is prefilled again."""
-        i = request_id
-        self.pending[i] = self.prompt_tokens[i] + self.rec.generated[i]
-        self.cached[i] = 0
-        self.pool.release(i)
-        self.rec.preemptions[i] += 1
+        super().preempt(request_id)
+        self.cached[request_id] = 0
+        self.pool.release(request_id)
 
     def release(self, request_id: int) -> None:
         self.pool.release(request_id)
@@ -128,9 +106,7 @@ class RealExecutor:
         if plan.max_steps < 1:
             raise PlanError(f"plan.max_steps must be >= 1, got {plan.max_steps}")
         idx = np.asarray(plan.decode, dtype=np.int64)
-        if len(idx) and (self.pending[idx] > 0).any():
-            bad = int(idx[np.argmax(self.pending[idx] > 0)])
-            raise PlanError(f"request {bad} is scheduled to decode before its prefill is complete")
+        self.check_decode(idx)
         if plan.prefill:
             return self._run_mixed_step(plan, idx, now)
         return self._run_decode(plan, idx, now, next_arrival)
@@ -242,21 +218,7 @@ class RealExecutor:
     def _run_mixed_step(self, plan: StepPlan, idx: np.ndarray, now: float) -> StepResult:
         kv, rec = self.kv, self.rec
         t0 = self.clock()
-        chunks = []
-        for ch in plan.prefill:
-            i = ch.request_id
-            if ch.num_tokens < 1 or ch.num_tokens > self.pending[i]:
-                raise PlanError(f"prefill chunk of {ch.num_tokens} tokens for request {i}, "
-                                f"which has {int(self.pending[i])} tokens left to prefill")
-            held = kv.tokens_of(i) if kv.holds(i) else 0
-            done_before = self.prompt_tokens[i] + rec.generated[i] - self.pending[i]
-            if held != done_before + ch.num_tokens:
-                raise PlanError(f"request {i}: KV holds {held} tokens but prefill needs {done_before + ch.num_tokens}; "
-                                f"the policy must allocate KV for a chunk before planning it")
-            chunks.append((ch.num_tokens, int(done_before)))
-            if not self.started[i]:
-                self.started[i] = True
-                rec.admitted_s[i] = now
+        chunks = self.check_prefill(plan, now)
         self.segment_work.append((int(kv._tokens[kv.slots(plan.decode)].sum()) if len(idx) else 0, tuple(chunks),
                                   plan.prefill_pad_to))
         dec_toks, chunk_toks, emb = self._forward(idx, plan.prefill, plan.prefill_pad_to)

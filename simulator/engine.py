@@ -14,12 +14,13 @@ import numpy as np
 import simpy
 from tqdm import tqdm
 
-from policies.contract import Policy, RequestView, SchedulerView
+from policies.contract import Policy, SchedulerView
 from policies.kv_cache import KVCache
 from simulator.cost_model import CostModel
-from simulator.executor import PlanError, SimExecutor
-from simulator.metrics import Recorder, RunResult, summarize
+from simulator.executor import SimExecutor
+from simulator.metrics import Recorder, RunResult
 from simulator.profile import Profile, load_profile
+from simulator.serving import ArrivalFeed, PlanError, collect, edge_checks
 from traces.schema import Trace
 
 
@@ -37,16 +38,6 @@ class SimConfig:
     extra: dict = field(default_factory=dict)
 
 
-def request_views(trace: Trace, max_output: np.ndarray) -> list[RequestView]:
-    prompts = trace.prompt
-    slo = trace.slo_class
-    return [
-        RequestView(request_id=i, arrival_s=float(a), prompt_tokens=int(p), max_output_tokens=int(m),
-                    prompt=None if prompts is None else prompts[i], slo_class=None if slo is None else slo[i])
-        for i, (a, p, m) in enumerate(zip(trace.arrival_s.tolist(), trace.prompt_tokens.tolist(), max_output.tolist()))
-    ]
-
-
 def simulate(trace: Trace, policy: Policy, config: SimConfig = SimConfig(), *, profile: Profile | None = None,
              length_response=None) -> RunResult:
     """Simulate ``trace`` under ``policy``; returns per-request and per-step tables and a summary."""
@@ -60,79 +51,40 @@ def simulate(trace: Trace, policy: Policy, config: SimConfig = SimConfig(), *, p
 
     # Edge checks a real server makes before queueing: context length and cache size.
     max_context = min(int(config.max_context or profile.model["max_context"]), kv.capacity_tokens)
-    prompt = trace.prompt_tokens
-    max_output = np.maximum(max_context - prompt, 0)
-    too_long = prompt >= max_context
-    output = np.minimum(trace.output_tokens, np.maximum(max_output, 1))
-    rec.output_capped[:] = (trace.output_tokens > max_output) & ~too_long
-    for i in np.flatnonzero(too_long).tolist():
-        rec.reject_reason[i] = (f"prompt of {int(prompt[i])} tokens leaves no room for output in the model "
-                                f"context of {max_context} tokens")
-    rng = np.random.default_rng(config.seed)
-    ex = SimExecutor(output, cost, kv, rec, prompt, length_response=length_response, rng=rng)
+    max_output, too_long, output = edge_checks(trace, rec, max_context)
+    ex = SimExecutor(output, cost, kv, rec, trace.prompt_tokens, length_response=length_response,
+                     rng=np.random.default_rng(config.seed))
     bind_truth(policy, ex.true_output)
-    views = request_views(trace, max_output)
-    arrivals = trace.arrival_s
+    feed = ArrivalFeed(trace, max_output, too_long)
     env = simpy.Environment()
-    state = {"outstanding": n - int(too_long.sum())}
     bar = tqdm(total=n, desc=f"simulate {getattr(policy, 'name', 'policy')}", unit="req", disable=not config.progress,
                mininterval=0.5)
 
-    def deliver(now: float, i: int) -> tuple[int, tuple[RequestView, ...]]:
-        j = int(np.searchsorted(arrivals, now, side="right"))
-        if j <= i:
-            return i, ()
-        return j, tuple(views[k] for k in range(i, j) if not too_long[k])
-
-    def finish_release(plan, now: float) -> None:
-        for r in plan.release:
-            if ex.remaining[r] != 0 or ex.pending[r] != 0:
-                raise PlanError(f"request {r} released at t={now:.6f}s before it finished generating")
-            if rec.released[r]:
-                raise PlanError(f"request {r} released twice")
-            rec.released[r] = True
-            rec.finish_s[r] = now
-        for r, why in plan.reject:
-            if ex.started[r]:
-                raise PlanError(f"request {r} rejected after it started")
-            rec.reject_reason[r] = why
-        done = len(plan.release) + len(plan.reject)
-        state["outstanding"] -= done
-        bar.update(done)
-
     def loop():
-        i = 0
+        outstanding = n - int(too_long.sum())
         while True:
             now = env.now
-            i, new = deliver(now, i)
-            plan = policy.plan(SchedulerView(now_s=now, arrivals=new, kv=kv, more_arrivals=i < n))
-            finish_release(plan, now)
-            for r in plan.preempt:
-                ex.preempt(r)
-            if plan.directives:
-                ex.apply_directives(plan)
+            new = feed.deliver(now)
+            plan = policy.plan(SchedulerView(now_s=now, arrivals=new, kv=kv, more_arrivals=feed.more))
+            done = ex.apply_plan(plan, now)
+            outstanding -= done
+            bar.update(done)
             if plan.is_idle:
-                if i < n:
-                    yield env.timeout(float(arrivals[i]) - now)
+                if feed.more:
+                    yield env.timeout(feed.next_arrival_s - now)
                     continue
-                if state["outstanding"] > 0:
+                if outstanding > 0:
                     raise PlanError(f"policy {getattr(policy, 'name', policy)!r} returned an idle plan at t={now:.3f}s "
-                                    f"with {state['outstanding']} requests outstanding and no arrivals left")
+                                    f"with {outstanding} requests outstanding and no arrivals left")
                 return
-            nxt = float(arrivals[i]) if i < n else float("inf")
-            result = ex.run(plan, now, nxt)
+            result = ex.run(plan, now, feed.next_arrival_s)
             yield env.timeout(result.end_s - now)
             policy.observe(result)
 
     env.process(loop())
     env.run()
     bar.close()
-    # Policies that predict lengths expose their first prediction per request (for error metrics).
-    for r, v in getattr(policy, "initial_predictions", {}).items():
-        rec.predicted_tokens[r] = v
-    requests = rec.requests_frame()
-    steps = rec.steps_frame()
-    summary = summarize(requests, steps, blocks)
+    requests, steps, summary = collect(rec, policy, blocks)
     summary["sim_wall_s"] = time.perf_counter() - wall0
     cfg = {"engine": "simulator", "policy": getattr(policy, "name", type(policy).__name__),
            "policy_config": _policy_config(policy), "sim": asdict(config), "profile": profile.name,

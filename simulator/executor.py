@@ -15,64 +15,23 @@ from policies.contract import StepPlan, StepResult
 from policies.kv_cache import KVCache
 from simulator.cost_model import CostModel
 from simulator.metrics import Recorder
+from simulator.serving import ExecutorBase, PlanError
+
+__all__ = ["PlanError", "SimExecutor"]
 
 
-class PlanError(RuntimeError):
-    """A policy returned a plan that breaks the contract (names the request and the rule)."""
-
-
-class SimExecutor:
+class SimExecutor(ExecutorBase):
     def __init__(self, output_tokens: np.ndarray, cost: CostModel, kv: KVCache, rec: Recorder,
                  prompt_tokens: np.ndarray, length_response=None, rng: np.random.Generator | None = None):
+        super().__init__(kv, rec, prompt_tokens, output_tokens, length_response, rng)
         self.cost = cost
-        self.kv = kv
-        self.rec = rec
-        self.prompt_tokens = prompt_tokens.astype(np.int64).copy()  # grows by any length instruction
-        self.remaining = output_tokens.astype(np.int64).copy()  # tokens still to produce
         rec.output_tokens[:] = self.remaining
-        self.pending = prompt_tokens.astype(np.int64).copy()     # context tokens still to prefill
-        self.started = np.zeros(len(output_tokens), dtype=bool)
-        self.length_response = length_response
-        self.rng = rng or np.random.default_rng(0)
         self._decode_key: tuple | None = None
         self._decode_idx = np.empty(0, dtype=np.int64)
         self._decode_slots = np.empty(0, dtype=np.int64)
 
-    def true_output(self, request_id: int) -> int:
-        """The request's true output length (after capping and length control)."""
-        return int(self.rec.output_tokens[request_id])
-
-    # -- plan side effects that happen at the plan's start ----------------------
-    def apply_directives(self, plan: StepPlan) -> None:
-        for d in plan.directives:
-            i = d.request_id
-            if self.started[i]:
-                raise PlanError(f"length directive for request {i} after its prefill started")
-            if self.length_response is None:
-                raise PlanError("the policy issued length directives but no length-response model is configured")
-            natural = int(self.remaining[i])
-            achieved, qos = self.length_response.apply(natural, d.target_tokens, self.rng)
-            achieved = max(1, int(achieved))
-            self.remaining[i] = achieved
-            self.rec.output_tokens[i] = achieved
-            self.rec.qos[i] = qos
-            self.rec.target_tokens[i] = d.target_tokens
-            self.rec.instruction[i] = d.instruction
-            self.add_instruction_tokens(i, d.prompt_tokens_added)
-
-    def add_instruction_tokens(self, i: int, k: int) -> None:
-        """The instruction becomes part of the prompt: k more context tokens to prefill."""
-        if k < 0:
-            raise PlanError(f"length directive for request {i} adds {k} prompt tokens")
-        self.prompt_tokens[i] += k
-        self.pending[i] += k
-        self.rec.instruction_tokens[i] = k
-
     def preempt(self, request_id: int) -> None:
-        """Recompute preemption: the request's whole context (prompt + generated) is prefilled again."""
-        i = request_id
-        self.pending[i] = self.prompt_tokens[i] + self.rec.generated[i]
-        self.rec.preemptions[i] += 1
+        super().preempt(request_id)
         self._decode_key = None
 
     # -- running -------------------------------------------------------------------
@@ -84,9 +43,7 @@ class SimExecutor:
     def _decode_rows(self, plan: StepPlan) -> tuple[np.ndarray, np.ndarray]:
         if plan.decode is not self._decode_key:
             idx = np.asarray(plan.decode, dtype=np.int64)
-            if len(idx) and (self.pending[idx] > 0).any():
-                bad = int(idx[np.argmax(self.pending[idx] > 0)])
-                raise PlanError(f"request {bad} is scheduled to decode before its prefill is complete")
+            self.check_decode(idx)
             self._decode_idx = idx
             self._decode_slots = self.kv.slots(plan.decode)
             self._decode_key = plan.decode
@@ -126,22 +83,8 @@ class SimExecutor:
 
     def _run_mixed_step(self, plan: StepPlan, now: float) -> StepResult:
         kv, rec = self.kv, self.rec
-        chunks = []
+        chunks = self.check_prefill(plan, now)
         first, prefilled, finished = [], [], []
-        for ch in plan.prefill:
-            i = ch.request_id
-            if ch.num_tokens < 1 or ch.num_tokens > self.pending[i]:
-                raise PlanError(f"prefill chunk of {ch.num_tokens} tokens for request {i}, "
-                                f"which has {int(self.pending[i])} tokens left to prefill")
-            held = kv.tokens_of(i) if kv.holds(i) else 0
-            done_before = self.prompt_tokens[i] + rec.generated[i] - self.pending[i]
-            if held != done_before + ch.num_tokens:
-                raise PlanError(f"request {i}: KV holds {held} tokens but prefill needs {done_before + ch.num_tokens}; "
-                                f"the policy must allocate KV for a chunk before planning it")
-            chunks.append((ch.num_tokens, int(done_before)))
-            if not self.started[i]:
-                self.started[i] = True
-                rec.admitted_s[i] = now
         idx, slots = self._decode_rows(plan) if plan.decode else (np.empty(0, np.int64), np.empty(0, np.int64))
         sum_ctx = int(kv._tokens[slots].sum()) if len(slots) else 0
         end = now + self.cost.step_s(len(idx), sum_ctx, chunks, plan.prefill_pad_to)

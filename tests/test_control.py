@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.contract import LengthController, LengthDirective, RequestView
+from policies.contract import LengthController, RequestView
 from policies.control import LengthResponse, default_length_response, make_controller, weak_model_response
 
 

@@ -1,0 +1,199 @@
+"""Serving rules both engines share, so they treat the same trace and plan identically.
+
+- :func:`edge_checks`: what a server decides before queueing (prompts that leave no room
+  in the model context are rejected with a reason; outputs are capped at the context).
+- :class:`ArrivalFeed`: hands the policy the requests that arrived since its last plan.
+- :class:`ExecutorBase`: the truth-side state of an executor (tokens to prefill and to
+  generate per request) and the checks every plan passes before it runs: releases,
+  rejections, preemptions, length directives and prefill chunks against the KV accountant.
+The simulated and the real executor differ only in how a step is executed and timed.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from policies.contract import RequestView, StepPlan
+from policies.kv_cache import KVCache
+import polars as pl
+
+from simulator.metrics import Recorder, summarize
+from traces.schema import Trace
+
+
+class PlanError(RuntimeError):
+    """A policy returned a plan that breaks the contract (names the request and the rule)."""
+
+
+def edge_checks(trace: Trace, rec: Recorder, max_context: int, natural_cap: np.ndarray | int | None = None):
+    """Reject prompts with no room in the context; cap outputs at it.
+
+    Returns (max_output, too_long, output): the most tokens each request may generate, the
+    rejected mask, and the tokens each request is to produce (the trace's lengths capped at
+    the context, or with ``natural_cap`` — natural-length serving — the cap itself).
+    """
+    prompt = trace.prompt_tokens
+    max_output = np.maximum(max_context - prompt, 0)
+    too_long = prompt >= max_context
+    if natural_cap is None:
+        output = np.minimum(trace.output_tokens, np.maximum(max_output, 1))
+        rec.output_capped[:] = (trace.output_tokens > max_output) & ~too_long
+    else:
+        output = np.maximum(np.minimum(max_output, natural_cap), 1)
+    for i in np.flatnonzero(too_long).tolist():
+        rec.reject_reason[i] = (f"prompt of {int(prompt[i])} tokens leaves no room for output in the model "
+                                f"context of {max_context} tokens")
+    return max_output, too_long, output
+
+
+def request_views(trace: Trace, max_output: np.ndarray) -> list[RequestView]:
+    prompts = trace.prompt
+    slo = trace.slo_class
+    return [
+        RequestView(request_id=i, arrival_s=float(a), prompt_tokens=int(p), max_output_tokens=int(m),
+                    prompt=None if prompts is None else prompts[i], slo_class=None if slo is None else slo[i])
+        for i, (a, p, m) in enumerate(zip(trace.arrival_s.tolist(), trace.prompt_tokens.tolist(), max_output.tolist()))
+    ]
+
+
+def collect(rec: Recorder, policy, kv_blocks: int) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    """After a run: the per-request and per-step tables and their summary.
+
+    Policies that predict lengths expose their first prediction per request
+    (``initial_predictions``), which goes into the records for prediction-error metrics."""
+    for r, v in getattr(policy, "initial_predictions", {}).items():
+        rec.predicted_tokens[r] = v
+    requests, steps = rec.requests_frame(), rec.steps_frame()
+    return requests, steps, summarize(requests, steps, kv_blocks)
+
+
+class ArrivalFeed:
+    """The trace's requests in arrival order; rejected-at-the-edge requests are never delivered."""
+
+    def __init__(self, trace: Trace, max_output: np.ndarray, too_long: np.ndarray):
+        self.arrivals = trace.arrival_s
+        self.views = request_views(trace, max_output)
+        self.too_long = too_long
+        self.n = len(trace)
+        self.next = 0  # index of the first request not yet delivered
+
+    @property
+    def more(self) -> bool:
+        return self.next < self.n
+
+    @property
+    def next_arrival_s(self) -> float:
+        return float(self.arrivals[self.next]) if self.next < self.n else float("inf")
+
+    def deliver(self, now: float) -> tuple[RequestView, ...]:
+        """Requests that arrived at or before ``now`` and were not delivered yet."""
+        i = self.next
+        j = int(np.searchsorted(self.arrivals, now, side="right"))
+        if j <= i:
+            return ()
+        self.next = j
+        return tuple(self.views[k] for k in range(i, j) if not self.too_long[k])
+
+
+class ExecutorBase:
+    """Truth-side request state and the plan checks shared by the simulated and the real executor."""
+
+    def __init__(self, kv: KVCache, rec: Recorder, prompt_tokens: np.ndarray, output_tokens: np.ndarray,
+                 length_response=None, rng: np.random.Generator | None = None):
+        self.kv, self.rec = kv, rec
+        self.prompt_tokens = prompt_tokens.astype(np.int64).copy()  # grows by any length instruction
+        self.pending = self.prompt_tokens.copy()                     # context tokens still to prefill
+        self.remaining = output_tokens.astype(np.int64).copy()       # tokens still to produce
+        self.started = np.zeros(len(prompt_tokens), dtype=bool)
+        self.length_response = length_response
+        self.rng = rng or np.random.default_rng(0)
+
+    def true_output(self, request_id: int) -> int:
+        """The request's true output length (after capping and length control)."""
+        return int(self.rec.output_tokens[request_id])
+
+    # -- plan bookkeeping at the plan's start ----------------------------------------
+    def apply_plan(self, plan: StepPlan, now: float) -> int:
+        """Releases, rejections, preemptions and directives of a plan; returns requests completed."""
+        rec = self.rec
+        for r in plan.release:
+            if self.remaining[r] != 0 or self.pending[r] != 0:
+                raise PlanError(f"request {r} released at t={now:.6f}s before it finished generating")
+            if rec.released[r]:
+                raise PlanError(f"request {r} released twice")
+            rec.released[r] = True
+            rec.finish_s[r] = now
+            self.release(r)
+        for r, why in plan.reject:
+            if self.started[r]:
+                raise PlanError(f"request {r} rejected after it started")
+            rec.reject_reason[r] = why
+        for r in plan.preempt:
+            self.preempt(r)
+        if plan.directives:
+            self.apply_directives(plan)
+        return len(plan.release) + len(plan.reject)
+
+    def release(self, request_id: int) -> None:
+        """Hook: free an engine's own per-request resources (the real KV pool)."""
+
+    def preempt(self, request_id: int) -> None:
+        """Recompute preemption: the request's whole context (prompt + generated) is prefilled again."""
+        i = request_id
+        self.pending[i] = self.prompt_tokens[i] + self.rec.generated[i]
+        self.rec.preemptions[i] += 1
+
+    def apply_directives(self, plan: StepPlan) -> None:
+        """Length directives: the response model sets the new length; the instruction joins the prompt."""
+        for d in plan.directives:
+            i = d.request_id
+            if self.started[i]:
+                raise PlanError(f"length directive for request {i} after its prefill started")
+            self.set_length(i, d)
+            self.add_instruction(i, d)
+            self.rec.target_tokens[i] = d.target_tokens
+            self.rec.instruction[i] = d.instruction
+
+    def set_length(self, i: int, d) -> None:
+        if self.length_response is None:
+            raise PlanError("the policy issued length directives but no length-response model is configured")
+        achieved, qos = self.length_response.apply(int(self.remaining[i]), d.target_tokens, self.rng)
+        self.remaining[i] = max(1, int(achieved))
+        self.rec.output_tokens[i] = self.remaining[i]
+        self.rec.qos[i] = qos
+
+    def add_instruction(self, i: int, d) -> None:
+        """The instruction becomes part of the prompt: its tokens are prefilled with it."""
+        k = d.prompt_tokens_added
+        if k < 0:
+            raise PlanError(f"length directive for request {i} adds {k} prompt tokens")
+        self.prompt_tokens[i] += k
+        self.pending[i] += k
+        self.rec.instruction_tokens[i] = k
+
+    # -- checks before a step runs ----------------------------------------------------
+    def check_prefill(self, plan: StepPlan, now: float) -> list[tuple[int, int]]:
+        """Validate the plan's prefill chunks against the request state and the KV accountant.
+
+        Returns (new tokens, tokens already cached) per chunk; marks first admissions."""
+        kv, rec = self.kv, self.rec
+        chunks = []
+        for ch in plan.prefill:
+            i = ch.request_id
+            if ch.num_tokens < 1 or ch.num_tokens > self.pending[i]:
+                raise PlanError(f"prefill chunk of {ch.num_tokens} tokens for request {i}, "
+                                f"which has {int(self.pending[i])} tokens left to prefill")
+            held = kv.tokens_of(i) if kv.holds(i) else 0
+            done_before = self.prompt_tokens[i] + rec.generated[i] - self.pending[i]
+            if held != done_before + ch.num_tokens:
+                raise PlanError(f"request {i}: KV holds {held} tokens but prefill needs {done_before + ch.num_tokens}; "
+                                f"the policy must allocate KV for a chunk before planning it")
+            chunks.append((ch.num_tokens, int(done_before)))
+            if not self.started[i]:
+                self.started[i] = True
+                rec.admitted_s[i] = now
+        return chunks
+
+    def check_decode(self, idx: np.ndarray) -> None:
+        if len(idx) and (self.pending[idx] > 0).any():
+            bad = int(idx[np.argmax(self.pending[idx] > 0)])
+            raise PlanError(f"request {bad} is scheduled to decode before its prefill is complete")
