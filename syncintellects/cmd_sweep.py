@@ -71,8 +71,8 @@ def register(sub) -> None:
     d.add_argument("--out", default=None, help="HTML path (default: DIR/dashboard.html)")
     d.set_defaults(func=dashboard)
 
-    m = sub.add_parser("demo", help="the default study: static vs continuous batching on the Azure conversation "
-                                    "trace at six loads, with a dashboard")
+    m = sub.add_parser("demo", help="the default study: task batching, SyncIntellects and continuous batching on "
+                                    "the Azure conversation trace at six loads, with a dashboard")
     m.add_argument("--out", default="results/demo")
     m.add_argument("--num-requests", type=int, default=2000)
     m.add_argument("--workers", type=int, default=None)
@@ -111,12 +111,18 @@ def dashboard(args) -> int:
 def demo(args) -> int:
     from syncintellects.dashboard import write_dashboard
 
-    base = RunSpec(trace="azure-conv", num_requests=args.num_requests)
-    specs = expand(base, {"policy": ["static", "continuous"], "rate": [0.5, 1.0, 1.5, 2.0, 3.0, 4.0]})
+    rates = {"rate": [0.5, 1.0, 1.5, 2.0, 3.0, 4.0]}
+    arms = (RunSpec(trace="azure-conv", num_requests=args.num_requests, policy="static"),
+            RunSpec(trace="azure-conv", num_requests=args.num_requests, policy="syncintellects",
+                    predictor="progressive", length_control=True),
+            RunSpec(trace="azure-conv", num_requests=args.num_requests, policy="continuous"))
+    specs = [s for arm in arms for s in expand(arm, rates)]
     print(f"Simulating {len(specs)} runs of {args.num_requests} Azure conversation requests on one A100 "
-          f"(Llama-2-7B, fp16 profile): static task batching (B=16) vs continuous batching.")
+          f"(Llama-2-7B, fp16 profile): task batching (B=16), the SyncIntellects policy (progressive prediction, "
+          f"length grouping, length control) and continuous batching, at six loads.")
     df = run_sweep(specs, workers=args.workers, out=args.out)
     print_table(df)
-    html = write_dashboard(args.out, title="Static vs continuous batching, Azure conversation trace, A100 / Llama-2-7B")
+    html = write_dashboard(args.out, title="Task batching vs SyncIntellects vs continuous batching, "
+                                           "Azure conversation trace, A100 / Llama-2-7B")
     print(f"\nresults: {args.out}/results.parquet\ndashboard: {html}")
     return 0
