@@ -21,7 +21,7 @@ demo: $(VENV)/.core
 	$(VENV)/bin/syncintellects demo --out $(OUT)
 
 test: $(VENV)/.full
-	$(PY) -m pytest -x -q -p no:cacheprovider
+	$(PY) -m pytest -x -p no:cacheprovider
 
 bench: $(VENV)/.core
 	$(PY) benchmarks/bench_simulator.py
