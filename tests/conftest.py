@@ -30,6 +30,16 @@ class OneStepAtATime:
         self.inner.observe(result)
 
 
+class SplitPredictor:
+    """Odd requests predicted at 45 tokens, even ones at 10: one length bucket, so a length
+    controller sees a batch worth aligning and shortens the long half."""
+
+    name, refresh_every = "split", None
+
+    def predict(self, request, generated=0, embedding=None):
+        return 45.0 if request.request_id % 2 else 10.0
+
+
 @pytest.fixture
 def trace50():
     return small_trace()

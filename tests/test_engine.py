@@ -97,15 +97,11 @@ def test_length_instructions_add_prompt_tokens_in_the_simulator():
     from policies.control.controller import estimate_tokens
     from policies.schedulers.syncintellects import SyncIntellects
 
-    class Fixed:  # one length bucket, predictions apart: the controller shortens the long ones
-        name, refresh_every = "fixed", None
-
-        def predict(self, request, generated=0, embedding=None):
-            return 45.0 if request.request_id % 2 else 10.0
+    from conftest import SplitPredictor
 
     n = 8
     trace = make_trace("ctl", [0.0] * n, [100] * n, [40] * n)
-    res = simulate(trace, SyncIntellects(predictor=Fixed(), controller=make_controller(), batch_size=n),
+    res = simulate(trace, SyncIntellects(predictor=SplitPredictor(), controller=make_controller(), batch_size=n),
                    length_response=default_length_response())
     df = res.requests
     ctl = df.filter(df["target_tokens"] > 0)

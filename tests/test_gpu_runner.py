@@ -268,15 +268,11 @@ def test_length_instructions_are_really_added_to_the_prompt(lm, length_mode):
     from policies.control import default_length_response, make_controller
     from policies.schedulers.syncintellects import SyncIntellects
 
-    class Fixed:  # one length bucket, predictions apart: the controller shortens the long ones
-        name, refresh_every = "fixed", None
-
-        def predict(self, request, generated=0, embedding=None):
-            return 45.0 if request.request_id % 2 else 10.0
+    from conftest import SplitPredictor
 
     n = 8
     tr = make_trace("ctl", [0.0] * n, [12] * n, [30] * n)
-    pol = SyncIntellects(predictor=Fixed(), controller=make_controller(), batch_size=n)
+    pol = SyncIntellects(predictor=SplitPredictor(), controller=make_controller(), batch_size=n)
     cfg = RunnerConfig(kv_tokens=8192, max_context=256, length_mode=length_mode)
     res = serve(tr, pol, lm, cfg, length_response=default_length_response() if length_mode == "forced" else None)
     req, ex = res.requests, res.executor
