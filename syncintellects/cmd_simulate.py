@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from syncintellects.cmd_trace import add_load_arguments, load_options
 from syncintellects.spec import RunSpec, run_simulation
 
 
@@ -20,6 +21,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--length-control", choices=("off", "on"), default="off")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="extra policy parameter (repeatable), e.g. --param max_num_seqs=128")
+    add_load_arguments(p)
 
 
 def parse_params(items: list[str]) -> tuple:
@@ -41,7 +43,8 @@ def spec_from_args(args) -> RunSpec:
                    seed=args.seed, profile=getattr(args, "profile", None) or RunSpec.profile,
                    batch_size=args.batch_size, predictor=args.predictor, predictor_model=args.predictor_model,
                    length_control=args.length_control == "on", kv_blocks=getattr(args, "kv_blocks", None),
-                   policy_params=parse_params(args.param))
+                   policy_params=parse_params(args.param),
+                   trace_options=tuple(sorted(load_options(args, default_seed=args.seed).items())))
 
 
 def register(sub) -> None:

@@ -38,7 +38,8 @@ def grid_from_args(args) -> tuple[RunSpec, dict]:
         unknown = set(base) - set(SPEC_FIELDS)
         if unknown:
             raise ValueError(f"{args.spec}: unknown base fields {sorted(unknown)}")
-        base["policy_params"] = tuple(sorted(base.get("policy_params", {}).items()))
+        for k in ("policy_params", "trace_options"):
+            base[k] = tuple(sorted(base.get(k, {}).items()))
         return RunSpec(**base), data.get("grid", {})
     grid = {}
     for flag, (field, parse) in LIST_FLAGS.items():

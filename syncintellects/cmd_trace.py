@@ -12,7 +12,7 @@ import argparse
 import json
 
 
-def _add_load_arguments(p: argparse.ArgumentParser) -> None:
+def add_load_arguments(p: argparse.ArgumentParser) -> None:
     """Options for reading a trace file (format, bad rows, synthetic arrivals for formats without them)."""
     g = p.add_argument_group("reading the input trace")
     g.add_argument("--format", default=None, help="force the file format (default: detected from name/header)")
@@ -27,13 +27,23 @@ def _add_load_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--synthetic-seed", type=int, default=None, help="seed of the synthetic arrivals")
 
 
+def load_options(args, default_seed: int | None = None) -> dict:
+    """load_trace keyword arguments from the flags of :func:`add_load_arguments` (defaults left out)."""
+    opts = {"format": args.format, "skip_bad_rows": args.skip_bad_rows, "sort": args.sort,
+            "arrivals": args.synthetic_arrivals, "rate": args.synthetic_rate, "cv": args.synthetic_cv,
+            "seed": args.synthetic_seed if args.synthetic_seed is not None else default_seed}
+    if args.drop_failed:
+        opts["drop_failed"] = True
+    if args.synthetic_arrivals is None:
+        opts.pop("seed")
+    defaults = {"format": None, "skip_bad_rows": False, "sort": False, "arrivals": None, "rate": None, "cv": 1.0}
+    return {k: v for k, v in opts.items() if defaults.get(k, object()) != v}
+
+
 def _load(source: str, args):
     from traces import load_trace
 
-    opts = {"drop_failed": True} if args.drop_failed else {}
-    return load_trace(source, format=args.format, skip_bad_rows=args.skip_bad_rows, sort=args.sort,
-                      arrivals=args.synthetic_arrivals, rate=args.synthetic_rate, cv=args.synthetic_cv,
-                      seed=args.synthetic_seed, **opts)
+    return load_trace(source, **load_options(args))
 
 
 def register(sub) -> None:
@@ -47,7 +57,7 @@ def register(sub) -> None:
     q = tsub.add_parser("info", help="rows, span, mean rate and length percentiles of a trace")
     q.add_argument("trace", help="bundled trace name or a trace file path")
     q.add_argument("--json", action="store_true", help="print the summary as JSON")
-    _add_load_arguments(q)
+    add_load_arguments(q)
     q.set_defaults(func=cmd_info)
 
     q = tsub.add_parser("synth", help="generate a synthetic trace (project CSV format)")
@@ -68,7 +78,7 @@ def register(sub) -> None:
     q.add_argument("--rate", type=float, default=None, help="rescale arrivals to this mean rate, req/s")
     q.add_argument("--start", type=float, default=None, help="keep requests arriving at or after this time (s)")
     q.add_argument("--end", type=float, default=None, help="keep requests arriving before this time (s)")
-    _add_load_arguments(q)
+    add_load_arguments(q)
     q.set_defaults(func=cmd_convert)
 
 

@@ -32,10 +32,12 @@ class RunSpec:
     kv_blocks: int | None = None
     max_context: int | None = None
     policy_params: tuple = field(default_factory=tuple)  # extra (name, value) pairs for the policy
+    trace_options: tuple = field(default_factory=tuple)  # (name, value) pairs for traces.load_trace
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["policy_params"] = dict(self.policy_params)
+        d["trace_options"] = dict(self.trace_options)
         return d
 
     def with_(self, **changes) -> "RunSpec":
@@ -46,7 +48,7 @@ def load_spec_trace(spec: RunSpec) -> Trace:
     """The spec's trace: loaded, rate-rescaled, then cut to the first N requests."""
     from traces import load_trace, rescale_rate
 
-    trace = load_trace(spec.trace)
+    trace = load_trace(spec.trace, **dict(spec.trace_options))
     if spec.rate is not None:
         trace = rescale_rate(trace, spec.rate)
     if spec.num_requests is not None:

@@ -52,8 +52,9 @@ def run_one(spec: RunSpec, runs_dir: str | None = None, index: int = 0) -> dict:
     result = run_simulation(spec)
     if runs_dir is not None:
         result.write(Path(runs_dir) / f"{index:04d}")
-    row = {k: v for k, v in spec.to_dict().items() if k != "policy_params"}
-    row["policy_params"] = json.dumps(dict(spec.policy_params), sort_keys=True)
+    row = spec.to_dict()
+    for k in ("policy_params", "trace_options"):  # nested settings as JSON text columns
+        row[k] = json.dumps(row[k], sort_keys=True)
     row["run_index"] = index
     summary = dict(result.summary)
     summary.pop("reject_reasons", None)

@@ -59,3 +59,18 @@ def test_sweep_and_dashboard(tmp_path):
           "--backend", "serial", "--out", str(tmp_path / "again")])
     again = pl.read_parquet(tmp_path / "again" / "results.parquet")
     assert again.drop("sim_wall_s").equals(df.drop("sim_wall_s"))
+
+
+def test_simulate_reads_text_traces_with_synthetic_arrivals(tmp_path, capsys):
+    from pathlib import Path
+
+    fixture = str(Path(__file__).parent / "fixtures" / "traces" / "alpaca_handwritten.json")
+    assert main(["simulate", "--trace", fixture, "--out", str(tmp_path / "no"), "--quiet"]) == 2
+    assert "--synthetic-arrivals" in capsys.readouterr().err  # the error names the flags that fix it
+    out = tmp_path / "yes"
+    assert main(["simulate", "--trace", fixture, "--synthetic-arrivals", "poisson", "--synthetic-rate", "2",
+                 "--policy", "sjf", "--predictor", "oracle", "--out", str(out), "--quiet"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    cfg = json.loads((out / "config.json").read_text())
+    assert s["num_finished"] == s["num_requests"] > 0
+    assert cfg["spec"]["trace_options"] == {"arrivals": "poisson", "rate": 2.0, "seed": 0}
