@@ -113,17 +113,21 @@ class ContinuousBatching:
         preempted = []
         while self._decode and kv.growth_blocks(self._slots(kv), 1) > kv.free_blocks:
             victim = self.preempt_victim(self.running)
-            preempted.append(victim)
-            self.running.remove(victim)
-            if victim in self.prefilling:  # its context is unchanged: prefill it again from the start
-                self.prefilling.remove(victim)
-            else:  # prompt + generated: the cached tokens plus the sampled token not yet cached
-                self.context[victim] = kv.tokens_of(victim) + 1
-            del self.pending[victim]
-            kv.free(victim)
-            self._set_decode(tuple(r for r in self._decode if r != victim))
+            self.evict(victim, kv)
             self._enqueue(victim, front=True)
+            preempted.append(victim)
         return tuple(preempted)
+
+    def evict(self, rid: int, kv) -> None:
+        """Recompute preemption's bookkeeping: drop the request's KV; it will prefill its context again."""
+        self.running.remove(rid)
+        if rid in self.prefilling:  # its context is unchanged: prefill it again from the start
+            self.prefilling.remove(rid)
+        else:  # prompt + generated: the cached tokens plus the sampled token not yet cached
+            self.context[rid] = kv.tokens_of(rid) + 1
+        del self.pending[rid]
+        kv.free(rid)
+        self._set_decode(tuple(r for r in self._decode if r != rid))
 
     def _admit(self, kv, rejected: list) -> list[PrefillChunk]:
         cfg = self.config

@@ -101,12 +101,7 @@ class SRPTBatching(SJFBatching):
             rank = {r: i for i, r in enumerate(self.running)}
             v = max(victims, key=lambda r: (lt.remaining(r), rank[r]))
             self.preemptions[v] = self.preemptions.get(v, 0) + 1
-            # same bookkeeping as a memory preemption, but queued by its own priority
-            self.running.remove(v)
-            self.context[v] = kv.tokens_of(v) + 1
-            del self.pending[v]
-            kv.free(v)
-            self._set_decode(tuple(r for r in self._decode if r != v))
-            self._enqueue(v)
+            self.evict(v, kv)
+            self._enqueue(v)  # unlike a memory preemption, queued by its own priority
             out.append(v)
         return tuple(out)
