@@ -7,6 +7,9 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
+           "#bcbd22")  # one colour per series, the same in every panel
+
 PANELS = (  # metric, title; latency panels use a log axis (queues blow up past saturation)
     ("e2e_latency_s_mean", "mean end-to-end latency (s, log)"),
     ("e2e_latency_s_p99", "p99 end-to-end latency (s, log)"),
@@ -46,13 +49,12 @@ def build_figure(df: pl.DataFrame, title: str = "Sweep") -> go.Figure:
     panels = [(m, t) for m, t in PANELS if m in agg.columns]
     rows = (len(panels) + 1) // 2
     fig = make_subplots(rows=rows, cols=2, subplot_titles=[t for _, t in panels])
-    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
     for k, series in enumerate(agg["series"].unique(maintain_order=True).to_list()):
         part = agg.filter(pl.col("series") == series)
         for j, (m, _) in enumerate(panels):
             fig.add_trace(go.Scatter(
                 x=part["rate"].to_list(), y=part[m].to_list(), name=series, legendgroup=series,
-                showlegend=j == 0, mode="lines+markers", line={"color": palette[k % len(palette)]},
+                showlegend=j == 0, mode="lines+markers", line={"color": PALETTE[k % len(PALETTE)]},
                 error_y={"type": "data", "array": part[m + "_std"].to_list(), "visible": True},
                 hovertemplate=f"{series}<br>rate %{{x}} req/s<br>%{{y:.4g}}<extra></extra>",
             ), row=j // 2 + 1, col=j % 2 + 1)

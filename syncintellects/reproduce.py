@@ -232,6 +232,8 @@ def write_html(rows: list[dict], path: Path) -> None:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
+    from syncintellects.dashboard import PALETTE
+
     fig = make_subplots(rows=1, cols=2, subplot_titles=("mean end-to-end latency (s)", "output tokens/s"))
     labels = list(dict.fromkeys(r["label"] for r in rows))
     for i, label in enumerate(labels):
@@ -241,7 +243,8 @@ def write_html(rows: list[dict], path: Path) -> None:
             vals = [[r[key] for r in rs if r["rate"] == x] for x in rates]
             mean = [float(np.mean(v)) for v in vals]
             fig.add_trace(go.Scatter(x=rates, y=mean, mode="lines+markers", name=label, legendgroup=label,
-                                     showlegend=col == 1, line={"dash": "dot" if label in CONTINUOUS_LABELS else "solid"},
+                                     showlegend=col == 1, line={"dash": "dot" if label in CONTINUOUS_LABELS else "solid",
+                                                                 "color": PALETTE[i % len(PALETTE)]},
                                      error_y={"type": "data", "symmetric": False,
                                               "array": [max(v) - m for v, m in zip(vals, mean)],
                                               "arrayminus": [m - min(v) for v, m in zip(vals, mean)]}),
