@@ -16,14 +16,14 @@ inflate; see docs/validation.md.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
 
 from policies.contract import SchedulerView
 from policies.kv_cache import KVCache
-from simulator.engine import _policy_config, bind_truth
+from simulator.engine import _policy_config, bind_truth, run_settings
 from simulator.metrics import Recorder, RunResult
 from simulator.serving import ArrivalFeed, PlanError, collect, edge_checks
 from traces.schema import Trace
@@ -174,7 +174,7 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
         "virtual_clock_s": now,
     }
     cfg = {"engine": "runner", "policy": getattr(policy, "name", type(policy).__name__),
-           "policy_config": _policy_config(policy), "runner": asdict(config), "model": lm.shape, "dtype": lm.dtype,
+           "policy_config": _policy_config(policy), "runner": run_settings(config), "model": lm.shape, "dtype": lm.dtype,
            "device": str(lm.device), "torch_threads": threads, "steady_allocator": steady, "kv_blocks": blocks,
            "max_context": max_context,
            "trace": trace.name, "trace_notes": trace.notes, "num_requests": n,

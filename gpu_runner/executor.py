@@ -246,8 +246,8 @@ class RealExecutor(ExecutorBase):
         if finished:
             rec.last_token_s[np.asarray(finished)] = end
         prefill_tokens = sum(max(c, plan.prefill_pad_to) for c, _ in chunks)
-        rec.segment(now, end, 1, len(idx) + len(chunks), len(idx) - len(act), prefill_tokens, len(act),
-                    kv.used_blocks)
+        rec.segment(now, end, 1, len(idx) + len(chunks), len(idx) - len(act), prefill_tokens,
+                    len(pending_emit) + len(act), kv.used_blocks)  # useful tokens, as the simulator counts them
         rows = idx.tolist() + [ch.request_id for ch in plan.prefill]
         return StepResult(start_s=now, end_s=end, num_steps=1, tokens=len(pending_emit) + len(act),
                           first_tokens=tuple(first), prefilled=tuple(prefilled), finished=tuple(finished),

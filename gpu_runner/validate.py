@@ -25,23 +25,6 @@ METRICS = (
 GATED = ("e2e_latency_s.mean", "throughput_output_tokens_per_s")
 
 
-def scale_lengths(trace, scale: float):
-    """Multiply prompt and output lengths by ``scale`` (rounded, at least 1): fits a long trace
-    to a small model's context while keeping its length distribution's shape."""
-    if scale == 1.0:
-        return trace
-    if not (scale > 0):
-        raise ValueError(f"--length-scale must be > 0, got {scale}")
-    from traces.schema import Trace
-
-    notes = dict(trace.notes)
-    notes.setdefault("transforms", []).append(f"lengths x {scale} (gpu_runner length scale)")
-    sc = lambda a: np.maximum(np.rint(a * scale), 1).astype(np.int64)
-    return Trace(name=trace.name, request_id=trace.request_id, arrival_s=trace.arrival_s,
-                 prompt_tokens=sc(trace.prompt_tokens), output_tokens=sc(trace.output_tokens), prompt=trace.prompt,
-                 response=trace.response, slo_class=trace.slo_class, source=trace.source, notes=notes)
-
-
 def _get(summary: dict, key: str, stat: str | None) -> float | None:
     v = summary.get(key)
     if stat is not None:
@@ -99,10 +82,10 @@ def write_html(real: RunResult, sim: RunResult, report: dict, path: Path, title:
              for k, v in report.items() if v["rel_error"] is not None]
     fig.update_layout(title=dict(text=f"{title}<br><sup>{' | '.join(lines[:3])}<br>{' | '.join(lines[3:])}</sup>"),
                       height=560, margin=dict(t=120))
-    fig.write_html(path, include_plotlyjs="cdn")
+    fig.write_html(path, include_plotlyjs=True)  # self-contained: opens offline
 
 
-def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path, *, length_scale: float = 1.0,
+def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path, *,
                    tolerance: float = 0.10) -> tuple[dict, int]:
     """Run both engines, write DIR/validation.json and DIR/validation.html (and each run's files
     under DIR/real and DIR/sim); returns (report, exit status)."""
@@ -111,13 +94,17 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
     from gpu_runner.engine import serve
     from simulator.engine import SimConfig, simulate
     from simulator.profile import load_profile
-    from syncintellects.spec import length_response_model, prepare
+    from syncintellects.spec import build_policy, length_response_model, load_spec_trace
 
+    if runner_cfg.length_mode != "forced":
+        raise ValueError("validate compares the two engines on the same workload, so it needs forced lengths "
+                         "(--length-mode forced): in natural mode the real model chooses lengths the simulator "
+                         "cannot know")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     profile = load_profile(profile_path)
-    trace, policy, _ = prepare(spec)
-    trace = scale_lengths(trace, length_scale)
+    trace = load_spec_trace(spec)  # spec.length_scale applied: the predictors see the served lengths
+    policy = build_policy(spec, trace)
     if runner_cfg.kv_blocks is None and runner_cfg.kv_tokens is None:
         runner_cfg = replace(runner_cfg, kv_blocks=profile.kv_blocks(runner_cfg.block_size))
     load_before = os.getloadavg()[0]
@@ -125,7 +112,7 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
     load_after = os.getloadavg()[0]
     real.config["spec"] = spec.to_dict()
     real.write(out / "real")
-    _, sim_policy, _ = prepare(spec)  # a fresh policy object of the same class and settings
+    sim_policy = build_policy(spec, trace)  # a fresh policy object of the same class and settings
     sim_cfg = SimConfig(profile=profile_path, block_size=runner_cfg.block_size, kv_blocks=real.config["kv_blocks"],
                         max_context=real.config["max_context"], seed=spec.seed)
     sim = simulate(trace, sim_policy, sim_cfg, profile=profile, length_response=length_response_model(spec))
@@ -136,11 +123,13 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
     replay = replay_steps(real, profile)
     # Diagnosis only (never gated): the simulator again, with every step time scaled by the measured
     # drift between this run's steps and the profile's prediction of those very steps.
-    drifted = simulate(trace, prepare(spec)[1], sim_cfg, profile=scaled_profile(profile, replay["drift"]),
-                       length_response=length_response_model(spec))
+    # (No real step, e.g. every request rejected: there is no drift to measure.)
+    drifted = None if replay["drift"] is None else simulate(
+        trace, build_policy(spec, trace), sim_cfg, profile=scaled_profile(profile, replay["drift"]),
+        length_response=length_response_model(spec))
     doc = {"metrics": report, "tolerance": tolerance, "gated": list(GATED), "failed": bad,
            "policy": real.config["policy"], "trace": trace.name, "num_requests": len(trace),
-           "length_scale": length_scale, "seed": spec.seed, "profile": profile.path, "model": lm.shape,
+           "length_scale": spec.length_scale, "seed": spec.seed, "profile": profile.path, "model": lm.shape,
            "device": str(lm.device), "dtype": lm.dtype, "kv_blocks": real.config["kv_blocks"],
            "max_context": real.config["max_context"], "torch_threads": real.config["torch_threads"],
            "real_summary": {k: real.summary[k] for k in ("num_finished", "num_rejected", "preemptions",
@@ -149,7 +138,7 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
                                                         "mean_batch_size", "num_steps")},
            "busy": busy_breakdown(real, sim),
            "replay": replay,
-           "drift_corrected_metrics": compare(real.summary, drifted.summary),
+           "drift_corrected_metrics": None if drifted is None else compare(real.summary, drifted.summary),
            "machine_load_average_1m": {"before_real_run": round(load_before, 2), "after_real_run": round(load_after, 2),
                                        "cpu_count": os.cpu_count()}}
     from simulator.metrics import _clean

@@ -8,7 +8,7 @@ metrics: those live in the executor, the accountant and the recorder.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import simpy
@@ -35,7 +35,6 @@ class SimConfig:
     max_context: int | None = None  # default: the profile's model context
     seed: int = 0
     progress: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def simulate(trace: Trace, policy: Policy, config: SimConfig = SimConfig(), *, profile: Profile | None = None,
@@ -87,10 +86,18 @@ def simulate(trace: Trace, policy: Policy, config: SimConfig = SimConfig(), *, p
     requests, steps, summary = collect(rec, policy, blocks)
     summary["sim_wall_s"] = time.perf_counter() - wall0
     cfg = {"engine": "simulator", "policy": getattr(policy, "name", type(policy).__name__),
-           "policy_config": _policy_config(policy), "sim": asdict(config), "profile": profile.name,
+           "policy_config": _policy_config(policy), "sim": run_settings(config), "profile": profile.name,
            "profile_path": profile.path, "kv_blocks": blocks, "trace": trace.name, "trace_notes": trace.notes,
            "num_requests": n}
     return RunResult(requests=requests, steps=steps, summary=summary, config=cfg)
+
+
+def run_settings(config) -> dict:
+    """A config as written to config.json: display-only settings (the progress bar) left out,
+    so the same run gives the same file whether or not it was quiet."""
+    d = asdict(config)
+    d.pop("progress", None)
+    return d
 
 
 def bind_truth(policy, true_output) -> None:

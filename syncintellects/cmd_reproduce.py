@@ -24,9 +24,11 @@ def register(sub) -> None:
 def run(args) -> int:
     from syncintellects.reproduce import ReproductionConfig, markdown, run_reproduction, with_overrides, write_outputs
 
+    if args.seeds is not None and args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     cfg = ReproductionConfig.quick() if args.quick else ReproductionConfig()
     cfg = with_overrides(cfg, rates=tuple(args.rates) if args.rates else None,
-                         seeds=tuple(range(args.seeds)) if args.seeds else None, num_requests=args.num_requests,
+                         seeds=tuple(range(args.seeds)) if args.seeds is not None else None, num_requests=args.num_requests,
                          trace=args.trace, workers=args.workers)
     if cfg.num_requests < 2 or not cfg.rates or any(r <= 0 for r in cfg.rates) or cfg.workers < 1:
         raise ValueError(f"reproduce paper: need --num-requests >= 2, rates > 0 and --workers >= 1, got {cfg}")

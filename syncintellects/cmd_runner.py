@@ -119,13 +119,11 @@ def cmd_profile(args) -> int:
 
 def cmd_run(args) -> int:
     from gpu_runner.engine import serve
-    from gpu_runner.validate import scale_lengths
     from simulator.metrics import format_summary
     from syncintellects.spec import length_response_model, prepare
 
     spec = spec_from_args(args)
-    trace, policy, _ = prepare(spec)
-    trace = scale_lengths(trace, args.length_scale)
+    trace, policy, _ = prepare(spec)  # lengths scaled before the policy's predictor sees the trace
     kv_blocks = None
     if args.profile and not (args.kv_blocks or args.kv_tokens):
         from simulator.profile import load_profile
@@ -152,7 +150,7 @@ def cmd_validate(args) -> int:
     spec = spec_from_args(args)
     lm = _load(args)
     doc, status = run_validation(spec, lm, _runner_config(args), args.profile, args.out,
-                                 length_scale=args.length_scale, tolerance=args.tolerance)
+                                 tolerance=args.tolerance)
     if not args.quiet:
         print(f"{doc['policy']} on {doc['trace']} ({doc['num_requests']} requests), tolerance {args.tolerance:.0%}:")
         print(f"  {'metric':<34} {'real':>10} {'sim':>10} {'error':>8}")

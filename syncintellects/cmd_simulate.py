@@ -44,7 +44,8 @@ def spec_from_args(args) -> RunSpec:
                    batch_size=args.batch_size, predictor=args.predictor, predictor_model=args.predictor_model,
                    length_control=args.length_control == "on", kv_blocks=getattr(args, "kv_blocks", None),
                    policy_params=parse_params(args.param),
-                   trace_options=tuple(sorted(load_options(args, default_seed=args.seed).items())))
+                   trace_options=tuple(sorted(load_options(args, default_seed=args.seed).items())),
+                   length_scale=getattr(args, "length_scale", 1.0))
 
 
 def register(sub) -> None:

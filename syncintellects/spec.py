@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-import numpy as np
-
 from policies.registry import make_policy
 from simulator.engine import SimConfig, simulate
 from simulator.metrics import RunResult
@@ -33,6 +31,7 @@ class RunSpec:
     max_context: int | None = None
     policy_params: tuple = field(default_factory=tuple)  # extra (name, value) pairs for the policy
     trace_options: tuple = field(default_factory=tuple)  # (name, value) pairs for traces.load_trace
+    length_scale: float = 1.0            # multiply prompt and output lengths (fit a small model's context)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -45,10 +44,10 @@ class RunSpec:
 
 
 def load_spec_trace(spec: RunSpec) -> Trace:
-    """The spec's trace: loaded, rate-rescaled, then cut to the first N requests."""
-    from traces import load_trace, rescale_rate
+    """The spec's trace: loaded, length-scaled, rate-rescaled, then cut to the first N requests."""
+    from traces import load_trace, rescale_rate, scale_lengths
 
-    trace = load_trace(spec.trace, **dict(spec.trace_options))
+    trace = scale_lengths(load_trace(spec.trace, **dict(spec.trace_options)), spec.length_scale)
     if spec.rate is not None:
         trace = rescale_rate(trace, spec.rate)
     if spec.num_requests is not None:
@@ -63,10 +62,14 @@ def build_policy(spec: RunSpec, trace: Trace):
     params = dict(spec.policy_params)
     if spec.batch_size is not None:
         params["batch_size"] = spec.batch_size
-    if spec.predictor is not None:
+    from policies.registry import POLICIES
+
+    # A policy's default predictor is built here too, so it sees the run's trace and seed.
+    predictor = spec.predictor or getattr(POLICIES.get(spec.policy), "default_predictor", None)
+    if predictor is not None:
         from policies.predictors import make_predictor
 
-        params["predictor"] = make_predictor(spec.predictor, trace=trace, seed=spec.seed, model_dir=spec.predictor_model)
+        params["predictor"] = make_predictor(predictor, trace=trace, seed=spec.seed, model_dir=spec.predictor_model)
     if spec.length_control:
         from policies.control import make_controller
 
@@ -96,7 +99,3 @@ def run_simulation(spec: RunSpec, progress: bool = False) -> RunResult:
     result = simulate(trace, policy, cfg, length_response=length_response_model(spec))
     result.config["spec"] = spec.to_dict()
     return result
-
-
-def seeded_rng(spec: RunSpec, stream: int = 0) -> np.random.Generator:
-    return np.random.default_rng([spec.seed, stream])

@@ -160,11 +160,10 @@ def test_packed_forward_matches_hugging_face_forward(lm):
 
 def test_length_aware_policy_runs_for_real_with_exact_lengths(lm):
     """A policy with a predictor (SJF + oracle) drives the real engine; the oracle is bound to the truth."""
-    from gpu_runner.validate import scale_lengths
     from syncintellects.spec import RunSpec, prepare
 
-    tr, policy, _ = prepare(RunSpec(trace="azure-conv", policy="sjf", predictor="oracle", rate=50, num_requests=12))
-    tr = scale_lengths(tr, 0.05)
+    tr, policy, _ = prepare(RunSpec(trace="azure-conv", policy="sjf", predictor="oracle", rate=50, num_requests=12,
+                                    length_scale=0.05))
     res = serve(tr, policy, lm, RunnerConfig())
     assert res.summary["num_finished"] == 12
     assert (res.requests["generated_tokens"].to_numpy() == tr.output_tokens).all()

@@ -1,4 +1,4 @@
-"""Transforms of a loaded trace: arrival-rate scaling and time-window slicing.
+"""Transforms of a loaded trace: arrival-rate scaling, time-window slicing, length scaling.
 
 Each returns a new Trace and appends a line describing itself to
 ``trace.notes["transforms"]``, so a result can always say what was done to its workload.
@@ -48,3 +48,18 @@ def slice_window(trace: Trace, start_s: float, end_s: float, rebase: bool = True
     return part.with_arrivals(part.arrival_s - shift,
                               note=f"slice_window: [{start_s:.6g}, {end_s:.6g}) s, {len(idx)} of {len(trace)} "
                                    f"requests{', rebased to start at 0' if rebase else ''}")
+
+
+def scale_lengths(trace, scale: float):
+    """Multiply prompt and output lengths by ``scale`` (rounded, at least 1): fits a long trace
+    to a small model's context while keeping its length distribution's shape."""
+    if scale == 1.0:
+        return trace
+    if not (scale > 0):
+        raise TraceError(f"--length-scale must be > 0, got {scale}")
+    notes = dict(trace.notes)
+    notes.setdefault("transforms", []).append(f"lengths x {scale} ")
+    sc = lambda a: np.maximum(np.rint(a * scale), 1).astype(np.int64)
+    return Trace(name=trace.name, request_id=trace.request_id, arrival_s=trace.arrival_s,
+                 prompt_tokens=sc(trace.prompt_tokens), output_tokens=sc(trace.output_tokens), prompt=trace.prompt,
+                 response=trace.response, slo_class=trace.slo_class, source=trace.source, notes=notes)
