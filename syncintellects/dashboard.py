@@ -20,26 +20,43 @@ PANELS = (  # metric, title; latency panels use a log axis (queues blow up past 
 )
 
 
-def series_label(row: dict) -> str:
-    parts = [row["policy"]]
-    if row.get("predictor"):
-        parts.append(row["predictor"])
-    if row.get("length_control"):
-        parts.append("control")
-    if row.get("batch_size"):
-        parts.append(f"B={row['batch_size']}")
+def series_columns(df: pl.DataFrame) -> list[str]:
+    """The run settings that tell series apart: every spec field that varies in the sweep,
+    except ``rate`` (the x axis) and ``seed`` (averaged over). Policy is always one."""
+    from syncintellects.sweep import SPEC_FIELDS
+
+    cols = [c for c in SPEC_FIELDS if c in df.columns and c not in ("rate", "seed")
+            and df[c].n_unique() > 1]
+    return cols if "policy" in cols else ["policy", *cols]
+
+
+def series_label(row: dict, columns: list[str]) -> str:
+    parts = []
+    for c in columns:
+        v = row.get(c)
+        if c in ("policy", "predictor"):
+            if v is not None:
+                parts.append(str(v))
+        elif c == "length_control":
+            if v:
+                parts.append("control")
+        else:
+            parts.append(f"{c}={v}")
     return " / ".join(parts)
 
 
 def aggregate(df: pl.DataFrame) -> pl.DataFrame:
-    """Mean and standard deviation over seeds, per series and rate."""
-    df = df.with_columns(series=pl.Series([series_label(r) for r in df.iter_rows(named=True)]))
+    """Mean and standard deviation over seeds, per series and rate (a series: one combination of
+    every setting that varies in the sweep, so runs that differ in anything but the seed are
+    never averaged together)."""
+    cols = series_columns(df)
+    df = df.with_columns(series=pl.Series([series_label(r, cols) for r in df.iter_rows(named=True)], dtype=pl.Utf8))
     metrics = [m for m, _ in PANELS if m in df.columns]
-    return (df.group_by(["series", "rate"]).agg(
+    return (df.group_by(["series", "rate"], maintain_order=True).agg(
         *[pl.col(m).mean().alias(m) for m in metrics],
         *[pl.col(m).std().fill_null(0.0).alias(m + "_std") for m in metrics],
         pl.len().alias("seeds"),
-    ).sort(["series", "rate"]))
+    ).sort(["series", "rate"], maintain_order=True))
 
 
 def build_figure(df: pl.DataFrame, title: str = "Sweep") -> go.Figure:

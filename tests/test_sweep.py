@@ -30,3 +30,16 @@ def test_ray_backend_gives_the_local_results(tmp_path):
         ray.shutdown()
     local = run_sweep(specs, backend="serial", progress=False)
     assert remote.drop("sim_wall_s").equals(local.drop("sim_wall_s"))
+
+
+def test_dashboard_never_averages_runs_that_differ_in_more_than_the_seed():
+    import polars as pl
+
+    from syncintellects.dashboard import aggregate
+
+    df = pl.DataFrame({"trace": ["a", "b", "a", "b"], "policy": ["p"] * 4, "predictor": [None] * 4,
+                       "length_control": [False] * 4, "rate": [1.0] * 4, "seed": [0, 0, 1, 1],
+                       "e2e_latency_s_mean": [1.0, 3.0, 1.2, 3.2]})
+    agg = aggregate(df)
+    assert agg["series"].to_list() == ["p / trace=a", "p / trace=b"]
+    assert agg["e2e_latency_s_mean"].to_list() == pytest.approx([1.1, 3.1]) and agg["seeds"].to_list() == [2, 2]
