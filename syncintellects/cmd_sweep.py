@@ -81,7 +81,8 @@ def register(sub) -> None:
 
 
 def print_table(df: pl.DataFrame) -> None:
-    cols = [c for c in ("policy", "predictor", "length_control", "batch_size", "rate", "seed", "e2e_latency_s_mean",
+    varying = [c for c in ("trace", "num_requests", "profile") if c in df.columns and df[c].n_unique() > 1]
+    cols = varying + [c for c in ("policy", "predictor", "length_control", "batch_size", "rate", "seed", "e2e_latency_s_mean",
                         "e2e_latency_s_p99", "ttft_s_mean", "throughput_output_tokens_per_s", "qos_mean",
                         "num_rejected", "sim_wall_s") if c in df.columns and df[c].null_count() < df.height]
     with pl.Config(tbl_rows=200, tbl_cols=30, tbl_width_chars=200, float_precision=3, tbl_hide_dataframe_shape=True):

@@ -4,7 +4,8 @@ A sweep is a list of :class:`~syncintellects.spec.RunSpec` (usually the cartesia
 of a base spec and a grid). Runs execute in worker processes on this machine
 (``backend="local"``) or as tasks on a Ray cluster (``backend="ray"``, when one machine
 is not enough); the rows come back in spec order whatever the completion order, so the
-same sweep always writes the same ``results.parquet``.
+same sweep always writes the same ``results.parquet`` (all but ``sim_wall_s``, the wall-clock
+seconds each run took, kept as a measurement).
 """
 from __future__ import annotations
 
