@@ -4,6 +4,8 @@ Adding a policy is one file in ``policies/schedulers/`` and one line here.
 """
 from __future__ import annotations
 
+import inspect
+
 from policies.schedulers.continuous import ContinuousBatching
 from policies.schedulers.length_grouped import LengthGroupedBatching
 from policies.schedulers.sjf import SJFBatching
@@ -28,6 +30,12 @@ def make_policy(name: str, **params):
         cls = POLICIES[name]
     except KeyError:
         raise ValueError(f"unknown policy {name!r}; choose one of: {', '.join(sorted(POLICIES))}") from None
+    accepts = inspect.signature(cls.__init__).parameters
+    for key, flag in (("predictor", "--predictor"), ("controller", "--length-control on")):
+        if key in params and key not in accepts:
+            users = sorted(n for n, c in POLICIES.items() if key in inspect.signature(c.__init__).parameters)
+            raise ValueError(f"policy {name!r} does not use a length {key} ({flag}); policies that do: "
+                             f"{', '.join(users)}")
     try:
         return cls(**params)
     except TypeError as e:

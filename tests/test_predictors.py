@@ -48,9 +48,9 @@ def test_oracle_follows_truth_after_length_control():
 
 
 def test_truth_predictors_need_bound_truth():
-    with pytest.raises(RuntimeError, match="no truth was bound"):
+    with pytest.raises(ValueError, match="no truth was bound"):
         make_predictor("oracle").predict(view(0))
-    with pytest.raises(RuntimeError, match="no truth was bound"):
+    with pytest.raises(ValueError, match="no truth was bound"):
         make_predictor("prompt").predict(view(0))  # no text, no truth: nothing to go on
 
 

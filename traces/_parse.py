@@ -110,7 +110,8 @@ class RowChecker:
 
     def raise_if_bad(self) -> None:
         if self.problems and not self.skip:
-            raise TraceError(self.first_problem() + "; pass skip_bad_rows=True to drop bad rows (they are counted "
+            raise TraceError(self.first_problem() + "; pass skip_bad_rows=True (--skip-bad-rows) to drop bad rows "
+                             "(they are counted "
                              "and reported)")
 
     def integers(self, series: pl.Series, column: str, minimum: int | None = None, hint: str = "") -> np.ndarray:
@@ -158,7 +159,7 @@ def check_non_decreasing(path, where: np.ndarray, arrival_s: np.ndarray, column:
             i = int(np.argmax(back)) + 1
             raise TraceError(f"{path}: {line_word} {where[i]}, column {column!r}: arrival {arrival_s[i]!r} is earlier "
                              f"than the previous row's {arrival_s[i - 1]!r}; expected non-decreasing arrivals "
-                             f"(pass sort=True to sort the rows by arrival time)")
+                             f"(pass sort=True, or --sort, to sort the rows by arrival time)")
 
 
 def require_columns(path, columns: list[str], needed: list[str], fmt: str) -> None:

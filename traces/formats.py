@@ -160,7 +160,8 @@ def read_burstgpt(path: Path, df: pl.DataFrame, checker: RowChecker, drop_failed
         checker.active &= ~failed
     else:
         checker.flag(failed, "Response tokens", df["Response tokens"].to_list(), "an integer >= 1",
-                     " (0 marks a failed request; pass drop_failed=True to drop failed requests, they are counted)")
+                     " (0 marks a failed request; pass drop_failed=True, or --drop-failed, to drop failed requests, "
+                     "they are counted)")
     return Parsed(
         "burstgpt", checker,
         prompt_tokens=checker.integers(df["Request tokens"], "Request tokens", 1),

@@ -28,8 +28,9 @@ class _TruthBound:
 
     def _true(self, request: RequestView) -> int:
         if self._truth is None:
-            raise RuntimeError(f"predictor {self.name!r} reads the true output length and only works in the "
-                               "simulator (no truth was bound with bind_truth)")
+            raise ValueError(f"predictor {self.name!r} reads the true output length: it works in the simulator "
+                             "and with forced lengths in the runner, not with --length-mode natural "
+                             "(no truth was bound with bind_truth)")
         return int(self._truth(request.request_id))
 
 
