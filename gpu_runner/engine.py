@@ -123,6 +123,7 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
                       temperature=config.temperature, length_response=length_response, rng=rng,
                       embeddings=bool(getattr(policy, "wants_embeddings", False)),
                       texts=getattr(policy, "predictor", None) is not None, clock=clock)
+    ex.max_context = max_context
     if forced:
         bind_truth(policy, ex.true_output)
     controller = getattr(policy, "controller", None)

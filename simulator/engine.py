@@ -53,6 +53,7 @@ def simulate(trace: Trace, policy: Policy, config: SimConfig = SimConfig(), *, p
     max_output, too_long, output = edge_checks(trace, rec, max_context)
     ex = SimExecutor(output, cost, kv, rec, trace.prompt_tokens, length_response=length_response,
                      rng=np.random.default_rng(config.seed))
+    ex.max_context = max_context
     bind_truth(policy, ex.true_output)
     feed = ArrivalFeed(trace, max_output, too_long)
     env = simpy.Environment()

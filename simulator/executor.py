@@ -34,6 +34,9 @@ class SimExecutor(ExecutorBase):
         super().preempt(request_id)
         self._decode_key = None
 
+    def release(self, request_id: int) -> None:
+        self._decode_key = None  # its KV slot may be reused: never trust cached slots across a release
+
     # -- running -------------------------------------------------------------------
     def run(self, plan: StepPlan, now: float, next_arrival: float) -> StepResult:
         if plan.prefill:

@@ -73,16 +73,21 @@ class ArrivalFeed:
         self.arrivals = trace.arrival_s
         self.views = request_views(trace, max_output)
         self.too_long = too_long
-        self.n = len(trace)
+        self.n = n = len(trace)
         self.next = 0  # index of the first request not yet delivered
+        # next_ok[i]: the first request at or after i that will be delivered (n: none), so that
+        # engines never stop a run of steps for a request the edge checks rejected
+        ok = np.where(too_long, n, np.arange(n))
+        self._next_ok = np.append(np.minimum.accumulate(ok[::-1])[::-1], n) if n else np.array([0])
 
     @property
     def more(self) -> bool:
-        return self.next < self.n
+        return int(self._next_ok[self.next]) < self.n
 
     @property
     def next_arrival_s(self) -> float:
-        return float(self.arrivals[self.next]) if self.next < self.n else float("inf")
+        j = int(self._next_ok[self.next])
+        return float(self.arrivals[j]) if j < self.n else float("inf")
 
     def deliver(self, now: float) -> tuple[RequestView, ...]:
         """Requests that arrived at or before ``now`` and were not delivered yet."""
@@ -106,6 +111,7 @@ class ExecutorBase:
         self.started = np.zeros(len(prompt_tokens), dtype=bool)
         self.length_response = length_response
         self.rng = rng or np.random.default_rng(0)
+        self.max_context: int | None = None  # set by the engine: instructions count against it
 
     def true_output(self, request_id: int) -> int:
         """The request's true output length (after capping and length control)."""
@@ -126,9 +132,19 @@ class ExecutorBase:
         for r, why in plan.reject:
             if self.started[r]:
                 raise PlanError(f"request {r} rejected after it started")
+            if r in rec.reject_reason:
+                raise PlanError(f"request {r} rejected twice")
             rec.reject_reason[r] = why
         for r in plan.preempt:
             self.preempt(r)
+        for r in plan.release:
+            if self.kv.holds(r):
+                raise PlanError(f"request {r} was released but the policy did not free its KV blocks")
+        if plan.preempt:
+            again = {c.request_id for c in plan.prefill}  # preempted and re-admitted in one plan is fine
+            for r in plan.preempt:
+                if self.kv.holds(r) and r not in again:
+                    raise PlanError(f"request {r} was preempted but the policy did not free its KV blocks")
         if plan.directives:
             self.apply_directives(plan)
         return len(plan.release) + len(plan.reject)
@@ -169,6 +185,13 @@ class ExecutorBase:
         self.prompt_tokens[i] += k
         self.pending[i] += k
         self.rec.instruction_tokens[i] = k
+        if self.max_context is not None:  # the instruction takes room from the answer in the model context
+            cap = max(self.max_context - int(self.prompt_tokens[i]), 1)
+            if self.remaining[i] > cap:
+                self.remaining[i] = cap
+                self.rec.output_capped[i] = True
+                if self.rec.output_tokens[i] > cap:
+                    self.rec.output_tokens[i] = cap
 
     # -- checks before a step runs ----------------------------------------------------
     def check_prefill(self, plan: StepPlan, now: float) -> list[tuple[int, int]]:

@@ -45,6 +45,7 @@ class ContinuousBatching:
         self._decode: tuple[int, ...] = ()
         self._decode_slots: np.ndarray | None = None
         self._finished: list[int] = []
+        self.admitted: set[int] = set()    # admitted at least once: a preempted one is never rejected
 
     # -- queue ordering hooks --------------------------------------------------
     def queue_key(self, view: RequestView) -> tuple:
@@ -72,6 +73,7 @@ class ContinuousBatching:
             for r in release:
                 kv.free(r)
                 del self.views[r], self.context[r], self.pending[r]
+                self.admitted.discard(r)
             self.running = [r for r in self.running if r not in gone]
             self._set_decode(tuple(r for r in self._decode if r not in gone))
         preempt = self._make_room(kv)
@@ -129,18 +131,25 @@ class ContinuousBatching:
         kv.free(rid)
         self._set_decode(tuple(r for r in self._decode if r != rid))
 
+    def reserve_blocks(self, kv) -> int:
+        """Blocks admission must leave free: the watermark plus one more step of every decode row."""
+        return self.watermark_blocks(kv) + (kv.growth_blocks(self._slots(kv), 1) if self._decode else 0)
+
+    def watermark_blocks(self, kv) -> int:
+        return int(self.config.watermark * kv.num_blocks)
+
     def _admit(self, kv, rejected: list) -> list[PrefillChunk]:
         cfg = self.config
         budget = cfg.max_batched_tokens - len(self._decode)
-        watermark = int(cfg.watermark * kv.num_blocks)
-        reserve = watermark + (kv.growth_blocks(self._slots(kv), 1) if self._decode else 0)
+        watermark = self.watermark_blocks(kv)
+        reserve = self.reserve_blocks(kv)
         chunks: list[PrefillChunk] = []
-        for r in self.prefilling:  # continue chunked prefills first
+        for r in self.prefilling:  # continue chunked prefills first (admitted: the watermark is behind them)
             if budget <= 0:
                 return chunks
             c = min(self.pending[r], budget)
             held = kv.tokens_of(r)
-            if kv.blocks_for(held + c) - kv.blocks_for(held) > kv.free_blocks - reserve:
+            if kv.blocks_for(held + c) - kv.blocks_for(held) > kv.free_blocks - (reserve - watermark):
                 return chunks
             kv.grow(r, c)
             self.pending[r] -= c
@@ -149,17 +158,21 @@ class ContinuousBatching:
         while self._queue and budget > 0 and len(self.running) < cfg.max_num_seqs:
             r = self._queue[0][2]
             ctx = self.context[r]
-            if kv.blocks_for(ctx + 1) > kv.num_blocks - watermark:
+            # A request that ran before (preempted) may have grown into the watermark: it is
+            # re-admitted without one rather than rejected half-way through its answer.
+            wm = 0 if r in self.admitted else watermark
+            if kv.blocks_for(ctx + 1) > kv.num_blocks - wm:
                 heapq.heappop(self._queue)
                 rejected.append((r, f"context of {ctx} tokens needs {kv.blocks_for(ctx + 1)} KV blocks; the cache "
                                     f"holds {kv.num_blocks} (watermark {watermark})"))
                 del self.views[r], self.context[r]
                 continue
             c = min(ctx, budget)
-            if kv.blocks_for(c) > kv.free_blocks - reserve:
+            if kv.blocks_for(c) > kv.free_blocks - (reserve - watermark + wm):
                 break
             heapq.heappop(self._queue)
             kv.allocate(r, c)
+            self.admitted.add(r)
             self.pending[r] = ctx - c
             chunks.append(PrefillChunk(r, c))
             self.running.append(r)

@@ -86,7 +86,8 @@ class LengthGroupedBatching:
         return int((lt.predicted[rid] - lt.generated[rid] - 1) // self.config.bucket_tokens)
 
     def bucket_limit(self, bucket: int, view: RequestView, generated: int) -> int:
-        room = max(view.max_output_tokens - generated, 1)
+        # a length instruction's tokens take their room in the model context from the answer
+        room = max(view.max_output_tokens - self.instruction_tokens.get(view.request_id, 0) - generated, 1)
         if bucket == FAILURE_POOL:
             return room
         return min(int((bucket + 1) * self.config.bucket_tokens * (1.0 + self.config.limit_slack)), room)

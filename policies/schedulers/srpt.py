@@ -81,13 +81,13 @@ class SRPTBatching(SJFBatching):
         if len(self.running) >= cfg.max_num_seqs:
             return True
         head = self._queue[0][2]
-        if kv.blocks_for(self.context[head] + 1) > kv.num_blocks - int(cfg.watermark * kv.num_blocks):
+        wm = 0 if head in self.admitted else self.watermark_blocks(kv)
+        if kv.blocks_for(self.context[head] + 1) > kv.num_blocks - wm:
             return False  # it can never fit: the base policy rejects it, nobody should make room
         budget = cfg.max_batched_tokens - len(self._decode)
         if budget <= 0:
             return False  # a compute limit, not a memory one: preempting would not help
-        reserve = int(cfg.watermark * kv.num_blocks) + (kv.growth_blocks(self._slots(kv), 1) if self._decode else 0)
-        return kv.blocks_for(min(self.context[head], budget)) > kv.free_blocks - reserve
+        return kv.blocks_for(min(self.context[head], budget)) > kv.free_blocks - self.reserve_blocks(kv)
 
     def _preempt_for_shorter(self, kv) -> tuple[int, ...]:
         out: list[int] = []

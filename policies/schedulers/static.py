@@ -96,8 +96,12 @@ class StaticBatching:
                                               f"exceeds the KV cache of {kv.capacity_tokens} tokens"))
         else:
             return StepPlan(release=release, reject=tuple(rejected))
-        ids = {v.request_id for v in chosen}
-        self.waiting = deque(v for v in self.waiting if v.request_id not in ids)
+        if all(self.waiting[k] is v for k, v in enumerate(chosen)):  # FCFS: the head of the queue, O(batch)
+            for _ in chosen:
+                self.waiting.popleft()
+        else:  # a subclass chose from elsewhere in the queue
+            ids = {v.request_id for v in chosen}
+            self.waiting = deque(v for v in self.waiting if v.request_id not in ids)
         for v in chosen:
             kv.allocate(v.request_id, v.prompt_tokens)
         self.batch = tuple(v.request_id for v in chosen)

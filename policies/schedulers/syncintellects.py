@@ -55,8 +55,13 @@ class SyncIntellectsContinuous(SRPTBatching):
         if len(targets) != len(fresh):
             raise ValueError(f"length controller returned {len(targets)} targets for {len(fresh)} requests")
         directives = []
+        kv = view.kv
         for d in targets:  # the instruction joins the prompt: its tokens go into the first chunk
-            if d is not None and view.kv.grow(d.request_id, d.prompt_tokens_added):
+            if d is None:
+                continue
+            held = kv.tokens_of(d.request_id)
+            extra = kv.blocks_for(held + d.prompt_tokens_added) - kv.blocks_for(held)
+            if extra <= kv.free_blocks - self.reserve_blocks(kv) and kv.grow(d.request_id, d.prompt_tokens_added):
                 self.context[d.request_id] += d.prompt_tokens_added
                 directives.append(d)
         if directives:
