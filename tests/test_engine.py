@@ -110,3 +110,17 @@ def test_length_instructions_add_prompt_tokens_in_the_simulator():
     # one padded prefill of the batch: every prompt padded to the longest prompt + instruction
     first = res.steps.row(0, named=True)
     assert first["prefill_tokens"] == n * (100 + max(ctl["instruction_tokens"]))
+
+
+@pytest.mark.parametrize("blocks", [200, 300])
+def test_a_preempted_request_that_grew_into_the_watermark_is_readmitted_not_rejected(blocks):
+    """A long request preempted near a full cache comes back with prompt + generated tokens, which may
+    exceed the cache minus the admission watermark: it must be re-admitted, never rejected mid-answer."""
+    cap = blocks * 16
+    for prompt in range(cap - 80, cap - 10, 7):
+        trace = make_trace("near-full", [0.0, 0.001], [1, prompt], [40, cap - prompt])
+        res = simulate(trace, ContinuousBatching(), SimConfig(kv_blocks=blocks, max_context=100_000))
+        df = res.requests
+        assert res.summary["num_finished"] + res.summary["num_rejected"] == 2
+        # only a prompt that never fit beside the watermark is refused, and only before it started
+        assert df.filter(df["rejected"])["admitted_s"].is_nan().all()
