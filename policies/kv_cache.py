@@ -54,7 +54,7 @@ class KVCache:
         return request_id in self._slot
 
     def tokens_of(self, request_id: int) -> int:
-        return int(self._tokens[self._slot[request_id]])
+        return int(self._tokens[self._slot_of(request_id)])
 
     def __len__(self) -> int:
         return len(self._slot)
@@ -67,7 +67,10 @@ class KVCache:
         if request_ids is self._slots_key:
             return self._slots_val
         slot = self._slot
-        out = np.fromiter((slot[r] for r in request_ids), dtype=np.int64, count=len(request_ids))
+        try:
+            out = np.fromiter((slot[r] for r in request_ids), dtype=np.int64, count=len(request_ids))
+        except KeyError as e:
+            raise self._missing(e.args[0]) from None
         self._slots_key, self._slots_val = request_ids, out
         return out
 
@@ -125,7 +128,8 @@ class KVCache:
 
     def free(self, request_id: int) -> int:
         """Release a request's blocks; returns how many were freed."""
-        slot = self._slot.pop(request_id)
+        slot = self._slot_of(request_id)
+        del self._slot[request_id]
         self._slots_key = None
         blocks = self.blocks_for(int(self._tokens[slot]))
         self._tokens[slot] = 0
@@ -153,7 +157,7 @@ class KVCache:
 
     def grow(self, request_id: int, tokens: int) -> bool:
         """Grow one request by ``tokens`` tokens (e.g. a prefill chunk); False if full."""
-        slot = self._slot[request_id]
+        slot = self._slot_of(request_id)
         before = int(self._tokens[slot])
         delta = self.blocks_for(before + tokens) - self.blocks_for(before)
         if delta > self.free_blocks:
@@ -163,6 +167,16 @@ class KVCache:
         if self.used_blocks > self.peak_blocks:
             self.peak_blocks = self.used_blocks
         return True
+
+    def _slot_of(self, request_id: int) -> int:
+        try:
+            return self._slot[request_id]
+        except KeyError:
+            raise self._missing(request_id) from None
+
+    @staticmethod
+    def _missing(request_id) -> KeyError:
+        return KeyError(f"request {request_id} holds no KV blocks (never allocated, or already freed)")
 
     def _grow_slots(self) -> None:
         old = len(self._tokens)

@@ -21,6 +21,7 @@ class OneStepAtATime:
     def __init__(self, inner):
         self.inner = inner
         self.name = inner.name
+        self.predictor = getattr(inner, "predictor", None)  # so the engine binds the truth to it
 
     def plan(self, view):
         plan = self.inner.plan(view)

@@ -62,3 +62,12 @@ def test_used_blocks_matches_contents_and_never_exceeds_capacity(ops):
                 held[rid] += n
         assert kv.used_blocks == sum(-(-t // 8) for t in held.values()) <= kv.num_blocks
         assert kv.peak_blocks <= kv.num_blocks
+
+
+def test_unknown_requests_are_named():
+    kv = KVCache(num_blocks=4, block_size=4)
+    kv.allocate(1, 3)
+    kv.free(1)
+    for call in (lambda: kv.free(1), lambda: kv.tokens_of(7), lambda: kv.grow(7, 1), lambda: kv.slots((1,))):
+        with pytest.raises(KeyError, match="request [17] holds no KV blocks"):
+            call()

