@@ -95,18 +95,33 @@ def _check(data: dict, path: str) -> None:
         for k in keys:
             if k not in data[section]:
                 raise ProfileError(f"profile {path}: missing field {section}.{k}")
-    table = data["coefficients"]["linear_ops"]
-    if not isinstance(table, list) or len(table) < 2 or any(len(p) != 2 for p in table):
+    coeff = data["coefficients"]
+    table = coeff["linear_ops"]
+    if not isinstance(table, list) or len(table) < 2 or any(not isinstance(p, list) or len(p) != 2 for p in table):
         raise ProfileError(f"profile {path}: coefficients.linear_ops must be a list of >= 2 [num_tokens, ms] pairs")
+    for i, (x, y) in enumerate(table):
+        _number(x, f"coefficients.linear_ops[{i}][0] (num_tokens)", path, positive=True)
+        _number(y, f"coefficients.linear_ops[{i}][1] (ms)", path)
     xs = [p[0] for p in table]
     if any(b <= a for a, b in zip(xs, xs[1:])):
         raise ProfileError(f"profile {path}: coefficients.linear_ops num_tokens must be strictly increasing")
+    _number(coeff["fixed_step_ms"], "coefficients.fixed_step_ms", path)
     for sec, keys in (("decode_attn", ("per_step_ms", "per_seq_ms", "per_ctx_token_ms")),
                       ("prefill_attn", ("per_chunk_ms", "per_sq_token_ms", "per_ctx_token_ms"))):
+        if not isinstance(coeff[sec], dict):
+            raise ProfileError(f"profile {path}: coefficients.{sec} must be an object with {', '.join(keys)}")
         for k in keys:
-            v = data["coefficients"][sec].get(k)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ProfileError(f"profile {path}: coefficients.{sec}.{k} must be a finite number >= 0, got {v!r}")
+            _number(coeff[sec].get(k), f"coefficients.{sec}.{k}", path)
+    for k in ("gpu_memory_bytes", "kv_bytes_per_token", "gpu_memory_utilization", "block_size"):
+        _number(data["memory"][k], f"memory.{k}", path, positive=True)
+    for k in ("weights_bytes", "activation_reserve_bytes"):
+        _number(data["memory"][k], f"memory.{k}", path)
+
+
+def _number(v, field: str, path: str, positive: bool = False) -> None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 if positive else v >= 0)
+    if not ok:
+        raise ProfileError(f"profile {path}: {field} must be a finite number {'> 0' if positive else '>= 0'}, got {v!r}")
 
 
 def load_profile(name_or_path: str | Path | None = None) -> Profile:

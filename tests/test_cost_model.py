@@ -69,3 +69,21 @@ def test_bad_profiles_are_reported(tmp_path):
     p.write_text(json.dumps(data))
     with pytest.raises(ProfileError, match="decode_attn.per_seq_ms"):
         load_profile(p)
+
+
+@pytest.mark.parametrize("edit,field", [
+    (lambda d: d["coefficients"].__setitem__("fixed_step_ms", "x"), "coefficients.fixed_step_ms"),
+    (lambda d: d["coefficients"]["linear_ops"][3].__setitem__(1, -2.0), r"coefficients.linear_ops\[3\]\[1\]"),
+    (lambda d: d["coefficients"].__setitem__("decode_attn", [1]), "coefficients.decode_attn"),
+    (lambda d: d["memory"].__setitem__("kv_bytes_per_token", 0), "memory.kv_bytes_per_token"),
+])
+def test_bad_profile_values_name_their_field(tmp_path, edit, field):
+    import json
+
+    data = load_profile().data
+    data = json.loads(json.dumps(data))
+    edit(data)
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps(data))
+    with pytest.raises(ProfileError, match=field):
+        load_profile(p)
