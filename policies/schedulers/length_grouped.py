@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from policies.contract import PrefillChunk, RequestView, SchedulerView, StepPlan, StepResult
+from policies.schedulers.bucket_queue import BucketQueue
 from policies.schedulers.lengths import UNBOUNDED, LengthTracker, resolve_predictor
 
 FAILURE_POOL = -1
@@ -65,7 +66,7 @@ class LengthGroupedBatching:
         self.controller = controller
         self.lengths = LengthTracker(self.predictor)
         self.initial_predictions = self.lengths.initial
-        self.waiting: list[int] = []        # request ids, oldest arrival first
+        self.waiting = BucketQueue()         # request ids by bucket, in arrival order
         self.context: dict[int, int] = {}   # tokens to prefill when (re)admitted: prompt (+ generated)
         self.instruction_tokens: dict[int, int] = {}  # prompt tokens added by a length instruction
         self.started: set[int] = set()      # prefilled at least once (no directive any more)
@@ -100,14 +101,16 @@ class LengthGroupedBatching:
 
     def select(self, kv) -> tuple[list[int], int]:
         """The next batch (request ids) and its per-member token limit."""
-        head = self.waiting[0]
+        head = self.waiting.head()
         bucket = self.bucket_of(head)
         size = self.bucket_batch_size(bucket)
         lt = self.lengths
         chosen, limit = [], 0
-        same = [r for r in self.waiting if self.bucket_of(r) == bucket]
-        if self.config.fill_shorter and len(same) < size:  # shorter requests finish within the limit
-            same += [r for r in self.waiting if 0 <= self.bucket_of(r) < bucket]
+        # Candidates in queue order: the head's bucket, then (to fill free rows) shorter buckets, whose
+        # requests finish within the limit. Only the first `size` can be chosen.
+        same = self.waiting.first(bucket, size)
+        if self.config.fill_shorter and len(same) < size:
+            same += self.waiting.first_below(bucket, size - len(same))
         for r in same:
             if len(chosen) == size:
                 break
@@ -126,7 +129,7 @@ class LengthGroupedBatching:
         for v in view.arrivals:
             self.lengths.add(v)
             self.context[v.request_id] = v.prompt_tokens
-            self.waiting.append(v.request_id)
+            self.waiting.add(v.request_id, self.bucket_of(v.request_id), v.arrival_s)
         plan = self._plan(kv)
         self._last_plan = plan
         return plan
@@ -192,12 +195,8 @@ class LengthGroupedBatching:
             self._requeue(r)
 
     def _requeue(self, rid: int) -> None:
-        arrival = self.lengths.views[rid].arrival_s
-        views = self.lengths.views
-        i = 0
-        while i < len(self.waiting) and views[self.waiting[i]].arrival_s <= arrival:
-            i += 1
-        self.waiting.insert(i, rid)
+        """Back into the queue at its arrival position, in the bucket of its new prediction."""
+        self.waiting.add(rid, self.bucket_of(rid), self.lengths.views[rid].arrival_s)
 
     def _forget(self, rid: int) -> None:
         self.lengths.forget(rid)
@@ -217,7 +216,8 @@ class LengthGroupedBatching:
             chosen, limit = self.select(kv)
             if chosen:
                 break
-            head = self.waiting.pop(0)  # cannot fit even alone in the free cache
+            head = self.waiting.head()  # cannot fit even alone in the free cache
+            self.waiting.remove(head)
             v = self.lengths.views[head]
             rejected.append((head, f"context of {self.context[head]} tokens plus a bucket limit of "
                                    f"{self.bucket_limit(self.bucket_of(head), v, self.lengths.generated[head])} "
@@ -225,8 +225,8 @@ class LengthGroupedBatching:
             self._forget(head)
         else:
             return StepPlan(release=release, preempt=preempt, reject=tuple(rejected))
-        ids = set(chosen)
-        self.waiting = [r for r in self.waiting if r not in ids]
+        for r in chosen:
+            self.waiting.remove(r)
         directives = self._directives([r for r in chosen if r not in self.started])
         kept = []
         added = {d.request_id: d for d in directives}
