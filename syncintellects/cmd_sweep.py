@@ -6,6 +6,8 @@ from pathlib import Path
 
 import polars as pl
 
+from syncintellects.cmd_simulate import parse_params
+from syncintellects.cmd_trace import add_load_arguments, load_options
 from syncintellects.spec import RunSpec
 from syncintellects.sweep import BACKENDS, SPEC_FIELDS, expand, run_sweep
 
@@ -33,6 +35,9 @@ def _split(flag: str, text: str, parse) -> list:
 
 def grid_from_args(args) -> tuple[RunSpec, dict]:
     if args.spec:
+        mixed = [f"--{f.replace('_', '-')}" for f in LIST_FLAGS if getattr(args, f) is not None]
+        if mixed:
+            raise ValueError(f"--spec describes the whole sweep; put {', '.join(mixed)} in its grid instead")
         data = json.loads(Path(args.spec).read_text())
         base = data.get("base", {})
         unknown = set(base) - set(SPEC_FIELDS)
@@ -46,7 +51,9 @@ def grid_from_args(args) -> tuple[RunSpec, dict]:
         value = getattr(args, flag)
         if value is not None:
             grid[field] = _split(flag, value, parse)
-    base = RunSpec(num_requests=args.num_requests, profile=args.profile or RunSpec.profile)
+    base = RunSpec(num_requests=args.num_requests, profile=args.profile or RunSpec.profile,
+                   predictor_model=args.predictor_model, kv_blocks=args.kv_blocks, policy_params=parse_params(args.param),
+                   trace_options=tuple(sorted(load_options(args).items())))
     return base, grid
 
 
@@ -58,6 +65,10 @@ def register(sub) -> None:
         p.add_argument("--" + flag.replace("_", "-"), default=None, help="comma-separated values")
     p.add_argument("--num-requests", type=int, default=2000)
     p.add_argument("--profile", default=None)
+    p.add_argument("--predictor-model", default=None, help="directory written by train-predictor")
+    p.add_argument("--kv-blocks", type=int, default=None, help="override the KV-cache size in blocks")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="extra policy parameter")
+    add_load_arguments(p)
     p.add_argument("--spec", default=None, help='JSON file {"base": {RunSpec fields}, "grid": {field: [values]}}')
     p.add_argument("--backend", choices=BACKENDS, default="local")
     p.add_argument("--workers", type=int, default=None, help="local worker processes (default: all cores)")

@@ -43,3 +43,15 @@ def test_dashboard_never_averages_runs_that_differ_in_more_than_the_seed():
     agg = aggregate(df)
     assert agg["series"].to_list() == ["p / trace=a", "p / trace=b"]
     assert agg["e2e_latency_s_mean"].to_list() == pytest.approx([1.1, 3.1]) and agg["seeds"].to_list() == [2, 2]
+
+
+def test_sweep_spec_file_and_grid_flags_do_not_mix(tmp_path, capsys):
+    import json
+
+    from syncintellects.cli import main
+
+    spec = tmp_path / "sweep.json"
+    spec.write_text(json.dumps({"base": {"num_requests": 50}, "grid": {"policy": ["static"], "rate": [1.0]}}))
+    assert main(["sweep", "--spec", str(spec), "--rate", "2", "--out", str(tmp_path / "a")]) == 2
+    assert "put --rate in its grid" in capsys.readouterr().err
+    assert main(["sweep", "--spec", str(spec), "--backend", "serial", "--out", str(tmp_path / "b")]) == 0
