@@ -123,3 +123,18 @@ class SimExecutor(ExecutorBase):
         rec.segment(now, end, 1, len(idx) + len(chunks), len(idx) - n_active, prefill_tokens, tokens, kv.used_blocks)
         return StepResult(start_s=now, end_s=end, num_steps=1, tokens=tokens, first_tokens=tuple(first),
                           prefilled=tuple(prefilled), finished=tuple(finished))
+
+    # -- the cluster's look-ahead ----------------------------------------------------
+    def decode_horizon_s(self, plan: StepPlan) -> float:
+        """How long a decode-only plan runs if no arrival stops it: the duration ``run(plan, now,
+        inf)`` would take (its step limit: ``max_steps`` or the first row to finish). A cluster
+        uses it to defer a replica's decode run until it knows whether a request is routed there."""
+        idx, slots = self._decode_rows(plan)
+        rem = self.remaining[idx]
+        limit = int(plan.max_steps)
+        if limit < 1:
+            raise PlanError(f"plan.max_steps must be >= 1, got {limit}")
+        active = rem[rem > 0]
+        if len(active):
+            limit = min(limit, int(active.min()))
+        return self.cost.decode_run_s(len(idx), int(self.kv._tokens[slots].sum()), limit)

@@ -32,6 +32,10 @@ class RunSpec:
     policy_params: tuple = field(default_factory=tuple)  # extra (name, value) pairs for the policy
     trace_options: tuple = field(default_factory=tuple)  # (name, value) pairs for traces.load_trace
     length_scale: float = 1.0            # multiply prompt and output lengths (fit a small model's context)
+    slo: str | None = None               # SLO targets, e.g. "ttft=2,tpot=0.1" (simulator/slo.py)
+    replicas: int = 1                    # replicas behind a router (simulator/cluster.py)
+    router: str = "round-robin"          # policies/routers
+    replica_profiles: tuple = ()         # one profile per replica (heterogeneous cluster); default: profile
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -94,8 +98,38 @@ def prepare(spec: RunSpec) -> tuple[Trace, object, SimConfig]:
 
 
 def run_simulation(spec: RunSpec, progress: bool = False) -> RunResult:
+    from simulator.slo import apply_slo, parse_slo
+
+    slo = parse_slo(spec.slo) if spec.slo else None  # a bad --slo fails before the run
     trace, policy, cfg = prepare(spec)
     cfg = replace(cfg, progress=progress)
-    result = simulate(trace, policy, cfg, length_response=length_response_model(spec))
+    if spec.replicas != 1 or spec.replica_profiles:
+        result = run_cluster(spec, trace, policy, cfg)
+    else:
+        result = simulate(trace, policy, cfg, length_response=length_response_model(spec))
+    if slo is not None:
+        result.requests = apply_slo(result.requests, result.summary, slo, trace.slo_class)
     result.config["spec"] = spec.to_dict()
     return result
+
+
+def run_cluster(spec: RunSpec, trace: Trace, policy, cfg: SimConfig) -> RunResult:
+    """``spec.replicas`` replicas (each its own policy instance and profile) behind ``spec.router``."""
+    from policies.routers import make_router
+    from simulator.cluster import simulate_cluster
+    from simulator.profile import load_profile
+
+    names = list(spec.replica_profiles) or [spec.profile] * spec.replicas
+    if spec.replicas < 1 or len(names) != spec.replicas:
+        raise ValueError(f"--replicas {spec.replicas}: needs >= 1 and one --replica-profiles entry per replica "
+                         f"(got {len(spec.replica_profiles)})")
+    router = make_router(spec.router, spec.replicas)
+    predictor = None
+    if router.needs_prediction:  # the router's own predictor: the run's kind, or a model of a real one
+        from policies.predictors import make_predictor
+
+        predictor = make_predictor(spec.predictor or "noisy", trace=trace, seed=spec.seed,
+                                   model_dir=spec.predictor_model)
+    policies = [policy] + [build_policy(spec, trace) for _ in range(spec.replicas - 1)]
+    return simulate_cluster(trace, policies, router, cfg, profiles=[load_profile(p) for p in names],
+                            length_response=length_response_model(spec), predictor=predictor)
