@@ -256,6 +256,13 @@ def format_summary(s: dict) -> str:
     ]
     if s.get("qos_mean") is not None:
         lines.append(f"  QoS (share of natural answer kept) mean {s['qos_mean']:.3f}")
+    if "slo_attainment" in s:
+        lines.append(f"  SLO {s['slo']}: attainment {s['slo_attainment']:.1%} of offered requests, "
+                     f"goodput {s['goodput_requests_per_s']:.3f} req/s")
+    if "replicas" in s:
+        lines.append(f"  {len(s['replicas'])} replicas ({s.get('router')}): requests "
+                     f"{[r['num_requests'] for r in s['replicas']]}, GPU busy "
+                     f"{[round(r['gpu_busy_fraction'], 2) for r in s['replicas']]}")
     if "sim_wall_s" in s:
         lines.append(f"  simulation wall time   {s['sim_wall_s']:.2f} s")
     return "\n".join(lines)
