@@ -121,6 +121,10 @@ def apply_slo(requests: pl.DataFrame, summary: dict, slo: dict[str, dict[str, fl
     if slo_class is not None:
         cls_arr = np.asarray([ALL if c is None else str(c) for c in slo_class], dtype=object)
         summary["slo_classes"] = {c or "(none)": _figures(met[cls_arr == c], span) for c in sorted(set(cls_arr))}
+    if "replicas" in summary and "replica" in requests.columns:  # a cluster: the figures per replica too
+        rep = requests["replica"].fill_null(-1).to_numpy()
+        for k, r in enumerate(summary["replicas"]):
+            r.update({key: v for key, v in _figures(met[rep == k], r.get("makespan_s")).items() if key != "num_requests"})
     out = requests.with_columns(slo_met=pl.Series(met, dtype=pl.Boolean))
     if slo_class is not None and "slo_class" not in out.columns:
         out = out.with_columns(slo_class=pl.Series([None if c is None else str(c) for c in slo_class], dtype=pl.Utf8))
