@@ -67,9 +67,14 @@ def format_slo(slo: dict[str, dict[str, float]]) -> str:
     """The canonical text of a parsed SLO (stable: same targets, same text)."""
     parts = []
     for cls in sorted(slo):
-        body = ",".join(f"{k}={slo[cls][k]:g}" for k in METRICS if k in slo[cls])
+        body = ",".join(f"{k}={_num(slo[cls][k])}" for k in METRICS if k in slo[cls])
         parts.append(f"{cls}:{body}" if cls else body)
     return ";".join(parts)
+
+
+def _num(v: float) -> str:
+    text = repr(float(v))
+    return text[:-2] if text.endswith(".0") else text
 
 
 def slo_met(requests: pl.DataFrame, slo: dict[str, dict[str, float]], slo_class: list | None = None) -> np.ndarray:

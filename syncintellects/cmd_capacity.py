@@ -119,6 +119,6 @@ def write_capacity_html(out: str | Path) -> Path:
     html = out / "capacity.html"
     fig.write_html(html, include_plotlyjs=True, full_html=True, div_id="capacity")
     text = html.read_text()
-    if "<title>" not in text:  # a browser tab that says what the page is
+    if "<title>" not in text.split("</head>", 1)[0]:  # a browser tab that says what the page is
         html.write_text(text.replace("<head>", f"<head><title>{title}</title>", 1))
     return html
