@@ -19,6 +19,8 @@ LIST_FLAGS = {  # flag -> (RunSpec field, parser of one item)
     "batch_size": ("batch_size", int),
     "predictor": ("predictor", str),
     "length_control": ("length_control", lambda v: {"on": True, "off": False}[v]),
+    "replicas": ("replicas", int),
+    "router": ("router", str),
 }
 
 
@@ -53,8 +55,14 @@ def grid_from_args(args) -> tuple[RunSpec, dict]:
             grid[field] = _split(flag, value, parse)
     base = RunSpec(num_requests=args.num_requests, profile=args.profile or RunSpec.profile,
                    predictor_model=args.predictor_model, kv_blocks=args.kv_blocks, policy_params=parse_params(args.param),
-                   trace_options=tuple(sorted(load_options(args).items())))
+                   trace_options=tuple(sorted(load_options(args).items())), slo=_slo_text(args.slo))
     return base, grid
+
+
+def _slo_text(parts):
+    from simulator.slo import format_slo, parse_slo
+
+    return format_slo(parse_slo(parts)) if parts else None
 
 
 def register(sub) -> None:
@@ -68,6 +76,8 @@ def register(sub) -> None:
     p.add_argument("--predictor-model", default=None, help="directory written by train-predictor")
     p.add_argument("--kv-blocks", type=int, default=None, help="override the KV-cache size in blocks")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="extra policy parameter")
+    p.add_argument("--slo", action="append", default=None, metavar="[CLASS:]ttft=S,tpot=S,e2e=S",
+                   help="SLO targets for every run (adds slo_attainment and goodput to the results)")
     add_load_arguments(p)
     p.add_argument("--spec", default=None, help='JSON file {"base": {RunSpec fields}, "grid": {field: [values]}}')
     p.add_argument("--backend", choices=BACKENDS, default="local")

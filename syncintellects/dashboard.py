@@ -17,6 +17,8 @@ PANELS = (  # metric, title; latency panels use a log axis (queues blow up past 
     ("ttft_s_mean", "mean time to first token (s, log)"),
     ("tpot_s_mean", "mean time per output token (s)"),
     ("qos_mean", "mean QoS (share of natural answer kept)"),
+    ("slo_attainment", "SLO attainment (share of offered requests)"),  # runs with --slo only
+    ("goodput_requests_per_s", "goodput (requests/s meeting the SLO)"),
 )
 
 
