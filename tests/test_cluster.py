@@ -139,3 +139,13 @@ def test_bad_cluster_flags_are_one_line(tmp_path, capsys):
     assert main(["simulate", "--num-requests", "5", "--replicas", "3", "--replica-profiles", "a100-llama-2-7b-fp16",
                  "--out", str(tmp_path / "o")]) == 2
     assert "--replica-profiles" in capsys.readouterr().err
+
+
+def test_a_sweep_over_replicas_and_routers_reports_attainment_and_goodput(tmp_path):
+    out = tmp_path / "sw"
+    assert main(["sweep", "--policy", "continuous", "--rate", "8", "--replicas", "1,2", "--router", "jsq",
+                 "--num-requests", "200", "--slo", "ttft=0.5,tpot=0.05", "--backend", "serial", "--out", str(out)]) == 0
+    df = pl.read_parquet(out / "results.parquet")
+    assert df["replicas"].to_list() == [1, 2] and df["slo"].to_list() == ["ttft=0.5,tpot=0.05"] * 2
+    assert df["slo_attainment"].is_between(0, 1).all() and (df["goodput_requests_per_s"] > 0).all()
+    assert df["slo_attainment"][1] >= df["slo_attainment"][0]  # twice the GPUs for the same load
