@@ -96,6 +96,11 @@ def run_probe(job: tuple) -> dict:
 
 
 def _worker_init() -> None:
+    import threading
+
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())  # not a multiprocessing semaphore, which a terminated worker would leak
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the main process decides; it terminates the pool
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
@@ -208,8 +213,14 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is (the finished probes are kept); exit status 143."""
+
+    exit_status = 128 + signal.SIGTERM
+
+
 def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise Terminated()
 
 
 def summarize_chains(chains: list[Chain], policies: list[str], target: float, tolerance: float, slo: str) -> list[dict]:

@@ -69,10 +69,10 @@ def run(args) -> int:
     try:
         results = search(base, policies, seeds, target=args.target, out=args.out, tolerance=args.tolerance,
                          start_rate=args.start_rate, workers=args.workers, fresh=args.fresh, progress=show)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"interrupted: the finished probes are kept in {args.out}/probes/; run the same command to resume",
               file=sys.stderr)
-        return 130
+        return getattr(e, "exit_status", 130)
     html = write_capacity_html(args.out)
     for r in results:
         print(f"{r['policy']:<28} capacity {r['capacity_requests_per_s']:.3f} req/s "
