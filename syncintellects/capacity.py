@@ -84,11 +84,12 @@ def probe_key(policy: str, seed: int, rate: float) -> str:
 def run_probe(job: tuple) -> dict:
     """One probe (in a worker): simulate, write OUT/probes/<key>.json atomically, return its figures."""
     spec, path = job
-    s = run_simulation(spec).summary
+    result = run_simulation(spec)
+    s, arr = result.summary, result.requests["arrival_s"]
     rec = {"policy": spec.policy, "seed": spec.seed, "rate": spec.rate, "slo_attainment": s["slo_attainment"],
            "goodput_requests_per_s": s["goodput_requests_per_s"], "num_requests": s["num_requests"],
            "num_rejected": s["num_rejected"], "ttft_s_p99": s["ttft_s"]["p99"], "tpot_s_mean": s["tpot_s"]["mean"],
-           "offered_rate_requests_per_s": s.get("offered_rate_requests_per_s")}
+           "realised_rate_requests_per_s": (len(arr) - 1) / (arr.max() - arr.min()) if len(arr) > 1 else None}
     tmp = Path(f"{path}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, path)

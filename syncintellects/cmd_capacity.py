@@ -107,13 +107,15 @@ def write_capacity_html(out: str | Path) -> Path:
                              error_y={"type": "data", "symmetric": False,
                                       "array": [r["capacity_max"] - r["capacity_requests_per_s"]],
                                       "arrayminus": [r["capacity_requests_per_s"] - r["capacity_min"]]},
-                             text=[f"{r['capacity_requests_per_s']:.2f}"], textposition="outside",
+                             text=[f"{r['capacity_requests_per_s']:.3g}"], textposition="outside",
                              hovertemplate=f"{r['policy']}: %{{y:.3f}} req/s<extra></extra>"), row=1, col=2)
     fig.add_hline(y=target, line={"color": "black", "dash": "dash"}, annotation_text=f"target {target:g}",
                   row=1, col=1)
-    fig.update_xaxes(title_text="offered rate (req/s, log)", type="log", row=1, col=1)
+    fig.update_xaxes(title_text="--rate (req/s, log)", type="log", row=1, col=1)
     fig.update_yaxes(title_text="SLO attainment (share of offered requests)", range=[0, 1.05], row=1, col=1)
-    fig.update_yaxes(title_text="capacity (req/s)", row=1, col=2)
+    caps = [r["capacity_requests_per_s"] for r in results]
+    wide = min(caps) > 0 and max(caps) > 20 * min(caps)  # capacities orders of magnitude apart: a log axis
+    fig.update_yaxes(title_text="capacity (req/s" + (", log)" if wide else ")"), type="log" if wide else None, row=1, col=2)
     title = f"Capacity under the SLO {slo} at attainment >= {target:g}"
     fig.update_layout(title=title, height=520, template="plotly_white", margin={"t": 90})
     html = out / "capacity.html"
