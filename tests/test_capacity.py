@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from simulator.cost_model import CostModel
 from simulator.profile import load_profile
@@ -104,3 +105,14 @@ def test_capacity_command_writes_json_and_html_and_refuses_another_search_in_the
     assert "different capacity search" in err and err.count("\n") == 1
     assert main(["capacity", "--policy", "static", "--out", str(tmp_path / "x")]) == 2
     assert "--slo" in capsys.readouterr().err
+
+
+@settings(max_examples=60, deadline=None)
+@given(threshold=st.floats(0.01, 500), start=st.floats(0.01, 500), tol=st.sampled_from([0.01, 0.02, 0.05]))
+def test_bisection_brackets_a_monotone_threshold_within_tolerance(threshold, start, tol):
+    ch = capacity.Chain("p", 0, target=0.9, tolerance=tol, start=start)
+    while (rate := ch.next_rate()) is not None:
+        ch.record(rate, 1.0 if rate <= threshold else 0.5)
+    assert ch.capacity <= threshold < ch.hi
+    assert ch.hi - ch.capacity <= tol * ch.capacity * 1.0001 + 1e-5
+    assert len(ch.probes) < 40

@@ -149,3 +149,25 @@ def test_a_sweep_over_replicas_and_routers_reports_attainment_and_goodput(tmp_pa
     assert df["replicas"].to_list() == [1, 2] and df["slo"].to_list() == ["ttft=0.5,tpot=0.05"] * 2
     assert df["slo_attainment"].is_between(0, 1).all() and (df["goodput_requests_per_s"] > 0).all()
     assert df["slo_attainment"][1] >= df["slo_attainment"][0]  # twice the GPUs for the same load
+
+
+def test_decode_horizon_is_the_duration_of_the_run_no_arrival_stops(monkeypatch):
+    """The cluster defers a decode run until its horizon: it must be exactly what the run takes."""
+    from simulator.executor import SimExecutor
+
+    real = SimExecutor.run
+    checked = []
+
+    def run(self, plan, now, next_arrival):
+        if not plan.prefill and plan.decode:
+            horizon = self.decode_horizon_s(plan)
+            result = real(self, plan, now, float("inf"))
+            assert result.end_s == now + horizon
+            checked.append(result.num_steps)
+            return result
+        return real(self, plan, now, next_arrival)
+
+    monkeypatch.setattr(SimExecutor, "run", run)
+    for policy in (ContinuousBatching(watermark=0.0), StaticBatching(batch_size=6)):
+        simulate(small_trace(n=80, rate=8.0, seed=2), policy, SimConfig(kv_blocks=150))
+    assert len(checked) > 50 and max(checked) > 1
