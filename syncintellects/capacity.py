@@ -128,7 +128,7 @@ def _prepare_out(out: Path, record: dict, fresh: bool) -> Path:
 
 def search(base: RunSpec, policies: list[str], seeds: list[int], *, target: float, out: str | Path,
            tolerance: float = 0.02, start_rate: float = 1.0, workers: int = 1, fresh: bool = False,
-           progress=None) -> list[dict]:
+           progress=None, backend: str = "local", ray_address: str | None = None) -> list[dict]:
     """Run the capacity search; returns (and writes to OUT/capacity.json) one record per policy."""
     if not base.slo:
         raise ValueError("capacity search needs --slo")
@@ -140,6 +140,8 @@ def search(base: RunSpec, policies: list[str], seeds: list[int], *, target: floa
         raise ValueError(f"--start-rate must be > 0, got {start_rate}")
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
+    if backend not in ("local", "ray"):
+        raise ValueError(f"--backend must be local or ray, got {backend!r}")
     out = Path(out)
     record = {"base": base.with_(rate=None, seed=0, policy="").to_dict(), "policies": policies, "seeds": seeds,
               "target": target, "tolerance": tolerance, "start_rate": start_rate}
@@ -150,16 +152,27 @@ def search(base: RunSpec, policies: list[str], seeds: list[int], *, target: floa
         build_policy(spec, load_spec_trace(spec))
     probes_dir = _prepare_out(out, record, fresh)
     chains = [Chain(p, s, target, tolerance, start_rate) for p in policies for s in seeds]
-    _drive(chains, base, probes_dir, workers, progress)
+    _drive(chains, base, probes_dir, workers, progress, _ray_remote(ray_address) if backend == "ray" else None)
     results = summarize_chains(chains, policies, target, tolerance, base.slo)
     (out / "capacity.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     return results
 
 
-def _drive(chains: list[Chain], base: RunSpec, probes_dir: Path, workers: int, progress) -> None:
-    """Advance every chain until done: cached probes are read, missing ones run (in parallel)."""
+def _ray_remote(address: str | None):
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("the ray backend needs Ray: pip install -e '.[ray]' (or use --backend local)") from None
+    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    return ray.remote(run_probe)
+
+
+def _drive(chains: list[Chain], base: RunSpec, probes_dir: Path, workers: int, progress, remote=None) -> None:
+    """Advance every chain until done: cached probes are read, missing ones run (in parallel: local
+    processes, or Ray tasks when ``remote`` is given)."""
     done_q: queue.Queue = queue.Queue()
-    pool = mp.get_context("spawn").Pool(workers, initializer=_worker_init) if workers > 1 else None
+    pool = mp.get_context("spawn").Pool(workers, initializer=_worker_init) if workers > 1 and remote is None else None
+    refs: dict = {}  # Ray object ref -> chain index
     in_flight: dict[int, float] = {}
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
     finished = False
@@ -176,7 +189,9 @@ def _drive(chains: list[Chain], base: RunSpec, probes_dir: Path, workers: int, p
                         continue
                     job = (base.with_(policy=ch.policy, seed=ch.seed, rate=rate), str(path))
                     in_flight[i] = rate
-                    if pool is None:
+                    if remote is not None:
+                        refs[remote.remote(job)] = i
+                    elif pool is None:
                         done_q.put((i, run_probe(job)))
                     else:
                         pool.apply_async(run_probe, (job,), callback=lambda r, i=i: done_q.put((i, r)),
@@ -185,6 +200,11 @@ def _drive(chains: list[Chain], base: RunSpec, probes_dir: Path, workers: int, p
             if not in_flight:
                 break
             while True:
+                if refs:
+                    i, res = _ray_next(refs)
+                    if i is not None:
+                        break
+                    continue
                 try:
                     i, res = done_q.get(timeout=0.2)
                     break
@@ -198,6 +218,11 @@ def _drive(chains: list[Chain], base: RunSpec, probes_dir: Path, workers: int, p
                 progress(chains[i], rate, res)
         finished = True
     finally:
+        if refs:  # interrupted: stop the probes in flight
+            import ray
+
+            for ref in refs:
+                ray.cancel(ref, force=True)
         if pool is not None:
             if finished:
                 pool.close()
@@ -206,6 +231,19 @@ def _drive(chains: list[Chain], base: RunSpec, probes_dir: Path, workers: int, p
             pool.join()
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
+
+
+def _ray_next(refs: dict):
+    import ray
+
+    done, _ = ray.wait(list(refs), num_returns=1, timeout=0.2)
+    if not done:
+        return None, None
+    i = refs.pop(done[0])
+    try:
+        return i, ray.get(done[0])
+    except Exception as e:  # the probe's own error, re-raised by the caller
+        return i, getattr(e, "cause", None) or e
 
 
 def _main_thread() -> bool:

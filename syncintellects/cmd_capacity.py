@@ -32,7 +32,9 @@ def register(sub) -> None:
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     add_load_arguments(p)
     add_cluster_arguments(p)
-    p.add_argument("--workers", type=int, default=1, help="probes run in parallel (default 1)")
+    p.add_argument("--workers", type=int, default=1, help="probes run in parallel on this machine (default 1)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local", help="local processes, or tasks on Ray")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--fresh", action="store_true", help="discard the probes of an earlier search in --out")
     p.add_argument("--out", required=True)
     p.set_defaults(func=run)
@@ -68,7 +70,8 @@ def run(args) -> int:
 
     try:
         results = search(base, policies, seeds, target=args.target, out=args.out, tolerance=args.tolerance,
-                         start_rate=args.start_rate, workers=args.workers, fresh=args.fresh, progress=show)
+                         start_rate=args.start_rate, workers=args.workers, fresh=args.fresh, progress=show,
+                         backend=args.backend, ray_address=args.ray_address)
     except KeyboardInterrupt as e:
         print(f"interrupted: the finished probes are kept in {args.out}/probes/; run the same command to resume",
               file=sys.stderr)

@@ -116,3 +116,18 @@ def test_bisection_brackets_a_monotone_threshold_within_tolerance(threshold, sta
     assert ch.capacity <= threshold < ch.hi
     assert ch.hi - ch.capacity <= tol * ch.capacity * 1.0001 + 1e-5
     assert len(ch.probes) < 40
+
+
+def test_ray_backend_finds_the_local_capacities(tmp_path):
+    pytest.importorskip("ray", reason="the ray extra is part of `make test`")
+    import ray
+
+    base = RunSpec(num_requests=150, slo="ttft=1,tpot=0.05")
+    kw = dict(target=0.8, tolerance=0.1, start_rate=2.0)
+    try:
+        remote = capacity.search(base, ["continuous", "static"], [0], out=tmp_path / "ray", backend="ray", **kw)
+    finally:
+        ray.shutdown()
+    local = capacity.search(base, ["continuous", "static"], [0], out=tmp_path / "local", **kw)
+    assert remote == local
+    assert (tmp_path / "ray" / "capacity.json").read_bytes() == (tmp_path / "local" / "capacity.json").read_bytes()
