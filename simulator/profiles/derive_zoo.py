@@ -11,7 +11,8 @@ model facts in :mod:`simulator.profiles.sources`. The method:
   profile's tensor-parallel degree (sharded shapes, measured per GPU) x layers, plus the
   embedding once, plus ``2 x layers + 1`` all-reduces of ``tokens x hidden x 2`` bytes (after
   attention and after the MLP in every layer, and the vocabulary-parallel embedding), priced
-  from Vidur's intra-node all_reduce medians at that worker count (TP > 1 only).
+  from Vidur's intra-node all_reduce medians at that worker count (TP > 1 only); then the
+  suffix minimum over token counts (a step is never dearer than a larger measured shape).
 - decode attention: the real A100 Llama-2-7B grid (batch 1..128 x context 32, 1024, 2048,
   3072, 4032; ms per layer). Decode attention reads the KV cache, so for another model / GPU /
   TP it is scaled by KV bytes per token per GPU (``kv_heads/TP x head_dim`` relative to
@@ -136,7 +137,11 @@ def build(gpu: str, model: str, tp: int) -> dict | None:
         n = int(r["num_tokens"])
         layer = sum(float(r[f"{op}_median_ms"]) for op in OPS[1:] if r[f"{op}_median_ms"])
         per_n[n].append(layer * L + float(r["emb_median_ms"]) + (2 * L + 1) * ar(n * hidden * 2))
-    table = [[n, round(float(np.median(v)), 6)] for n, v in sorted(per_n.items())]
+    ns = sorted(per_n)
+    # Never dearer than a larger measured shape (an engine can pad up to it, as vLLM's CUDA graphs
+    # do): the suffix minimum removes the few measured dips, so time never falls as tokens grow.
+    ms = np.minimum.accumulate(np.array([np.median(per_n[n]) for n in ns])[::-1])[::-1]
+    table = [[n, round(float(v), 6)] for n, v in zip(ns, ms)]
 
     grid, pre = attention_rows()
     bw_ratio = GPUS[REF["gpu"]]["hbm_bandwidth_bytes_per_s"] / hw["hbm_bandwidth_bytes_per_s"]
