@@ -184,7 +184,8 @@ def load_profile(name_or_path: str | Path | None = None) -> Profile:
     else:
         res = resources.files("simulator") / "profiles" / f"{name_or_path}.json"
         if not res.is_file():
-            raise ProfileError(f"unknown profile {name_or_path!r}; bundled: {', '.join(bundled_profiles())} (or give a .json path)")
+            raise ProfileError(f"unknown profile {name_or_path!r}: `syncintellects profiles` lists the "
+                               f"{len(bundled_profiles())} bundled ones (or give a profile .json path)")
         text, path = res.read_text(), f"<bundled {name_or_path}>"
     try:
         data = json.loads(text)
