@@ -65,14 +65,14 @@ class CostModel:
             return 0.0
         if self._grid is None:
             return self.d_step + self.d_seq * batch + self.d_ctx * sum_ctx
+        his, a, b = self._segments(batch)
         k = sum_ctx / batch
-        for lo, hi, a, b in self._segments(batch):
-            if k < hi:
-                return a + b * k
-        raise AssertionError("unreachable: the last segment is unbounded")
+        i = bisect.bisect_right(his, k)
+        return a[i] + b[i] * k
 
-    def _segments(self, batch: int) -> list[tuple[float, float, float, float]]:
-        """Decode attention at ``batch`` rows as pieces ``(lo, hi, a, b)``: ``a + b K`` for ``lo <= K < hi``."""
+    def _segments(self, batch: int) -> tuple[list[float], list[float], list[float]]:
+        """Decode attention at ``batch`` rows as pieces: ``a[i] + b[i] K`` for ``his[i-1] <= K < his[i]``
+        (the first piece is flat below the first measured context, the last one is unbounded)."""
         seg = self._segments_cache.get(batch)
         if seg is not None:
             return seg
@@ -86,22 +86,26 @@ class CostModel:
             w = (batch - bs[i - 1]) / (bs[i] - bs[i - 1])
             vals = [row[i - 1] + w * (row[i] - row[i - 1]) for row in ms]
         slopes = [(vals[i + 1] - vals[i]) / (ks[i + 1] - ks[i]) for i in range(len(ks) - 1)]
-        seg = [(-math.inf, ks[0], vals[0], 0.0)]
-        for i in range(len(ks) - 1):
-            hi = ks[i + 1] if i + 2 < len(ks) else math.inf
-            seg.append((ks[i], hi, vals[i] - slopes[i] * ks[i], slopes[i]))
-        self._segments_cache[batch] = seg
+        his = list(ks[:-1])  # the last segment [ks[-2], inf) extends the last measured piece
+        a = [vals[0]] + [vals[i] - slopes[i] * ks[i] for i in range(len(ks) - 1)]
+        b = [0.0] + slopes
+        seg = self._segments_cache[batch] = (his, a, b)
         return seg
 
     def _runs(self, batch: int, sum_ctx: int, n: int):
-        """For a run of ``n`` decode steps: (first step index, steps, a, b) per context segment, in order;
-        step ``j`` has mean context ``K0 + j`` and attention ``a + b (K0 + j)``."""
+        """For a run of ``n`` decode steps: (first step index, steps, a, b) per context piece it crosses,
+        in order; step ``j`` has mean context ``K0 + j`` and attention ``a + b j``."""
+        his, a, b = self._segments(batch)
         k0 = sum_ctx / batch
-        for lo, hi, a, b in self._segments(batch):
-            j_lo = 0 if lo == -math.inf else max(0, math.ceil(lo - k0))
-            j_hi = n if hi == math.inf else min(n, math.ceil(hi - k0))
+        i = bisect.bisect_right(his, k0)
+        j_lo, out = 0, []
+        while j_lo < n:
+            j_hi = n if i == len(his) else min(n, math.ceil(his[i] - k0))
             if j_hi > j_lo:
-                yield j_lo, j_hi - j_lo, a + b * k0, b
+                out.append((j_lo, j_hi - j_lo, a[i] + b[i] * k0, b[i]))
+                j_lo = j_hi
+            i += 1
+        return out
 
     # -- whole steps -------------------------------------------------------------
     def step_s(self, decode_rows: int, decode_sum_ctx: int, chunks: list[tuple[int, int]] = (), pad_to: int = 0) -> float:
