@@ -108,3 +108,18 @@ def test_unknown_profile_is_one_line_exit_2(tmp_path, capsys):
     assert main(["simulate", "--profile", "b200-llama-2-7b", "--num-requests", "5", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown profile 'b200-llama-2-7b'" in err
+
+
+def test_reproduce_paper_runs_on_the_hf_profile(tmp_path, capsys):
+    from syncintellects.cli import main
+
+    assert main(["reproduce", "paper", "--profile", "nope", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "unknown profile 'nope'" in capsys.readouterr().err
+    args = ["reproduce", "paper", "--rates", "0.2", "--seeds", "1", "--num-requests", "24", "--workers", "1", "--quiet"]
+    assert main(args + ["--profile", "a100-llama-2-7b-hf", "--out", str(tmp_path / "hf")]) == 0
+    assert main(args + ["--out", str(tmp_path / "vllm")]) == 0
+    assert json.loads((tmp_path / "hf" / "reproduction_config.json").read_text())["profile"] == "a100-llama-2-7b-hf"
+    hf = {r["label"]: r for r in json.loads((tmp_path / "hf" / "reproduction.json").read_text())}
+    vl = {r["label"]: r for r in json.loads((tmp_path / "vllm" / "reproduction.json").read_text())}
+    base = "task batching (static FCFS)"
+    assert hf[base]["mean_e2e_s"] > 1.5 * vl[base]["mean_e2e_s"]  # the HF-class engine is slower
