@@ -33,6 +33,7 @@ import argparse
 import csv
 import gzip
 from collections import defaultdict
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -61,12 +62,19 @@ def _csv_rows(path: Path):
         yield from csv.DictReader(f)
 
 
+@lru_cache(maxsize=1)
+def _mlp_index() -> dict[tuple[str, str, int], list[dict]]:
+    index: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
+    for r in _csv_rows(MLP_CSV):
+        index[(r["gpu"], r["model"], int(r["num_tensor_parallel_workers"]))].append(r)
+    return index
+
+
 def mlp_rows(gpu: str, model: str, tp: int) -> list[dict]:
-    v = MODELS[model]["vidur"]
-    return [r for r in _csv_rows(MLP_CSV) if r["gpu"] == gpu and r["model"] == v
-            and int(r["num_tensor_parallel_workers"]) == tp]
+    return _mlp_index().get((gpu, MODELS[model]["vidur"], tp), [])
 
 
+@lru_cache(maxsize=None)
 def all_reduce_ms(network: str, workers: int):
     """Vidur's intra-node all_reduce median (ms) as a function of message bytes (linear between sizes)."""
     per: dict[int, list[float]] = defaultdict(list)
@@ -80,6 +88,7 @@ def all_reduce_ms(network: str, workers: int):
     return lambda size: float(np.interp(size, xs, ys))
 
 
+@lru_cache(maxsize=1)
 def attention_rows():
     dec: dict[tuple[int, int], list[float]] = defaultdict(list)
     pre = []
