@@ -19,6 +19,7 @@ COMMANDS = [
     "syncintellects.cmd_sweep",
     "syncintellects.cmd_capacity",
     "syncintellects.cmd_runner",
+    "syncintellects.cmd_profiles",
 ]
 
 
