@@ -83,3 +83,22 @@ def test_looser_targets_never_lower_attainment(a, b, tpot):
 
 
 _RUN = simulate(small_trace(n=80, rate=8.0, seed=5), ContinuousBatching())
+
+
+def test_per_class_slo_from_the_command_line_on_a_trace_file_with_classes(tmp_path):
+    from traces import write_trace_csv
+
+    base = small_trace(n=40, rate=3.0, seed=3)
+    classes = ["chat" if i % 2 else "batch" for i in range(40)]
+    trace = make_trace("cls", base.arrival_s, base.prompt_tokens, base.output_tokens, slo_class=classes)
+    path = write_trace_csv(trace, tmp_path / "cls.csv")
+    out = tmp_path / "o"
+    assert main(["simulate", "--trace", str(path), "--slo", "ttft=10", "--slo", "chat:ttft=0.06",
+                 "--out", str(out), "--quiet"]) == 0
+    df = pl.read_parquet(out / "requests.parquet")
+    s = json.loads((out / "summary.json").read_text())
+    limit = np.where(df["slo_class"].to_numpy() == "chat", 0.06, 10.0)
+    assert df["slo_met"].to_list() == (df["ttft_s"].to_numpy() <= limit).tolist()
+    assert s["slo"] == "ttft=10;chat:ttft=0.06"
+    for c in ("chat", "batch"):
+        assert s["slo_classes"][c]["slo_attainment"] == pytest.approx(df.filter(pl.col("slo_class") == c)["slo_met"].mean())
