@@ -112,6 +112,11 @@ def _check(data: dict, path: str) -> None:
             raise ProfileError(f"profile {path}: coefficients.{sec} must be an object with {', '.join(keys)}")
         for k in keys:
             _number(coeff[sec].get(k), f"coefficients.{sec}.{k}", path)
+    d = coeff["decode_attn"]
+    if coeff["fixed_step_ms"] + d["per_step_ms"] + d["per_seq_ms"] + min(y for _, y in table) <= 0:
+        # a decode step would take no time: the simulated clock could not advance
+        raise ProfileError(f"profile {path}: coefficients give a one-row decode step of 0 ms (fixed_step_ms, "
+                           f"decode_attn.per_step_ms, per_seq_ms and every linear_ops ms are 0); expected a time > 0")
     for k in ("gpu_memory_bytes", "kv_bytes_per_token", "gpu_memory_utilization", "block_size"):
         _number(data["memory"][k], f"memory.{k}", path, positive=True)
     for k in ("weights_bytes", "activation_reserve_bytes"):

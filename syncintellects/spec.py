@@ -104,18 +104,20 @@ def seed_warnings(spec: RunSpec, trace: Trace) -> list[str]:
     return []
 
 
-def policy_parameters(name: str) -> dict:
-    """The ``--param`` names a policy takes and their defaults (the fields of its config dataclass)."""
+def policy_config_class(name: str):
+    """A policy's config dataclass (the type of its ``config`` argument), or None."""
     import typing
 
     from policies.registry import POLICIES
 
-    cls = POLICIES[name]
-    hints = typing.get_type_hints(cls.__init__)
-    config = next((a for a in typing.get_args(hints.get("config")) if a is not type(None)), None)
-    if config is None:
-        return {}
-    return {f.name: f.default for f in fields(config)}
+    hints = typing.get_type_hints(POLICIES[name].__init__)
+    return next((a for a in typing.get_args(hints.get("config")) if a is not type(None)), None)
+
+
+def policy_parameters(name: str) -> dict:
+    """The ``--param`` names a policy takes and their defaults (the fields of its config dataclass)."""
+    config = policy_config_class(name)
+    return {} if config is None else {f.name: f.default for f in fields(config)}
 
 
 def check_policy_params(policy: str, params: dict) -> None:
@@ -138,6 +140,12 @@ def check_policy_params(policy: str, params: dict) -> None:
                 else _number(v) and math.isfinite(v) if isinstance(d, float) else True)
         if not good:
             raise UsageError(f"--param {k}={v!r}: expected {kind} (default {d!r})")
+    config = policy_config_class(policy)
+    if config is not None:
+        try:  # the config's own range checks (e.g. watermark in [0, 1)), named as the flag
+            config(**{k: v for k, v in params.items() if k in defaults})
+        except ValueError as e:
+            raise UsageError(f"--param of policy {policy!r}: {e}") from None
 
 
 def build_policy(spec: RunSpec, trace: Trace):

@@ -106,8 +106,10 @@ def read_csv_strings(path: Path, data: bytes | None = None, max_rows: int | None
     else:
         data = open_bytes(path) if data is None else data
         head = data[:4096]
-    if b"\0" in head:
-        raise TraceError(f"{path}: looks like a binary file (NUL bytes), expected a CSV text file")
+    try:  # a binary file fails here, before polars makes a header of its bytes (cut at a line end: no half character)
+        (head if len(head) < 4096 else head[:head.rfind(b"\n") + 1]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise TraceError(f"{path}: not a UTF-8 text file (a binary file?), expected a CSV text file") from None
     try:
         source = str(path) if lazy else io.BytesIO(data)
         df = pl.read_csv(source, infer_schema=False, n_rows=max_rows)

@@ -63,6 +63,9 @@ def load_trace(name_or_path: str | Path, *, format: str | None = None, skip_bad_
     key = str(name_or_path)
     if key in BUNDLED and not Path(key).exists():
         file, fmt, defaults, _ = BUNDLED[key]
+        if format is not None and format != fmt:
+            raise TraceError(f"format={format!r} (--format): the bundled trace {key!r} is read as {fmt!r}; "
+                             f"--format is for trace files")
         opts = dict(defaults)
         opts.update({k: v for k, v in (("arrivals", arrivals), ("rate", rate), ("seed", seed)) if v is not None})
         if cv != 1.0:
