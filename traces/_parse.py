@@ -96,30 +96,45 @@ def read_csv_strings(path: Path, data: bytes | None = None, max_rows: int | None
     ``max_rows``: read only the first that many data rows (a plain file is then not read to
     its end, so a few rows of a huge trace cost little memory and time).
     """
-    lazy = data is None and max_rows is not None and not path.name.endswith(".gz")
-    if lazy:
-        try:
-            with open(path, "rb") as f:
-                head = f.read(4096)
-        except OSError as e:
-            raise _open_error(path, e) from None
-    else:
-        data = open_bytes(path) if data is None else data
-        head = data[:4096]
+    if data is None:
+        data = open_bytes(path) if max_rows is None or path.name.endswith(".gz") else _head_bytes(path, max_rows)
+    head = data[:4096]
     try:  # a binary file fails here, before polars makes a header of its bytes (cut at a line end: no half character)
         (head if len(head) < 4096 else head[:head.rfind(b"\n") + 1]).decode("utf-8")
     except UnicodeDecodeError:
         raise TraceError(f"{path}: not a UTF-8 text file (a binary file?), expected a CSV text file") from None
     try:
-        source = str(path) if lazy else io.BytesIO(data)
-        df = pl.read_csv(source, infer_schema=False, n_rows=max_rows)
+        df = pl.read_csv(io.BytesIO(data), infer_schema=False, n_rows=max_rows)
     except pl.exceptions.NoDataError:
         raise TraceError(f"{path}: the file is empty, expected a CSV header line") from None
     except pl.exceptions.PolarsError as e:
         # polars names no line for ragged rows; find it with the csv module (slow but only on error).
-        data = data if data is not None else open_bytes(path)
         raise TraceError(_locate_csv_problem(path, data) or f"{path}: cannot parse as CSV ({_first_line(e)})") from None
     return df, _line_numbers(df)
+
+
+def _head_bytes(path: Path, max_rows: int) -> bytes:
+    """The file's first bytes, enough for its header and ``max_rows`` complete CSV records (or the
+    whole file): read in growing chunks, so a few rows of a huge file cost little memory."""
+    buf = bytearray()
+    chunk = 1 << 20
+    try:
+        with open(path, "rb") as f:
+            while True:
+                more = f.read(chunk)
+                buf += more
+                if len(more) < chunk:
+                    return bytes(buf)  # the end of the file
+                data = bytes(buf[:buf.rfind(b"\n") + 1])
+                if data.count(b"\n") > max_rows + 1:  # enough lines; records may span lines (quoted newlines)
+                    try:
+                        if pl.read_csv(io.BytesIO(data), infer_schema=False, n_rows=max_rows + 1).height > max_rows:
+                            return data  # record max_rows + 1 begins, so the first max_rows are complete
+                    except pl.exceptions.PolarsError:
+                        pass  # cut inside a quoted field: read on
+                chunk *= 2
+    except OSError as e:
+        raise _open_error(path, e) from None
 
 
 def _first_line(e: Exception) -> str:
