@@ -127,3 +127,17 @@ def test_mostly_rejected_run_warns_and_groups_reasons(tmp_path, capsys):
     assert "prompt of N tokens" in reason and "context of 4096 tokens" in reason
     _, ok = simulate(tmp_path, "az", "--num-requests", 100)
     assert ok["warnings"] == []
+
+
+def test_loading_a_big_trace_in_full_shows_progress(tmp_path, capsys, monkeypatch):
+    import traces._parse
+    import traces.loaders
+
+    monkeypatch.setattr(traces.loaders, "BIG_FILE_BYTES", 1000)
+    monkeypatch.setattr(traces._parse, "BIG_FILE_BYTES", 1000)
+    path = tmp_path / "t.csv"
+    write_trace_csv(make_trace("t", np.arange(300) * 0.1, np.full(300, 9), np.full(300, 2)), path)
+    assert len(load_trace(path)) == 300
+    err = capsys.readouterr().err
+    assert "loading all of" in err and "loaded 300 requests" in err and "reading t.csv" in err
+    assert len(load_trace(path, max_rows=10)) == 10 and capsys.readouterr().err == ""  # a head: read quietly

@@ -12,11 +12,13 @@ are WordPiece counts, not the Llama SentencePiece counts of the other traces.
 """
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
-from traces._parse import check_non_decreasing
+from traces._parse import BIG_FILE_BYTES, check_non_decreasing
 from traces.formats import Parsed, read_file
 from traces.schema import Trace, TraceError, make_trace
 from traces.synthetic import arrival_times
@@ -77,8 +79,16 @@ def load_trace(name_or_path: str | Path, *, format: str | None = None, skip_bad_
         raise FileNotFoundError(f"no bundled trace named {key!r} and no such file; bundled traces: {bundled_names()}")
     if max_rows is not None and (sort or skip_bad_rows or arrivals is not None or format_opts):
         max_rows = None  # rows would be reordered, dropped, filtered or given arrivals drawn for the whole file
+    big = max_rows is None and path.is_file() and path.stat().st_size >= BIG_FILE_BYTES
+    if big:  # progress: the byte count while reading (open_bytes), then these two lines
+        t0 = time.process_time()
+        print(f"loading all of {path} ({path.stat().st_size / 2**20:,.0f} MB; --num-requests N reads only the "
+              f"rows it needs)", file=sys.stderr)
     parsed = read_file(path, format, skip_bad_rows, max_rows=max_rows, **format_opts)
-    return _finish(parsed, path, name or _stem(path), sort, arrivals, rate, cv, seed)
+    trace = _finish(parsed, path, name or _stem(path), sort, arrivals, rate, cv, seed)
+    if big:
+        print(f"loaded {len(trace):,} requests from {path.name} ({time.process_time() - t0:.1f} s CPU)", file=sys.stderr)
+    return trace
 
 
 def _stem(path: Path) -> str:
