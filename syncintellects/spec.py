@@ -96,9 +96,10 @@ def load_spec_trace(spec: RunSpec) -> Trace:
     return scale_lengths(trace, spec.length_scale)
 
 
-def seed_warnings(spec: RunSpec, trace: Trace) -> list[str]:
+def seed_warnings(spec: RunSpec, trace: Trace | None = None) -> list[str]:
     """Say so when a seed cannot change which requests are served (so seeds would not replicate)."""
-    if spec.num_requests is None and spec.seed != 0 and "arrivals" not in trace.notes:
+    arrivals_seed = dict(spec.trace_options).get("seed")  # synthetic arrivals drawn with this run's seed differ
+    if spec.num_requests is None and spec.seed != 0 and arrivals_seed != spec.seed:
         return [f"seed {spec.seed} serves the same requests as seed 0: without --num-requests the whole trace "
                 f"is served; give --num-requests N to serve the seed-th window of N requests"]
     return []

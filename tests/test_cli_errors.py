@@ -172,3 +172,28 @@ def test_policies_lists_their_params_with_defaults(capsys):
 
     assert "max_num_seqs=256" in out and "watermark=0.01" in out and "batch_size=16" in out
     assert policy_parameters("srpt")["max_preemptions"] == 1  # a subclass's own fields are listed too
+
+
+def test_every_command_in_the_readme_parses():
+    """The README's commands are the CLI's: each `syncintellects ...` line of its code blocks parses,
+    and each subcommand its table names exists."""
+    import re
+    import shlex
+
+    from syncintellects.cli import build_parser
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    commands = [c for b in blocks for c in b.replace("\\\n", " ").splitlines() if c.strip().startswith("syncintellects ")]
+    assert len(commands) >= 5
+    parser = build_parser()
+    for c in commands:
+        parser.parse_args(shlex.split(c.split("#")[0])[1:])  # argparse exits (SystemExit) on a mismatch
+    for row in re.findall(r"^\| `syncintellects ([^`]+)` \|", text, flags=re.M):
+        words = row.replace("…", "").split()
+        first = words[0]
+        assert first in parser._subparsers._group_actions[0].choices, row
+        if first == "trace":  # trace list / info / synth / convert
+            trace = parser._subparsers._group_actions[0].choices["trace"]
+            actions = trace._subparsers._group_actions[0].choices
+            assert [w for w in words[1:] if w != "/"] and all(w in actions for w in words[1:] if w != "/"), row

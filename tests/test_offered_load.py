@@ -141,3 +141,13 @@ def test_loading_a_big_trace_in_full_shows_progress(tmp_path, capsys, monkeypatc
     err = capsys.readouterr().err
     assert "loading all of" in err and "loaded 300 requests" in err and "reading t.csv" in err
     assert len(load_trace(path, max_rows=10)) == 10 and capsys.readouterr().err == ""  # a head: read quietly
+
+
+def test_seed_warning_only_when_the_requests_are_those_of_seed_0():
+    from syncintellects.spec import RunSpec, seed_warnings
+
+    assert seed_warnings(RunSpec(seed=2)) and not seed_warnings(RunSpec(seed=0))
+    assert not seed_warnings(RunSpec(seed=2, num_requests=100))
+    assert seed_warnings(RunSpec(trace="sharegpt-lengths", seed=2))  # its bundled arrivals use seed 0
+    drawn = RunSpec(trace="x.json", seed=2, trace_options=(("arrivals", "poisson"), ("rate", 1.0), ("seed", 2)))
+    assert not seed_warnings(drawn)  # arrivals drawn with this seed: different requests in time
