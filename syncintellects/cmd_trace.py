@@ -26,7 +26,8 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
                    help="draw arrival times (required for files without them: length stats, Alpaca JSON)")
     g.add_argument("--synthetic-rate", type=float, default=None, help="rate of the synthetic arrivals, req/s")
     g.add_argument("--synthetic-cv", type=float, default=1.0, help="CV of synthetic gamma inter-arrival gaps")
-    g.add_argument("--synthetic-seed", type=int, default=None, help="seed of the synthetic arrivals")
+    g.add_argument("--synthetic-seed", type=int, default=None, help="seed of the synthetic arrivals (default: --seed, "
+                   "or 0 where there is no --seed)")
 
 
 def load_options(args, default_seed: int | None = None) -> dict:
@@ -50,7 +51,7 @@ def load_options(args, default_seed: int | None = None) -> dict:
 def _load(source: str, args):
     from traces import load_trace
 
-    return load_trace(source, **load_options(args))
+    return load_trace(source, **load_options(args, default_seed=0))  # as simulate, whose --seed defaults to 0
 
 
 def register(sub) -> None:

@@ -197,3 +197,42 @@ def test_every_command_in_the_readme_parses():
             trace = parser._subparsers._group_actions[0].choices["trace"]
             actions = trace._subparsers._group_actions[0].choices
             assert [w for w in words[1:] if w != "/"] and all(w in actions for w in words[1:] if w != "/"), row
+
+
+@pytest.mark.parametrize("signame,code,word", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
+def test_a_signal_stops_simulate_with_one_line(tmp_path, signame, code, word):
+    """A real process: Ctrl-C or SIGTERM during a long simulation ends it at once, one line, 130 / 143."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "syncintellects.cli", "simulate", "--num-requests", "400000",
+                             "--tile", "--rate", "50", "--quiet", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # --out is created once the command has started (handlers installed)
+    time.sleep(0.3)
+    proc.send_signal(getattr(signal, signame))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert err.strip().splitlines() == [err.strip()] and word in err and "Traceback" not in err
+
+
+def test_trace_info_and_convert_take_the_synthetic_arrival_flags_as_simulate(tmp_path, capsys):
+    text = str(FIXTURES / "alpaca_handwritten.json")
+    flags = ["--synthetic-arrivals", "poisson", "--synthetic-rate", "2"]
+    rc, out, _ = run_cli(["trace", "info", text, *flags, "--json"], capsys)
+    assert rc == 0 and json.loads(out)["rows"] == 3
+    rc, _, _ = run_cli(["trace", "convert", text, *flags, "--out", tmp_path / "c.csv"], capsys)
+    assert rc == 0
+    from traces import load_trace
+
+    converted = load_trace(tmp_path / "c.csv")
+    assert main(["simulate", "--trace", text, *flags, "--out", str(tmp_path / "s"), "--quiet"]) == 0
+    import polars as pl
+
+    served = pl.read_parquet(tmp_path / "s" / "requests.parquet")["arrival_s"].to_list()
+    assert served == converted.arrival_s.tolist()  # the same seed-0 arrivals in all three commands
