@@ -57,6 +57,8 @@ def files(tmp_path):
     f["small"] = tmp_path / "small.csv"
     f["small"].write_text("arrival_s,prompt_tokens,output_tokens\n" + "".join(f"{i * 0.5},{10 + i},{5 + i}\n"
                                                                               for i in range(20)))
+    f["wide"] = tmp_path / "wide.csv"
+    f["wide"].write_text(",".join(f"c{i}" for i in range(500)) + "\n" + ",".join("1" * 500) + "\n")
     f["latin1_jsonl"] = tmp_path / "trace.jsonl"
     f["latin1_jsonl"].write_bytes(b'{"timestamp": 0, "input_length": 5, "output_length": 3}\n{"x": "\xe9\xff"}\n')
     prof = json.loads((Path(__file__).parents[1] / "simulator" / "profiles" / "a100-llama-2-7b-fp16.json").read_text())
@@ -83,6 +85,7 @@ CASES = [
     ("trace-empty-csv", SIM + ["--trace", "{empty_csv}", "--out", "OUT"], ["empty.csv", "empty"]),
     ("trace-header-only", SIM + ["--trace", "{header_only}", "--out", "OUT"], ["header.csv"]),
     ("trace-not-utf8", SIM + ["--trace", "{latin1_jsonl}", "--out", "OUT"], ["trace.jsonl"]),
+    ("trace-unknown-header", SIM + ["--trace", "{wide}", "--out", "OUT"], ["wide.csv", "500 columns", "project"]),
     ("trace-missing", SIM + ["--trace", "no/such/file.csv", "--out", "OUT"], ["no/such/file.csv"]),
     ("param-zero", SIM + ["--param", "max_num_seqs=0", "--out", "OUT"], ["max_num_seqs"]),
     ("param-not-a-number", SIM + ["--param", "max_num_seqs=abc", "--out", "OUT"], ["max_num_seqs", "integer"]),

@@ -258,4 +258,10 @@ def check_non_decreasing(path, where: np.ndarray, arrival_s: np.ndarray, column:
 def require_columns(path, columns: list[str], needed: list[str], fmt: str) -> None:
     missing = [c for c in needed if c not in columns]
     if missing:
-        raise TraceError(f"{path}: {fmt} format needs column(s) {missing}; the header has {columns}")
+        raise TraceError(f"{path}: {fmt} format needs column(s) {missing}; the header has {short_columns(columns)}")
+
+
+def short_columns(columns: list[str], limit: int = 12) -> str:
+    """A header for a message: at most ``limit`` names (a wide or binary 'header' stays readable)."""
+    names = [c if len(c) <= 40 else c[:37] + "..." for c in columns[:limit]]
+    return str(names) if len(columns) <= limit else f"{str(names)[:-1]}, ...] ({len(columns)} columns)"

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from traces._parse import RowChecker, open_lines, read_csv_strings, require_columns
+from traces._parse import RowChecker, open_lines, read_csv_strings, require_columns, short_columns
 from traces.schema import Trace, TraceError
 
 FORMATS = ("azure", "vidur", "length-stats", "mooncake", "burstgpt", "alpaca", "project")
@@ -80,7 +80,7 @@ def detect_format(path: Path, columns: list[str] | None = None) -> str:
         if all(c in columns for c in needed):
             return fmt
     known = "; ".join(f"{f}: {','.join(c)}" for f, c in _CSV_SIGNATURES)
-    raise TraceError(f"{path}: unknown CSV format, header is {columns}; expected the columns of one of: {known} "
+    raise TraceError(f"{path}: unknown CSV format, header is {short_columns(columns)}; expected the columns of one of: {known} "
                      f"(or pass format=)")
 
 
