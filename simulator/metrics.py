@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from simulator.served_load import load_warnings, offered_rate, reject_reason_counts
+
 NAN = float("nan")
 
 
@@ -182,44 +184,8 @@ def summarize(requests: pl.DataFrame, steps: pl.DataFrame, kv_blocks: int) -> di
     if requests.height and requests["rejected"].any():
         summary["reject_reasons"] = reject_reason_counts(requests.filter(pl.col("rejected"))["reject_reason"])
     summary["offered_rate_requests_per_s"] = offered_rate(requests["arrival_s"].to_numpy())
-    summary["warnings"] = load_warnings(summary)
+    summary["warnings"] = load_warnings(summary)  # simulator/served_load.py
     return summary
-
-
-def offered_rate(arrival_s: np.ndarray) -> float | None:
-    """The load actually offered: ``(n - 1) / (last - first arrival)`` of the served requests
-    (None for fewer than two requests or a single instant)."""
-    if len(arrival_s) < 2:
-        return None
-    span = float(np.max(arrival_s) - np.min(arrival_s))
-    return (len(arrival_s) - 1) / span if span > 0 else None
-
-
-def reject_reason_counts(reasons: pl.Series) -> dict[str, int]:
-    """Rejections grouped by kind of reason, most frequent first: a number that varies within a
-    kind (a prompt length) becomes ``N``, one that does not (the model context) is kept."""
-    import re
-
-    groups: dict[str, list[list[str]]] = {}
-    for r in reasons.fill_null("(no reason given)").to_list():
-        numbers = re.findall(r"\d+(?:\.\d+)?", r)
-        groups.setdefault(re.sub(r"\d+(?:\.\d+)?", "{}", r), []).append(numbers)
-    named = {}
-    for template, rows in groups.items():
-        keep = [col[0] if len(set(col)) == 1 else "N" for col in zip(*rows)] if rows[0] else []
-        named[template.replace("{", "{{").replace("}", "}}").replace("{{}}", "{}").format(*keep)] = len(rows)
-    return dict(sorted(named.items(), key=lambda kv: (-kv[1], kv[0])))
-
-
-def load_warnings(summary: dict) -> list[str]:
-    """Warnings about a run whose figures mostly describe requests that were not served as asked."""
-    n = summary["num_requests"]
-    rejected, capped = summary.get("num_rejected", 0), summary.get("num_output_capped", 0)
-    out = []
-    if n and rejected + capped > n / 2:
-        out.append(f"{rejected + capped} of {n} requests ({(rejected + capped) / n:.0%}) were not served as the trace "
-                   f"asks: {rejected} rejected, {capped} with the output capped at the model context (see reject_reasons)")
-    return out
 
 
 def _prediction_and_batch_figures(done: pl.DataFrame) -> dict:

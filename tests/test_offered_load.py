@@ -151,3 +151,15 @@ def test_seed_warning_only_when_the_requests_are_those_of_seed_0():
     assert seed_warnings(RunSpec(trace="sharegpt-lengths", seed=2))  # its bundled arrivals use seed 0
     drawn = RunSpec(trace="x.json", seed=2, trace_options=(("arrivals", "poisson"), ("rate", 1.0), ("seed", 2)))
     assert not seed_warnings(drawn)  # arrivals drawn with this seed: different requests in time
+
+
+def test_reject_reasons_group_by_kind_keeping_constant_numbers():
+    from simulator.served_load import load_warnings, offered_rate, reject_reason_counts
+
+    reasons = pl.Series(["prompt of 5000 tokens exceeds 4096", "prompt of 7000 tokens exceeds 4096",
+                         "needs 40 blocks; cache has 32", None, "prompt of 5000 tokens exceeds 4096"])
+    assert reject_reason_counts(reasons) == {"prompt of N tokens exceeds 4096": 3, "(no reason given)": 1,
+                                             "needs 40 blocks; cache has 32": 1}
+    assert offered_rate(np.array([0.0, 1.0, 4.0])) == 0.5 and offered_rate(np.array([2.0])) is None
+    assert load_warnings({"num_requests": 10, "num_rejected": 3, "num_output_capped": 3})
+    assert not load_warnings({"num_requests": 10, "num_rejected": 5, "num_output_capped": 0})
