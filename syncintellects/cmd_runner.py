@@ -5,7 +5,7 @@ torch and transformers are imported inside the handlers: the simulator's command
 """
 from __future__ import annotations
 
-from syncintellects.cmd_simulate import add_run_arguments, print_warnings, spec_from_args
+from syncintellects.cmd_simulate import add_run_arguments, print_warnings, spec_from_args, workload_line
 from syncintellects.errors import UsageError, check_out_dir, check_out_file
 
 # flag -> (args attribute, smallest accepted value, what is expected); None values are defaults
@@ -178,7 +178,7 @@ def cmd_run(args) -> int:
     out = result.write(args.out)
     print_warnings(result.summary)
     if not args.quiet:
-        print(f"{spec.policy} on {spec.trace} ({result.summary['num_requests']} requests), real {lm.name} on "
+        print(f"{spec.policy} on {spec.trace} ({workload_line(spec, result.summary)}), real {lm.name} on "
               f"{lm.device} ({lm.dtype}):")
         print(format_summary(result.summary))
         r = result.summary["runner"]

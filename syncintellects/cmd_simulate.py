@@ -80,10 +80,21 @@ def run(args) -> int:
     out = result.write(args.out)
     print_warnings(result.summary)
     if not args.quiet:
-        print(f"{spec.policy} on {spec.trace} ({result.summary['num_requests']} requests):")
+        print(f"{spec.policy} on {spec.trace} ({workload_line(spec, result.summary)}):")
         print(format_summary(result.summary))
         print(f"results in {out}/ (summary.json, requests.parquet, steps.parquet, config.json)")
     return 0
+
+
+def workload_line(spec: RunSpec, summary: dict) -> str:
+    """'2000 requests, window 1, offered 4 req/s' for the run's heading."""
+    parts = [f"{summary['num_requests']} requests"]
+    if spec.num_requests is not None:
+        parts.append(f"window {spec.seed}" + (" of the tiled trace" if spec.tile else ""))
+    rate = summary.get("offered_rate_requests_per_s")
+    if rate is not None:
+        parts.append(f"offered {rate:.4g} req/s")
+    return ", ".join(parts)
 
 
 def print_warnings(summary: dict) -> None:
