@@ -13,6 +13,7 @@ a bad flag (argparse). Ctrl-C exits 130, SIGTERM 143, each with one line. ``--de
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import signal
 import sys
@@ -29,15 +30,23 @@ COMMANDS = [
 ]
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+class HelpFormatter(argparse.HelpFormatter):
     """``--help`` shows each option's default, except where there is none to show (None, off)."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False, argparse.SUPPRESS) or action.default == []:
+        d = action.default
+        if d is None or d is False or d is argparse.SUPPRESS or d == []:
             return action.help
-        if "%(default)" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
+        text = action.help or ""
+        return text if "%(default)" in text else f"{text} (default: %(default)s)".strip()
+
+    def _format_action(self, action):
+        d = action.default
+        if not action.help and action.option_strings and not (d is None or d is False or d is argparse.SUPPRESS
+                                                               or d == []):
+            action = copy.copy(action)  # an option without help text still shows its default
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
 
 
 class Parser(argparse.ArgumentParser):

@@ -25,7 +25,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="batch size of static / length-grouped batching")
     p.add_argument("--predictor", default=None, help="length predictor: oracle, noisy, prompt, progressive")
     p.add_argument("--predictor-model", default=None, help="directory written by train-predictor")
-    p.add_argument("--length-control", choices=("off", "on"), default="off")
+    p.add_argument("--length-control", choices=("off", "on"), default="off",
+                   help="length control: prompt instructions that pull a batch's answer lengths together")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="extra policy parameter (repeatable), e.g. --param max_num_seqs=128")
     add_load_arguments(p)
@@ -61,7 +62,8 @@ def register(sub) -> None:
                        description="Simulate one GPU replica serving a trace under a policy; writes summary.json, "
                                    "requests.parquet, steps.parquet and config.json to --out.")
     add_run_arguments(p)
-    p.add_argument("--profile", default=None, help="calibration profile: bundled name or a profile .json path")
+    p.add_argument("--profile", default=None, help="calibration profile: bundled name or a profile .json path "
+                   "(default: a100-llama-2-7b-fp16)")
     p.add_argument("--kv-blocks", type=int, default=None, help="override the KV-cache size in blocks")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
