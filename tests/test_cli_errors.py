@@ -165,7 +165,9 @@ def test_version_and_help_show_defaults(capsys):
     rc, out, _ = run_cli(["--version"], capsys)
     assert rc == 0 and out.startswith("syncintellects ")
     rc, out, _ = run_cli(["simulate", "--help"], capsys)
-    assert rc == 0 and "(default: azure-conv)" in out and "(default: continuous)" in out
+    assert rc == 0 and "(default: azure-conv)" in out and "(default: continuous)" in out and "(default: 0)" in out
+    rc, out, _ = run_cli(["trace", "synth", "--help"], capsys)
+    assert rc == 0 and "(default: poisson)" in out  # an option without help text shows its default too
 
 
 def test_policies_lists_their_params_with_defaults(capsys):
