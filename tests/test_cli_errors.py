@@ -61,10 +61,14 @@ def files(tmp_path):
     f["wide"].write_text(",".join(f"c{i}" for i in range(500)) + "\n" + ",".join("1" * 500) + "\n")
     f["latin1_jsonl"] = tmp_path / "trace.jsonl"
     f["latin1_jsonl"].write_bytes(b'{"timestamp": 0, "input_length": 5, "output_length": 3}\n{"x": "\xe9\xff"}\n')
-    prof = json.loads((Path(__file__).parents[1] / "simulator" / "profiles" / "a100-llama-2-7b-fp16.json").read_text())
-    zero = lambda v: ({k: zero(x) for k, x in v.items()} if isinstance(v, dict) else [[x, 0.0] for x, _ in v]
-                      if isinstance(v, list) else 0.0)
-    prof["coefficients"] = zero(prof["coefficients"])
+    prof = json.loads((Path(__file__).parents[1] / "simulator" / "profiles" / "a100-llama-2-7b.json").read_text())
+    c = prof["coefficients"]  # every time in it set to 0 ms
+    c["fixed_step_ms"] = 0.0
+    c["linear_ops"] = [[x, 0.0] for x, _ in c["linear_ops"]]
+    for sec in ("decode_attn", "prefill_attn"):
+        c[sec] = {k: 0.0 for k in c[sec]}
+    if "decode_attn_grid" in c:
+        c["decode_attn_grid"]["ms"] = [[0.0] * len(row) for row in c["decode_attn_grid"]["ms"]]
     f["zero_profile"] = tmp_path / "zero_profile.json"
     f["zero_profile"].write_text(json.dumps(prof))
     return f
