@@ -145,11 +145,14 @@ def search(base: RunSpec, policies: list[str], seeds: list[int], *, target: floa
     out = Path(out)
     record = {"base": base.with_(rate=None, seed=0, policy="").to_dict(), "policies": policies, "seeds": seeds,
               "target": target, "tolerance": tolerance, "start_rate": start_rate}
-    for p in policies:  # every arm is checked before the first probe runs
-        from syncintellects.spec import build_policy, load_spec_trace
+    from syncintellects.spec import build_policy, load_spec_trace
 
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError(f"--seed: expected distinct integers >= 0, got {seeds}")
+    for p in policies:  # every arm is checked before the first probe runs
         spec = base.with_(policy=p, rate=start_rate, num_requests=min(base.num_requests or 2, 2))
         build_policy(spec, load_spec_trace(spec))
+    load_spec_trace(base.with_(policy=policies[0], rate=start_rate, seed=max(seeds)))  # the last seed's requests exist
     probes_dir = _prepare_out(out, record, fresh)
     chains = [Chain(p, s, target, tolerance, start_rate) for p in policies for s in seeds]
     _drive(chains, base, probes_dir, workers, progress, _ray_remote(ray_address) if backend == "ray" else None)

@@ -29,6 +29,7 @@ def register(sub) -> None:
     p.add_argument("--length-control", choices=("off", "on"), default="off")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--kv-blocks", type=int, default=None)
+    p.add_argument("--tile", action="store_true", help="repeat the trace back to back when a seed's window runs past its end")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     add_load_arguments(p)
     add_cluster_arguments(p)
@@ -60,7 +61,7 @@ def run(args) -> int:
         raise ValueError(f"--num-requests must be >= 1, got {args.num_requests}")
     base = RunSpec(trace=args.trace, num_requests=args.num_requests, profile=args.profile or RunSpec.profile,
                    batch_size=args.batch_size, predictor=args.predictor, predictor_model=args.predictor_model,
-                   length_control=args.length_control == "on", kv_blocks=args.kv_blocks,
+                   length_control=args.length_control == "on", kv_blocks=args.kv_blocks, tile=args.tile,
                    policy_params=parse_params(args.param), trace_options=tuple(sorted(load_options(args).items())),
                    **cluster_fields(args))
 
