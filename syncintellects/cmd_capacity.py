@@ -115,7 +115,7 @@ def write_capacity_html(out: str | Path) -> Path:
                              hovertemplate=f"{r['policy']}: %{{y:.3f}} req/s<extra></extra>"), row=1, col=2)
     fig.add_hline(y=target, line={"color": "black", "dash": "dash"}, annotation_text=f"target {target:g}",
                   row=1, col=1)
-    fig.update_xaxes(title_text="--rate (req/s, log)", type="log", row=1, col=1)
+    fig.update_xaxes(title_text="offered rate (--rate, req/s, log)", type="log", row=1, col=1)
     fig.update_yaxes(title_text="SLO attainment (share of offered requests)", range=[0, 1.05], row=1, col=1)
     caps = [r["capacity_requests_per_s"] for r in results]
     wide = min(caps) > 0 and max(caps) > 20 * min(caps)  # capacities orders of magnitude apart: a log axis
