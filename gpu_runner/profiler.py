@@ -28,6 +28,7 @@ from policies.contract import PrefillChunk, StepPlan
 from policies.kv_cache import KVCache
 from simulator.metrics import Recorder
 from gpu_runner.fit import fit
+from gpu_runner.probe import Probe
 from simulator.profile import SCHEMA_VERSION
 from traces.schema import make_trace
 
@@ -140,7 +141,7 @@ def _time_case(bench: Bench, case: tuple, slots: int) -> tuple[float, dict]:
 
 
 def measure(lm, grid: Grid, kv_tokens: int, block_size: int = 16, progress: bool = True, clock=None,
-            rounds: int = 1) -> list[dict]:
+            rounds: int = 1, probe=None) -> list[dict]:
     """Time every grid point; returns raw samples (all timings in ms, and their median).
 
     The grid is swept round-robin, one step per point per sweep (``warmup`` discarded sweeps, then
@@ -169,6 +170,8 @@ def measure(lm, grid: Grid, kv_tokens: int, block_size: int = 16, progress: bool
             t, works[j] = _time_case(bench, case, slots)
             if sweep >= grid.warmup:
                 times[j].append(t)
+                if probe is not None:  # the run-time probe's reference, measured as a run measures it
+                    probe.tick(t)
             bar.update(1)
     bar.close()
     return [_sample(case[0], t, w["batch"], w["sum_ctx"], w["chunks"], w.get("pad", 0))
@@ -236,7 +239,10 @@ def build_profile(lm, *, quick: bool = False, block_size: int = 16, kv_tokens: i
     bench_tokens = max(max(grid.decode_batch) * int(max(grid.decode_ctx) * 1.5 + 64),
                        max(r * p for r, p in grid.padded), 4096) + 4096
     rounds = rounds or (1 if quick else 3)
-    samples = measure(lm, grid, bench_tokens, block_size, progress, clock_fn, rounds)
+    probe = Probe(lm, clock_fn, every_s=0.1 if quick else 0.5)
+    samples = measure(lm, grid, bench_tokens, block_size, progress, clock_fn, rounds, probe)
+    if not probe.times[probe.cases[0]]:
+        probe.measure()
     coeff, report = fit(samples)
     dev = device_info(lm, threads)
     model = dict(lm.shape)
@@ -257,6 +263,7 @@ def build_profile(lm, *, quick: bool = False, block_size: int = 16, kv_tokens: i
                    "timer": f"{clock_fn.__name__} around each executor step "
                             "(pack + forward + sampling + bookkeeping)"},
         "fit": report,
+        "probe": probe.reference(),
         "derivation": (
             f"Measured by gpu_runner/profiler.py on {dev['name']} ({lm.dtype}, torch threads {threads}): decode steps "
             f"over batch {list(grid.decode_batch)} x context {list(grid.decode_ctx)}, prefill chunks "
