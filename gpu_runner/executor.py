@@ -220,6 +220,8 @@ class RealExecutor(ExecutorBase):
 
     def _run_mixed_step(self, plan: StepPlan, idx: np.ndarray, now: float) -> StepResult:
         kv, rec = self.kv, self.rec
+        for ch in plan.prefill:  # a request's prompt ids exist before its first step (a server tokenizes
+            self._context(ch.request_id)  # on arrival, off the engine's step): not step time
         t0 = self.clock()
         chunks = self.check_prefill(plan, now)
         self.segment_work.append((int(kv._tokens[kv.slots(plan.decode)].sum()) if len(idx) else 0, tuple(chunks),

@@ -260,4 +260,6 @@ def scaled_profile(profile, factor: float):
     c["linear_ops"] = [[n, ms * factor] for n, ms in c["linear_ops"]]
     for sec in ("decode_attn", "prefill_attn"):
         c[sec] = {k: v * factor for k, v in c[sec].items()}
+    if "decode_attn_grid" in c:  # a measured decode-attention grid, where a profile has one
+        c["decode_attn_grid"]["ms"] = [[v * factor for v in row] for row in c["decode_attn_grid"]["ms"]]
     return Profile(data=data, path=f"{profile.path} x {factor:.3f}")

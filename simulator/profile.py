@@ -10,7 +10,9 @@ fitted coefficients of one step-time model::
             + sum over prefill chunks (p_chunk + p_sq * C**2 + p_ctx * C * K0)
 
 where N = B + (padded) prefill tokens of the step, C = a chunk's new tokens and K0 the
-tokens that request already had cached. ``linear_ops`` is a piecewise-linear table in N
+tokens that request already had cached. A left-padded prefill group (static batching; C =
+the padded length) may have its own ``prefill_attn.padded_sq_token_ms`` in place of
+``p_sq`` (the runner runs it as one masked attention call, not one causal call per chunk). ``linear_ops`` is a piecewise-linear table in N
 (linear extrapolation past its last point).
 
 The runner's profiler writes profiles in this format; :func:`load_profile` checks it.
@@ -112,6 +114,8 @@ def _check(data: dict, path: str) -> None:
             raise ProfileError(f"profile {path}: coefficients.{sec} must be an object with {', '.join(keys)}")
         for k in keys:
             _number(coeff[sec].get(k), f"coefficients.{sec}.{k}", path)
+        if sec == "prefill_attn" and "padded_sq_token_ms" in coeff[sec]:  # optional
+            _number(coeff[sec]["padded_sq_token_ms"], "coefficients.prefill_attn.padded_sq_token_ms", path)
     for k in ("gpu_memory_bytes", "kv_bytes_per_token", "gpu_memory_utilization", "block_size"):
         _number(data["memory"][k], f"memory.{k}", path, positive=True)
     for k in ("weights_bytes", "activation_reserve_bytes"):

@@ -79,11 +79,9 @@ def test_step_kinds():
     assert step_kind(4, ((100, 0),) * 4, 100) == "padded"
 
 
-torch = pytest.importorskip("torch")
-
-
 @pytest.fixture(scope="module")
 def lm():
+    torch = pytest.importorskip("torch")  # only the tests that run the model need the runner extra
     from gpu_runner.models import load_model
 
     torch.set_num_threads(1)
@@ -129,3 +127,22 @@ def test_probing_does_not_touch_the_run(lm, monkeypatch):
     assert all(plain.executor.tokens_of(i) == probed.executor.tokens_of(i) for i in range(len(tr)))
     rep = probed.summary["runner"]["probe"]
     assert rep["probes"] >= 2 and rep["factor"] > 0 and "probe" not in plain.summary["runner"]
+
+
+def test_padded_group_has_its_own_attention_term():
+    from simulator.cost_model import CostModel
+    from simulator.profile import Profile
+
+    coeff = {"fixed_step_ms": 0.0, "linear_ops": [[1, 1.0], [1000, 11.0]],
+             "decode_attn": {"per_step_ms": 0.0, "per_seq_ms": 0.0, "per_ctx_token_ms": 0.0},
+             "prefill_attn": {"per_chunk_ms": 0.5, "per_sq_token_ms": 1e-4, "per_ctx_token_ms": 1e-5}}
+    plain = CostModel(Profile({"coefficients": coeff}, "<plain>"))
+    coeff["prefill_attn"]["padded_sq_token_ms"] = 3e-4
+    padded = CostModel(Profile({"coefficients": coeff}, "<padded>"))
+    linear = 1.0 + 10.0 * (200 - 1) / 999
+    # two prompts of 100 and 50 tokens left-padded to 100: both members pay the padded term at 100 tokens
+    assert padded.step_s(0, 0, [(100, 0), (50, 0)], 100) == pytest.approx((linear + 2 * (0.5 + 3e-4 * 1e4)) / 1e3)
+    assert plain.step_s(0, 0, [(100, 0), (50, 0)], 100) == pytest.approx((linear + 2 * (0.5 + 1e-4 * 1e4)) / 1e3)
+    # chunks that are not padded (no pad_to, or a cached prefix) keep the causal-chunk term
+    assert padded.step_s(0, 0, [(100, 0), (100, 0)]) == plain.step_s(0, 0, [(100, 0), (100, 0)])
+    assert padded.step_s(0, 0, [(100, 20)], 100) == plain.step_s(0, 0, [(100, 20)], 100)
