@@ -12,7 +12,9 @@ fitted coefficients of one step-time model::
 where N = B + (padded) prefill tokens of the step, C = a chunk's new tokens and K0 the
 tokens that request already had cached. A left-padded prefill group (static batching; C =
 the padded length) may have its own ``prefill_attn.padded_sq_token_ms`` in place of
-``p_sq`` (the runner runs it as one masked attention call, not one causal call per chunk). ``linear_ops`` is a piecewise-linear table in N
+``p_sq`` (the runner runs it as one masked attention call, not one causal call per chunk),
+and a step with both decode rows and prefill chunks may pay ``prefill_attn.mixed_step_ms``
+once (measured: such a step costs more than the sum of its parts). ``linear_ops`` is a piecewise-linear table in N
 (linear extrapolation past its last point).
 
 The runner's profiler writes profiles in this format; :func:`load_profile` checks it.
@@ -114,8 +116,9 @@ def _check(data: dict, path: str) -> None:
             raise ProfileError(f"profile {path}: coefficients.{sec} must be an object with {', '.join(keys)}")
         for k in keys:
             _number(coeff[sec].get(k), f"coefficients.{sec}.{k}", path)
-        if sec == "prefill_attn" and "padded_sq_token_ms" in coeff[sec]:  # optional
-            _number(coeff[sec]["padded_sq_token_ms"], "coefficients.prefill_attn.padded_sq_token_ms", path)
+        for k in (("padded_sq_token_ms", "mixed_step_ms") if sec == "prefill_attn" else ()):  # optional
+            if k in coeff[sec]:
+                _number(coeff[sec][k], f"coefficients.prefill_attn.{k}", path)
     for k in ("gpu_memory_bytes", "kv_bytes_per_token", "gpu_memory_utilization", "block_size"):
         _number(data["memory"][k], f"memory.{k}", path, positive=True)
     for k in ("weights_bytes", "activation_reserve_bytes"):

@@ -146,3 +146,10 @@ def test_padded_group_has_its_own_attention_term():
     # chunks that are not padded (no pad_to, or a cached prefix) keep the causal-chunk term
     assert padded.step_s(0, 0, [(100, 0), (100, 0)]) == plain.step_s(0, 0, [(100, 0), (100, 0)])
     assert padded.step_s(0, 0, [(100, 20)], 100) == plain.step_s(0, 0, [(100, 20)], 100)
+    # a step mixing decode rows with chunks pays the profile's mixed-step cost once; pure steps do not
+    coeff["prefill_attn"]["mixed_step_ms"] = 2.0
+    mixed = CostModel(Profile({"coefficients": coeff}, "<mixed>"))
+    assert mixed.step_s(4, 400, [(100, 0)]) == pytest.approx(padded.step_s(4, 400, [(100, 0)]) + 2e-3)
+    assert mixed.step_s(0, 0, [(100, 0)]) == padded.step_s(0, 0, [(100, 0)])
+    assert mixed.step_s(4, 400) == padded.step_s(4, 400)
+    assert mixed.decode_run_s(4, 400, 10) == padded.decode_run_s(4, 400, 10)
