@@ -98,7 +98,7 @@ def default_kv_blocks(lm, block_size: int, kv_tokens: int | None = None, memory_
 
 
 def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, length_response=None,
-          probe_profile=None, probe_every_s: float = 0.5) -> RunResult:
+          probe_profile=None, probe_every_s: float = 0.2) -> RunResult:
     """Serve ``trace`` with the real model under ``policy``; per-request and per-step tables and a summary.
 
     With ``probe_profile``, probe steps of that profile's grid are timed every ``probe_every_s`` of

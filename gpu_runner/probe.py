@@ -38,7 +38,7 @@ class Probe:
     timed sweep. The profiler runs the same procedure between its grid sweeps and stores the medians
     (``profile["probe"]``), so a run's factor compares like with like."""
 
-    def __init__(self, lm, clock, every_s: float = 0.5, seed: int = 0, cases=PROBE_CASES):
+    def __init__(self, lm, clock, every_s: float = 0.2, seed: int = 0, cases=PROBE_CASES):
         from gpu_runner.profiler import Bench
 
         self.cases = [tuple(c) for c in cases]

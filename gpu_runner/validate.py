@@ -87,7 +87,7 @@ def write_html(real: RunResult, sim: RunResult, report: dict, path: Path, title:
 
 
 def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path, *,
-                   tolerance: float = 0.10, probe_every_s: float | None = 0.5) -> tuple[dict, int]:
+                   tolerance: float = 0.10, probe_every_s: float | None = 0.2) -> tuple[dict, int]:
     """Run both engines, write DIR/validation.json and DIR/validation.html (and each run's files
     under DIR/real and DIR/sim); returns (report, exit status).
 
@@ -118,7 +118,7 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
 
     probing = bool(probe_every_s) and profile_reference(profile) is not None
     real = serve(trace, policy, lm, runner_cfg, length_response=length_response_model(spec),
-                 probe_profile=profile if probing else None, probe_every_s=probe_every_s or 0.5)
+                 probe_profile=profile if probing else None, probe_every_s=probe_every_s or 0.2)
     load_after = os.getloadavg()[0]
     real.config["spec"] = spec.to_dict()
     real.write(out / "real")
