@@ -98,7 +98,7 @@ def default_kv_blocks(lm, block_size: int, kv_tokens: int | None = None, memory_
 
 
 def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, length_response=None,
-          probe_profile=None, probe_every_s: float = 0.2) -> RunResult:
+          probe_profile=None, probe_every_s: float = 0.3) -> RunResult:
     """Serve ``trace`` with the real model under ``policy``; per-request and per-step tables and a summary.
 
     With ``probe_profile``, probe steps of that profile's grid are timed every ``probe_every_s`` of
@@ -139,7 +139,8 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
         if ref is None:
             raise ValueError(f"profile {probe_profile.path} has no probe section: measure it again with "
                              "`syncintellects profile`")
-        probe = Probe(lm, clock, every_s=probe_every_s, seed=config.seed, cases=list(ref))
+        probe = Probe(lm, clock, every_s=probe_every_s, seed=config.seed, cases=list(ref),
+                      repeats=int(probe_profile.data["probe"].get("repeats", 3)))  # as the reference was measured
         probe.measure()  # one probe before the first step: every run has at least one
         ex.on_step = probe.tick
     if forced:

@@ -87,7 +87,7 @@ def write_html(real: RunResult, sim: RunResult, report: dict, path: Path, title:
 
 
 def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path, *,
-                   tolerance: float = 0.10, probe_every_s: float | None = 0.2) -> tuple[dict, int]:
+                   tolerance: float = 0.10, probe_every_s: float | None = 0.3) -> tuple[dict, int]:
     """Run both engines, write DIR/validation.json and DIR/validation.html (and each run's files
     under DIR/real and DIR/sim); returns (report, exit status).
 
@@ -118,7 +118,7 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
 
     probing = bool(probe_every_s) and profile_reference(profile) is not None
     real = serve(trace, policy, lm, runner_cfg, length_response=length_response_model(spec),
-                 probe_profile=profile if probing else None, probe_every_s=probe_every_s or 0.2)
+                 probe_profile=profile if probing else None, probe_every_s=probe_every_s or 0.3)
     load_after = os.getloadavg()[0]
     real.config["spec"] = spec.to_dict()
     real.write(out / "real")
@@ -170,7 +170,9 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
 
     (out / "validation.json").write_text(json.dumps(_clean(doc), indent=2, sort_keys=True) + "\n")
     write_html(real, sim, report, out / "validation.html",
-               f"{real.config['policy']} on {trace.name} ({len(trace)} requests): simulator vs real {lm.name}")
+               f"{real.config['policy']} on {trace.name} ({len(trace)} requests): simulator vs real {lm.name}"
+               + ("" if factor is None else f" (simulator x machine factor {factor:.3f})")
+               + ("" if doc["conclusive"] else " - INCONCLUSIVE: ill-conditioned workload"))
     return doc, (1 if bad else 0)
 
 

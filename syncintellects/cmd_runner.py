@@ -68,7 +68,7 @@ def register(sub) -> None:
     _serving_arguments(p)
     p.add_argument("--profile", required=True, help="profile JSON measured on this machine (syncintellects profile)")
     p.add_argument("--tolerance", type=float, default=0.10, help="largest accepted |relative error|")
-    p.add_argument("--probe-every", type=float, default=0.2, metavar="SECONDS",
+    p.add_argument("--probe-every", type=float, default=0.3, metavar="SECONDS",
                    help="time the profile's probe steps every SECONDS of measured run time and price the "
                         "simulator's steps on the machine as it was during the run (0: off); see docs/validation.md")
     p.set_defaults(func=cmd_validate)

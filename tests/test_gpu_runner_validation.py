@@ -153,3 +153,27 @@ def test_padded_group_has_its_own_attention_term():
     assert mixed.step_s(0, 0, [(100, 0)]) == padded.step_s(0, 0, [(100, 0)])
     assert mixed.step_s(4, 400) == padded.step_s(4, 400)
     assert mixed.decode_run_s(4, 400, 10) == padded.decode_run_s(4, 400, 10)
+
+
+def test_probe_keeps_the_minimum_of_its_repeats(lm, monkeypatch):
+    """A disturbance that hits one timing (here every case's first, 10x slower) does not reach the probe's
+    time; one that lasts (every timing of a probe 1.3x slower) does, exactly."""
+    from gpu_runner.probe import Probe
+
+    probe = Probe(lm, TickClock(2.0 ** -10), every_s=1.0, cases=SMALL, repeats=3)
+    calls: dict = {}
+    slow = {"by": 1.0}
+
+    def scripted(bench, case, slots):
+        calls[case] = calls.get(case, 0) + 1
+        base = 0.001 * (1 + SMALL.index(case))
+        return base * slow["by"] * (10.0 if calls[case] % 3 == 1 else 1.0), {}
+
+    monkeypatch.setattr("gpu_runner.profiler._time_case", scripted)
+    probe.measure()
+    assert [probe.times[c] for c in SMALL] == [[1.0], [2.0], [3.0]]
+    slow["by"] = 1.3
+    probe.measure()
+    ref = {c: float(probe.times[c][0]) for c in SMALL}
+    rep = probe.report(ref)
+    assert rep["factor"] == pytest.approx((6.0 + 6.0 * 1.3) / 12.0, rel=1e-9)
