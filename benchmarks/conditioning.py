@@ -5,7 +5,7 @@ step time (gpu_runner.validate.conditioning); 1 (latencies) or -1 (throughput) m
 schedule does not depend on step times, far from it means a 1% timing difference reorders the
 schedule. Prints one markdown row per policy and rate.
 
-    python benchmarks/conditioning.py --profile docs/validation/tiny-llama-cpu.json --rates 100 200 1000000
+    python benchmarks/conditioning.py --profile docs/validation/tiny-llama-cpu.json --rates 2 60 130 1000000
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", required=True)
-    ap.add_argument("--rates", type=float, nargs="+", default=[100.0, 200.0, 1e6])
+    ap.add_argument("--rates", type=float, nargs="+", default=[2.0, 60.0, 130.0, 1e6])
     ap.add_argument("--num-requests", type=int, default=150)
     args = ap.parse_args(argv)
     prof = load_profile(args.profile)
