@@ -46,6 +46,24 @@ PROGRESSIVE_ERROR = {
 }
 
 
+# Which measured errors a text-free run applies (predictor parameter ``error_model``):
+# "in-distribution" = held-out prompts of the training sources; "unseen-source" = prompts of
+# a source the predictor never saw (the default: a user's prompts are not the training set's).
+ERROR_MODELS = ("unseen-source", "in-distribution")
+PROMPT_ERROR_UNSEEN = dict(PROMPT_ERROR)
+PROGRESSIVE_ERROR_UNSEEN = dict(PROGRESSIVE_ERROR)
+
+
+def default_errors(kind: str, error_model: str):
+    """The shipped error parameters of a ``prompt`` or ``progressive`` predictor for one error model."""
+    if error_model not in ERROR_MODELS:
+        raise ValueError(f"error_model must be one of {', '.join(ERROR_MODELS)}, got {error_model!r}")
+    unseen = error_model == "unseen-source"
+    if kind == "prompt":
+        return PROMPT_ERROR_UNSEEN if unseen else PROMPT_ERROR
+    return PROGRESSIVE_ERROR_UNSEEN if unseen else PROGRESSIVE_ERROR
+
+
 class RequestNoise:
     """A standard normal per request, from ``default_rng([seed, stream, request_id])``.
 
