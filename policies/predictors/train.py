@@ -51,6 +51,22 @@ def head_features(head: RidgeHead) -> str:
     return head.meta.get("features", "minilm+ln_len")
 
 
+def prompt_ids(prompts: list[str]) -> np.ndarray:
+    """One integer per distinct prompt (CV groups; a numpy array of long texts would cost gigabytes)."""
+    ids: dict[str, int] = {}
+    return np.array([ids.setdefault(p, len(ids)) for p in prompts], dtype=np.int64)
+
+
+def source_weights(records: list[dict]) -> np.ndarray | None:
+    """Row weights giving each source family (``sharegpt``, ``alpaca-eval``, a file) the same total weight."""
+    fams = [r.get("source", "").split("/", 1)[0] for r in records]
+    counts = {f: fams.count(f) for f in set(fams)}
+    if len(counts) < 2:
+        return None
+    w = np.array([1.0 / counts[f] for f in fams])
+    return w / w.mean()
+
+
 def target_tokens(records: list[dict]) -> np.ndarray:
     """What a prompt head learns: a record's ``target_tokens`` if it has one, else its answer's length."""
     n = np.maximum(token_counts([r["output"] for r in records]), 1).astype(np.float64)
@@ -78,7 +94,7 @@ def _oof_stage0(enc: Encoder, records: list[dict], seed: int, folds: int = 5) ->
     f = np.array([fold_of[p] for p in prompts])
     m0 = np.zeros(len(prompts))
     for k in range(folds):
-        head = fit_ridge(x[f != k], y[f != k], np.array(prompts)[f != k], seed)
+        head = fit_ridge(x[f != k], y[f != k], prompt_ids(prompts)[f != k], seed)
         m0[f == k] = head.predict_log(x[f == k])
     return dict(zip(prompts, m0.tolist()))
 
@@ -107,7 +123,7 @@ def _data_id(records: list[dict]) -> str:
 
 def train(kind: str, train_records: list[dict], test_records: list[dict] | None, *, seed: int = 0,
           encoder: Encoder | None = None, progress: bool = False, source: str = "", head: str = "ridge",
-          states=None, log=None, **fit):
+          states=None, log=None, features: str = FEATURES, balance: bool = True, **fit):
     """Fit a ``prompt`` or ``progressive`` model; measure held-out errors when test records are given.
 
     A progressive model's ``head`` is ``ridge`` (features of the latest text embedding) or
@@ -134,8 +150,10 @@ def train(kind: str, train_records: list[dict], test_records: list[dict] | None,
     if kind == "prompt":
         prompts = [r["instruction"] for r in train_records]
         y_tok = target_tokens(train_records)
-        head = fit_ridge(prompt_features(enc, prompts, progress), np.log(y_tok), np.array(prompts), seed)
-        head.meta["features"] = FEATURES
+        head = fit_ridge(prompt_features(enc, prompts, progress, features), np.log(y_tok), prompt_ids(prompts), seed,
+                         weights=source_weights(train_records) if balance else None)
+        head.meta["features"] = features
+        head.meta["balanced_sources"] = bool(balance)
         mu = float(np.log(y_tok).mean())
     elif kind == "progressive":
         stage0 = train("prompt", train_records, None, seed=seed, encoder=enc, progress=progress, source=source)
@@ -146,7 +164,7 @@ def train(kind: str, train_records: list[dict], test_records: list[dict] | None,
         basis = np.linalg.svd(e_text - centre, full_matrices=False)[2][:PCA_COMPONENTS]
         arrays = {"pca_mean": centre, "pca_basis": basis}
         x = progressive_features(e_text, g, np.array([oof[q] for q in p]), arrays)
-        head = fit_ridge(x, np.log(t - g), np.array(p), seed)
+        head = fit_ridge(x, np.log(t - g), prompt_ids(p), seed)
         head.stage0, head.arrays = stage0, arrays
         mu = stage0.meta["mu_log_tokens"]
     else:
