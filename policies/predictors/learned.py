@@ -16,13 +16,19 @@ from policies.predictors import errors
 from policies.predictors.errors import RequestNoise
 from policies.predictors.head import RidgeHead
 from policies.predictors.oracle import _TruthBound
-from policies.predictors.text import EMBED_DIM, load_records, prefix_texts, shared_encoder, token_counts
+from policies.predictors.text import DATA_DIR, EMBED_DIM, load_records, prefix_texts, shared_encoder, token_counts
 
 
-def _train_bundled(kind: str, seed: int) -> RidgeHead:
-    from policies.predictors.train import train
+SHIPPED = DATA_DIR / "models"  # small trained models committed with the repo (docs/predictors.md says how)
 
-    # No model directory: fit on every bundled answer (seeded), in memory. Train once with
+
+def _train_bundled(kind: str, seed: int):
+    from policies.predictors.train import load_model, train
+
+    shipped = SHIPPED / kind
+    if (shipped / "model.json").exists():
+        return load_model(shipped)
+    # No shipped model: fit on every bundled answer (seeded), in memory. Train once with
     # `syncintellects train-predictor` and pass --predictor-model to skip this.
     print(f"training a {kind} predictor on the bundled AlpacaEval answers (no --predictor-model given)", file=sys.stderr)
     return train(kind, load_records("alpaca-eval"), None, seed=seed, source="alpaca-eval (all 805)")

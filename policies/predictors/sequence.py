@@ -75,21 +75,22 @@ def _torch_model(dim: int, width: int, layers: int, heads: int, max_len: int):
     class SeqHead(nn.Module):
         def __init__(self):
             super().__init__()
-            self.inp = nn.Linear(dim + 2, width)
+            self.inp = nn.Linear(dim + 3, width)
             self.pos = nn.Embedding(max_len, width)
-            block = nn.TransformerEncoderLayer(width, heads, dim_feedforward=2 * width, dropout=0.1, batch_first=True)
+            block = nn.TransformerEncoderLayer(width, heads, dim_feedforward=2 * width, dropout=0.0, batch_first=True)
             self.body = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
             self.out = nn.Linear(width, 1)
             self.max_len = max_len
 
         def forward(self, states, extra, pad_mask):
-            # states [B, L, dim], extra [B, L, 2] = (m0, ln(1 + g)), pad_mask [B, L] True where padding
+            # states [B, L, dim], extra [B, L, 3] = (m0, ln(1 + g), prior), pad_mask [B, L] True where padding
             n = states.shape[1]
             pos = torch.clamp(torch.arange(n, device=states.device), max=self.max_len - 1)
-            h = self.inp(torch.cat([states, extra], -1)) + self.pos(pos)[None]
+            scaled = torch.stack([extra[..., 0] - 5.5, extra[..., 1] / 4.0, extra[..., 2] - 5.0], -1)
+            h = self.inp(torch.cat([states * 8.0, scaled], -1)) + self.pos(pos)[None]
             causal = torch.triu(torch.ones(n, n, dtype=torch.bool, device=states.device), 1)
             h = self.body(h, mask=causal, src_key_padding_mask=pad_mask)
-            return self.out(h)[..., 0] + extra[..., 0]  # a correction to m0 + ...
+            return self.out(h)[..., 0] + extra[..., 2]  # a correction to the prior
 
     return SeqHead()
 
@@ -144,61 +145,101 @@ class SequenceHead:
                             cfg["meta"])
 
 
+PRIOR_SIGMA = 0.6  # spread of ln(length) around the prompt head's prediction (its held-out errors: 0.5-0.7)
+
+
+def prior_remaining_log(m0: float, cuts) -> np.ndarray:
+    """ln of the median remaining length if T ~ lognormal(m0, PRIOR_SIGMA) and T > g: what the
+    length so far alone says. The transformer learns a correction to it from the states."""
+    from scipy.stats import norm
+
+    g = np.maximum(np.asarray(cuts, np.float64), 0.0)
+    z = np.where(g > 0, (np.log(np.maximum(g, 1e-9)) - m0) / PRIOR_SIGMA, -np.inf)
+    q = (1.0 + norm.cdf(z)) / 2.0
+    t_med = np.exp(m0 + PRIOR_SIGMA * norm.ppf(np.minimum(q, 1 - 1e-12)))
+    return np.log(np.maximum(t_med - g, 1.0))
+
+
 def _batch(states, m0, cuts, dim):
     import torch
 
     n = max(len(s) for s in states)
     x = np.zeros((len(states), n, dim), np.float32)
-    extra = np.zeros((len(states), n, 2), np.float32)
+    extra = np.zeros((len(states), n, 3), np.float32)
     pad = np.ones((len(states), n), bool)
     for i, (s, c) in enumerate(zip(states, cuts)):
         x[i, :len(s)] = s
         extra[i, :len(s), 0] = m0[i]
         extra[i, :len(s), 1] = np.log1p(np.asarray(c, np.float32))
+        extra[i, :len(s), 2] = prior_remaining_log(float(m0[i]), c)
         pad[i, :len(s)] = False
     return torch.from_numpy(x), torch.from_numpy(extra), torch.from_numpy(pad)
 
 
 def fit_sequence(states: list[np.ndarray], m0: np.ndarray, cuts: list[list[int]], totals: np.ndarray, *, seed: int,
-                 width: int = 64, layers: int = 2, heads: int = 4, epochs: int = 30, lr: float = 2e-3,
-                 max_len: int = 64, log=None) -> SequenceHead:
-    """Train on whole answers: every position's target is ln(total - cut). L1 loss in log space (a median)."""
+                 width: int = 64, layers: int = 2, heads: int = 4, epochs: int = 60, lr: float = 1e-3,
+                 max_len: int = 64, val_share: float = 0.15, log=None) -> SequenceHead:
+    """Train on whole answers: every position's target is ln(total - cut); L1 loss in log space (a median).
+
+    The output layer starts at zero, so the untrained model *is* the prior (:func:`prior_remaining_log`);
+    a seeded ``val_share`` of the answers is held out and the weights of the epoch with the lowest
+    validation error are kept (epoch 0, the prior, included): the transformer only replaces the
+    prior where it measurably does better on answers it did not train on.
+    """
     import torch
 
     torch.manual_seed(seed)
     dim = states[0].shape[1]
     model = _torch_model(dim, width, layers, heads, max_len)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
+    torch.nn.init.zeros_(model.out.weight)
+    torch.nn.init.zeros_(model.out.bias)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     rng = np.random.default_rng(seed)
     tgt = [np.log(np.maximum(t - np.asarray(c), 1)).astype(np.float32) for c, t in zip(cuts, totals)]
+    order0 = rng.permutation(len(states))
+    n_val = int(round(val_share * len(states))) if len(states) >= 10 else 0
+    val, fit = order0[:n_val], order0[n_val:]
     t0 = time.process_time()
-    batch = 64
-    steps = epochs * ((len(states) + batch - 1) // batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    batch = 32
+
+    def batch_loss(ii):
+        x, extra, pad = _batch([states[i] for i in ii], m0[ii], [cuts[i] for i in ii], dim)
+        y = torch.zeros(pad.shape)
+        for j, i in enumerate(ii):
+            y[j, :len(tgt[i])] = torch.from_numpy(tgt[i])
+        return ((model(x, extra, pad) - y).abs() * (~pad)).sum() / (~pad).sum()
+
+    def val_loss():
+        if not len(val):
+            return 0.0
+        model.eval()
+        with torch.no_grad():
+            v = float(batch_loss(val))
+        model.train()
+        return v
+
+    best = (val_loss(), 0, {k: v.detach().clone() for k, v in model.state_dict().items()})
     model.train()
     for ep in range(epochs):
-        order = rng.permutation(len(states))
-        total_loss = 0.0
+        order = fit[rng.permutation(len(fit))]
         for lo in range(0, len(order), batch):
-            ii = order[lo:lo + batch]
-            x, extra, pad = _batch([states[i] for i in ii], m0[ii], [cuts[i] for i in ii], dim)
-            y = torch.zeros(pad.shape)
-            for j, i in enumerate(ii):
-                y[j, :len(tgt[i])] = torch.from_numpy(tgt[i])
-            pred = model(x, extra, pad)
-            loss = ((pred - y).abs() * (~pad)).sum() / (~pad).sum()
+            loss = batch_loss(order[lo:lo + batch])
             opt.zero_grad()
             loss.backward()
             opt.step()
-            sched.step()
-            total_loss += float(loss.detach()) * len(ii)
+        v = val_loss()
+        if len(val) and v < best[0]:
+            best = (v, ep + 1, {k: t.detach().clone() for k, t in model.state_dict().items()})
         if log:
-            log(f"epoch {ep + 1}/{epochs}: mean |ln error| {total_loss / len(order):.3f}")
+            log(f"epoch {ep + 1}/{epochs}: validation mean |ln error| {v:.4f}")
+    if len(val):
+        model.load_state_dict(best[2])
     model.eval()
     cfg = {"dim": int(dim), "width": width, "layers": layers, "heads": heads, "max_len": max_len,
-           "step_tokens": STEP_TOKENS, "epochs": epochs, "lr": lr}
+           "step_tokens": STEP_TOKENS, "epochs": epochs, "lr": lr, "prior_sigma": PRIOR_SIGMA}
     head = SequenceHead({k: v.detach().clone() for k, v in model.state_dict().items()}, cfg,
-                        {"train_cpu_s": round(time.process_time() - t0, 1), "n_answers": len(states)})
+                        {"train_cpu_s": round(time.process_time() - t0, 1), "n_answers": len(states),
+                         "best_epoch": best[1] if len(val) else epochs, "val_abs_ln_error": round(best[0], 4)})
     head._model = model
     return head
 

@@ -34,7 +34,7 @@ from policies.predictors.text import BUNDLED, DATA_DIR, load_records
 LENGTHS_BY_MODEL = DATA_DIR / "alpaca_eval" / "lengths_by_model.csv.gz"
 NAMED = ("alpaca-eval", "alpaca-eval-multi", "sharegpt")
 # The default training mix (see docs/predictors.md, "Choosing the mix").
-RECOMMENDED = "sharegpt,alpaca-eval-multi"
+RECOMMENDED = "sharegpt:6000,alpaca-eval"
 SHAREGPT_SEED = 0
 
 
