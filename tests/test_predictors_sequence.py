@@ -126,6 +126,21 @@ def test_hidden_state_source_with_tiny_llama(records, encoder, tmp_path):
     with pytest.raises(ValueError, match="64-d"):
         p.predict(v, 64, np.zeros(384))
 
+    # In the runner: the policy's progressive predictor reads the forward pass's own hidden states.
+    from gpu_runner.engine import RunnerConfig, serve
+    from policies.registry import make_policy
+    from traces import load_trace
+
+    tr = load_trace(Path(__file__).parent / "fixtures" / "sharegpt_whole.json", format="sharegpt",
+                    arrivals="poisson", rate=50.0, seed=0)
+    runner_pred = make_predictor("progressive", model_dir=d, refresh_every=8)
+    seen = []
+    real = runner_pred.predict
+    runner_pred.predict = lambda view, g=0, emb=None: seen.append((g, None if emb is None else np.shape(emb))) or real(view, g, emb)
+    res = serve(tr, make_policy("srpt", predictor=runner_pred), lm, RunnerConfig(kv_tokens=8192, max_context=512))
+    assert res.summary["num_finished"] == len(tr)
+    assert any(shape == (64,) for g, shape in seen if g > 0), seen  # hidden states, not text, after the start
+
 
 def test_train_command_records_hidden_states(tmp_path):
     from syncintellects.cli import main
