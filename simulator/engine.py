@@ -84,6 +84,7 @@ def simulate(trace: Trace, policy: Policy, config: SimConfig = SimConfig(), *, p
     env.process(loop())
     env.run()
     bar.close()
+    ex.flush()
     requests, steps, summary = collect(rec, policy, blocks)
     summary["sim_wall_s"] = time.perf_counter() - wall0
     cfg = {"engine": "simulator", "policy": getattr(policy, "name", type(policy).__name__),
