@@ -12,16 +12,18 @@ The accountant never exceeds capacity: ``allocate`` returns ``False`` instead, a
 Per-request token counts live in a numpy array indexed by a slot, so growing a whole
 decode batch is one vectorised operation.
 
-The decode batch's aggregates are kept incrementally (:class:`_Group`): the batch a policy
+The decode batch is kept as a :class:`~policies.kv_group.DecodeGroup`: the batch a policy
 queries and the executor grows is nearly the same from one step to the next (a request
-joins, one finishes), so its total context and the histogram of free positions in its
-last blocks are updated per member that joins or leaves instead of being recomputed over
-the whole batch; :meth:`growth_blocks`, :meth:`max_decode_steps` and :meth:`sum_tokens`
-then cost O(block_size), not O(batch).
+joins, one finishes), so its aggregates are updated per member that joins or leaves and
+:meth:`append`, :meth:`growth_blocks`, :meth:`max_decode_steps` and :meth:`sum_tokens`
+cost O(block_size), not O(batch). The group's members' counts live in the group; the
+per-slot array is brought up to date when read as a whole (``_tokens``).
 """
 from __future__ import annotations
 
 import numpy as np
+
+from policies.kv_group import DecodeGroup
 
 
 class KVCacheFull(RuntimeError):
@@ -35,13 +37,13 @@ class KVCache:
         self.num_blocks = int(num_blocks)
         self.block_size = int(block_size)
         self._slot: dict[int, int] = {}
-        self._tokens = np.zeros(min(self.num_blocks, 1 << 16), dtype=np.int64)
-        self._free_slots: list[int] = list(range(len(self._tokens) - 1, -1, -1))
+        self._tok = np.zeros(min(self.num_blocks, 1 << 16), dtype=np.int64)  # stale for the group's members
+        self._free_slots: list[int] = list(range(len(self._tok) - 1, -1, -1))
         self.used_blocks = 0
         self.peak_blocks = 0
         self._slots_key: object = None
         self._slots_val = np.empty(0, dtype=np.int64)
-        self._group = _Group(self.block_size)
+        self._group = DecodeGroup(self.block_size)
 
     # -- queries -----------------------------------------------------------------
     @property
@@ -51,6 +53,14 @@ class KVCache:
     @property
     def free_blocks(self) -> int:
         return self.num_blocks - self.used_blocks
+
+    @property
+    def _tokens(self) -> np.ndarray:
+        """Tokens per slot, up to date (for whole-array reads)."""
+        g, tok = self._group, self._tok
+        for s, k in g.members.items():
+            tok[s] = k + g.clock
+        return tok
 
     def blocks_for(self, tokens: int) -> int:
         return -(-int(tokens) // self.block_size)
@@ -62,7 +72,12 @@ class KVCache:
         return request_id in self._slot
 
     def tokens_of(self, request_id: int) -> int:
-        return int(self._tokens[self._slot_of(request_id)])
+        return self._tokens_at(self._slot_of(request_id))
+
+    def _tokens_at(self, slot: int) -> int:
+        g = self._group
+        k = g.members.get(slot)
+        return int(self._tok[slot]) if k is None else k + g.clock
 
     def __len__(self) -> int:
         return len(self._slot)
@@ -85,26 +100,21 @@ class KVCache:
     def sum_tokens(self, slots: np.ndarray) -> int:
         """Total tokens held by ``slots`` (the attention context of a decode batch)."""
         g = self._track(slots)
-        if g is None:
-            return int(self._tokens[slots].sum())
-        return g.total
+        return int(self._tok[slots].sum()) if g is None else g.total
 
     def _last_block_room(self, slots: np.ndarray) -> np.ndarray:
         """Histogram over the requests of free token positions left in their last block (0..bs-1)."""
-        return np.bincount((-self._tokens[slots]) % self.block_size, minlength=self.block_size)
+        return np.bincount((-self._tok[slots]) % self.block_size, minlength=self.block_size)
 
     def growth_blocks(self, slots: np.ndarray, steps: int) -> int:
         """Blocks that growing every slot by ``steps`` tokens would add."""
         if steps <= 0 or len(slots) == 0:
             return 0
-        g = self._track(slots)
         q, r = divmod(steps, self.block_size)
+        g = self._track(slots)
         if g is not None:
             return len(slots) * q + g.room_below(r)
-        if steps == 1:  # the hot case: rows whose last block is exactly full
-            return int(np.count_nonzero(self._tokens[slots] % self.block_size == 0))
-        room = self._last_block_room(slots)
-        return len(slots) * q + int(room[:r].sum())
+        return len(slots) * q + int(self._last_block_room(slots)[:r].sum())
 
     def max_decode_steps(self, slots: np.ndarray, limit: int) -> int:
         """Largest ``s <= limit`` such that growing every slot by ``s`` tokens still fits.
@@ -130,12 +140,26 @@ class KVCache:
             r = int(np.searchsorted(below[:-1], spare, side="right"))  # largest r in [0, bs-1] with #{f < r} <= spare
         return min(limit, q * bs + r)
 
-    def _track(self, slots: np.ndarray) -> "_Group | None":
-        """The incremental aggregates of ``slots``, retargeted from the previous batch (None: has duplicates)."""
+    def _track(self, slots: np.ndarray) -> DecodeGroup | None:
+        """The group, made to hold exactly ``slots`` (members leave and join); None if ``slots``
+        repeats a slot, in which case the group is dissolved and the per-slot array is exact."""
         g = self._group
         if slots is g.key:
             return g
-        return g if g.retarget(slots, self._tokens) else None
+        want = slots.tolist()
+        new = set(want)
+        members = g.members
+        if len(new) != len(want):
+            for s in list(members):
+                self._tok[s] = g.leave(s)
+            return None
+        tok = self._tok
+        for s in [s for s in members if s not in new]:
+            tok[s] = g.leave(s)
+        for s in new.difference(members):
+            g.join(s, int(tok[s]))
+        g.key = slots
+        return g
 
     # -- updates -----------------------------------------------------------------
     def allocate(self, request_id: int, tokens: int) -> bool:
@@ -149,7 +173,7 @@ class KVCache:
             self._grow_slots()
         slot = self._free_slots.pop()
         self._slot[request_id] = slot
-        self._tokens[slot] = tokens
+        self._tok[slot] = tokens
         self.used_blocks += blocks
         if self.used_blocks > self.peak_blocks:
             self.peak_blocks = self.used_blocks
@@ -160,9 +184,9 @@ class KVCache:
         slot = self._slot_of(request_id)
         del self._slot[request_id]
         self._slots_key = None
-        self._group.drop(slot, int(self._tokens[slot]))
-        blocks = self.blocks_for(int(self._tokens[slot]))
-        self._tokens[slot] = 0
+        held = self._group.leave(slot) if slot in self._group.members else int(self._tok[slot])
+        blocks = self.blocks_for(held)
+        self._tok[slot] = 0
         self._free_slots.append(slot)
         self.used_blocks -= blocks
         return blocks
@@ -176,16 +200,17 @@ class KVCache:
             delta = self.growth_blocks(slots, n)
         else:
             bs = self.block_size
-            before = self._tokens[slots]
+            before = self._tok[slots]
             delta = int((-(-(before + n) // bs)).sum() - (-(-before // bs)).sum())
         if self.used_blocks + delta > self.num_blocks:
             raise KVCacheFull(
                 f"growing {len(slots)} requests by {n} tokens needs {delta} more blocks, "
                 f"only {self.free_blocks} free of {self.num_blocks}"
             )
-        self._tokens[slots] += n
         if g is not None:
-            g.advance(n)
+            g.clock += n
+        else:
+            self._tok[slots] += n
         self.used_blocks += delta
         if self.used_blocks > self.peak_blocks:
             self.peak_blocks = self.used_blocks
@@ -193,12 +218,14 @@ class KVCache:
     def grow(self, request_id: int, tokens: int) -> bool:
         """Grow one request by ``tokens`` tokens (e.g. a prefill chunk); False if full."""
         slot = self._slot_of(request_id)
-        before = int(self._tokens[slot])
+        before = self._tokens_at(slot)
         delta = self.blocks_for(before + tokens) - self.blocks_for(before)
         if delta > self.free_blocks:
             return False
-        self._group.regrow(slot, before, before + tokens)
-        self._tokens[slot] = before + tokens
+        if slot in self._group.members:
+            self._group.add(slot, tokens)
+        else:
+            self._tok[slot] = before + tokens
         self.used_blocks += delta
         if self.used_blocks > self.peak_blocks:
             self.peak_blocks = self.used_blocks
@@ -215,78 +242,6 @@ class KVCache:
         return KeyError(f"request {request_id} holds no KV blocks (never allocated, or already freed)")
 
     def _grow_slots(self) -> None:
-        old = len(self._tokens)
-        self._tokens = np.concatenate([self._tokens, np.zeros(old, dtype=np.int64)])
+        old = len(self._tok)
+        self._tok = np.concatenate([self._tok, np.zeros(old, dtype=np.int64)])
         self._free_slots.extend(range(2 * old - 1, old - 1, -1))
-
-
-class _Group:
-    """Aggregates of one batch of slots that grows in lockstep (the decode batch).
-
-    ``total`` is the batch's token sum; ``hist[k]`` counts members whose token count is
-    ``k + clock`` modulo the block size, where ``clock`` is the tokens appended to the whole
-    batch so far (so appending shifts every member's residue by moving ``clock``, not the
-    histogram). A different batch is reached by letting members leave and join.
-    """
-
-    __slots__ = ("bs", "key", "members", "total", "hist", "clock")
-
-    def __init__(self, block_size: int):
-        self.bs = block_size
-        self.key: object = None
-        self.members: set[int] = set()
-        self.total = 0
-        self.hist = [0] * block_size
-        self.clock = 0
-
-    def retarget(self, slots: np.ndarray, tokens: np.ndarray) -> bool:
-        want = slots.tolist()
-        new = set(want)
-        if len(new) != len(want):
-            self.key = None
-            return False
-        old = self.members
-        bs, clock, hist = self.bs, self.clock, self.hist
-        for s in old - new:
-            t = int(tokens[s])
-            self.total -= t
-            hist[(t - clock) % bs] -= 1
-        for s in new - old:
-            t = int(tokens[s])
-            self.total += t
-            hist[(t - clock) % bs] += 1
-        self.members = new
-        self.key = slots
-        return True
-
-    def advance(self, n: int) -> None:
-        self.total += n * len(self.members)
-        self.clock += n
-
-    def drop(self, slot: int, tokens: int) -> None:
-        if slot in self.members:
-            self.members.discard(slot)
-            self.total -= tokens
-            self.hist[(tokens - self.clock) % self.bs] -= 1
-            self.key = None
-
-    def regrow(self, slot: int, before: int, after: int) -> None:
-        if slot in self.members:
-            self.total += after - before
-            self.hist[(before - self.clock) % self.bs] -= 1
-            self.hist[(after - self.clock) % self.bs] += 1
-
-    def room_below(self, r: int) -> int:
-        """#{members with f < r free positions in their last block}: f = (-tokens) mod bs."""
-        bs, c, h = self.bs, self.clock, self.hist
-        return sum(h[(-f - c) % bs] for f in range(r))
-
-    def largest_r(self, spare: int) -> int:
-        """Largest r in [0, bs-1] with #{f < r} <= spare."""
-        bs, c, h = self.bs, self.clock, self.hist
-        below = 0
-        for f in range(bs - 1):
-            below += h[(-f - c) % bs]
-            if below > spare:
-                return f
-        return bs - 1
