@@ -43,6 +43,7 @@ class KVCache:
         self.peak_blocks = 0
         self._slots_key: object = None
         self._slots_val = np.empty(0, dtype=np.int64)
+        self._slots_list: list[int] = []
         self._group = DecodeGroup(self.block_size)
 
     # -- queries -----------------------------------------------------------------
@@ -89,12 +90,12 @@ class KVCache:
         object (policy, then executor) reuses the answer. Slots never move while held."""
         if request_ids is self._slots_key:
             return self._slots_val
-        slot = self._slot
         try:
-            out = np.fromiter((slot[r] for r in request_ids), dtype=np.int64, count=len(request_ids))
+            as_list = list(map(self._slot.__getitem__, request_ids))
         except KeyError as e:
             raise self._missing(e.args[0]) from None
-        self._slots_key, self._slots_val = request_ids, out
+        out = np.array(as_list, dtype=np.int64)
+        self._slots_key, self._slots_val, self._slots_list = request_ids, out, as_list
         return out
 
     def sum_tokens(self, slots: np.ndarray) -> int:
@@ -146,7 +147,7 @@ class KVCache:
         g = self._group
         if slots is g.key:
             return g
-        want = slots.tolist()
+        want = self._slots_list if slots is self._slots_val else slots.tolist()
         new = set(want)
         members = g.members
         if len(new) != len(want):

@@ -67,11 +67,16 @@ def collect(rec: Recorder, policy, kv_blocks: int) -> tuple[pl.DataFrame, pl.Dat
 
 
 class ArrivalFeed:
-    """The trace's requests in arrival order; rejected-at-the-edge requests are never delivered."""
+    """The trace's requests in arrival order; rejected-at-the-edge requests are never delivered.
+
+    Views are made as requests are delivered (a million-request trace needs no million views
+    up front); ``more`` and ``next_arrival_s`` are plain attributes, updated on delivery.
+    """
 
     def __init__(self, trace: Trace, max_output: np.ndarray, too_long: np.ndarray):
+        self.trace = trace
         self.arrivals = trace.arrival_s
-        self.views = request_views(trace, max_output)
+        self.max_output = max_output
         self.too_long = too_long
         self.n = n = len(trace)
         self.next = 0  # index of the first request not yet delivered
@@ -79,24 +84,32 @@ class ArrivalFeed:
         # engines never stop a run of steps for a request the edge checks rejected
         ok = np.where(too_long, n, np.arange(n))
         self._next_ok = np.append(np.minimum.accumulate(ok[::-1])[::-1], n) if n else np.array([0])
+        self._first_t = float(self.arrivals[0]) if n else float("inf")  # arrival of request `next`
+        self._update()
 
-    @property
-    def more(self) -> bool:
-        return int(self._next_ok[self.next]) < self.n
-
-    @property
-    def next_arrival_s(self) -> float:
+    def _update(self) -> None:
         j = int(self._next_ok[self.next])
-        return float(self.arrivals[j]) if j < self.n else float("inf")
+        self.more = j < self.n
+        self.next_arrival_s = float(self.arrivals[j]) if j < self.n else float("inf")
 
     def deliver(self, now: float) -> tuple[RequestView, ...]:
         """Requests that arrived at or before ``now`` and were not delivered yet."""
+        if now < self._first_t:
+            return ()
         i = self.next
         j = int(np.searchsorted(self.arrivals, now, side="right"))
         if j <= i:
             return ()
         self.next = j
-        return tuple(self.views[k] for k in range(i, j) if not self.too_long[k])
+        self._first_t = float(self.arrivals[j]) if j < self.n else float("inf")
+        self._update()
+        t, too_long = self.trace, self.too_long
+        prompts, slo = t.prompt, t.slo_class
+        return tuple(
+            RequestView(request_id=k, arrival_s=float(t.arrival_s[k]), prompt_tokens=int(t.prompt_tokens[k]),
+                        max_output_tokens=int(self.max_output[k]), prompt=None if prompts is None else prompts[k],
+                        slo_class=None if slo is None else slo[k])
+            for k in range(i, j) if not too_long[k])
 
 
 class ExecutorBase:
