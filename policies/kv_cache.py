@@ -155,9 +155,9 @@ class KVCache:
                 self._tok[s] = g.leave(s)
             return None
         tok = self._tok
-        for s in [s for s in members if s not in new]:
+        for s in members.keys() - new:
             tok[s] = g.leave(s)
-        for s in new.difference(members):
+        for s in new - members.keys():
             g.join(s, int(tok[s]))
         g.key = slots
         return g
