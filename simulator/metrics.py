@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,15 +45,16 @@ class Recorder:
         self.instruction: dict[int, str] = {}
         self.reject_reason: dict[int, str] = {}
         self.released = np.zeros(n, dtype=bool)
-        # segment columns
-        self.seg_start: list[float] = []
-        self.seg_end: list[float] = []
-        self.seg_steps: list[int] = []
-        self.seg_batch: list[int] = []
-        self.seg_padded: list[int] = []
-        self.seg_prefill_tokens: list[int] = []
-        self.seg_output_tokens: list[int] = []
-        self.seg_kv_blocks: list[int] = []
+        # segment columns: typed arrays (8 bytes a value, not a Python object each), so a run's
+        # per-step records take 64 bytes per segment
+        self.seg_start = array("d")
+        self.seg_end = array("d")
+        self.seg_steps = array("q")
+        self.seg_batch = array("q")
+        self.seg_padded = array("q")
+        self.seg_prefill_tokens = array("q")
+        self.seg_output_tokens = array("q")
+        self.seg_kv_blocks = array("q")
 
     def segment(self, start: float, end: float, steps: int, batch: int, padded: int, prefill_tokens: int,
                 output_tokens: int, kv_blocks: int) -> None:
