@@ -111,8 +111,12 @@ class KVCache:
         """Blocks that growing every slot by ``steps`` tokens would add."""
         if steps <= 0 or len(slots) == 0:
             return 0
+        g = self._group
+        if slots is not g.key:
+            g = self._track(slots)
+        if g is not None and steps == 1:  # the hot case: members whose last block is exactly full
+            return g.hist[-g.clock % self.block_size]
         q, r = divmod(steps, self.block_size)
-        g = self._track(slots)
         if g is not None:
             return len(slots) * q + g.room_below(r)
         return len(slots) * q + int(self._last_block_room(slots)[:r].sum())
@@ -196,9 +200,12 @@ class KVCache:
         """Grow every request in ``slots`` by ``n`` tokens (n decode steps)."""
         if n <= 0 or len(slots) == 0:
             return
-        g = self._track(slots)
+        g = self._group
+        if slots is not g.key:
+            g = self._track(slots)
         if g is not None:
-            delta = self.growth_blocks(slots, n)
+            q, r = divmod(n, self.block_size)
+            delta = len(slots) * q + g.room_below(r)
         else:
             bs = self.block_size
             before = self._tok[slots]

@@ -67,8 +67,9 @@ def simulate(trace: Trace, policy: Policy, config: SimConfig = SimConfig(), *, p
             new = feed.deliver(now)
             plan = policy.plan(SchedulerView(now_s=now, arrivals=new, kv=kv, more_arrivals=feed.more))
             done = ex.apply_plan(plan, now)
-            outstanding -= done
-            bar.update(done)
+            if done:
+                outstanding -= done
+                bar.update(done)
             if plan.is_idle:
                 if feed.more:
                     yield env.timeout(feed.next_arrival_s - now)

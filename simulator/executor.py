@@ -21,6 +21,8 @@ from simulator.serving import ExecutorBase, PlanError
 
 __all__ = ["PlanError", "SimExecutor"]
 
+INF = float("inf")
+
 
 class SimExecutor(ExecutorBase):
     """Runs plans in simulated time.
@@ -124,7 +126,8 @@ class SimExecutor(ExecutorBase):
 
     def _run_decode(self, plan: StepPlan, now: float, next_arrival: float) -> StepResult:
         rows = plan.decode
-        self._regroup(rows)
+        if rows is not self._rows:
+            self._regroup(rows)
         slots = self.kv.slots(rows)
         batch = len(rows)
         n_active = len(self._finish_at)
@@ -134,7 +137,7 @@ class SimExecutor(ExecutorBase):
         if n_active:
             limit = min(limit, self._steps_to_first_finish())
         sum_ctx = self.kv.sum_tokens(slots)
-        if plan.wake_on_arrival and next_arrival < float("inf"):
+        if plan.wake_on_arrival and next_arrival < INF:
             n = self.cost.decode_steps_until(batch, sum_ctx, next_arrival - now, limit)
         else:
             n = limit

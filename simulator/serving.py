@@ -133,6 +133,8 @@ class ExecutorBase:
     # -- plan bookkeeping at the plan's start ----------------------------------------
     def apply_plan(self, plan: StepPlan, now: float) -> int:
         """Releases, rejections, preemptions and directives of a plan; returns requests completed."""
+        if not (plan.release or plan.reject or plan.preempt or plan.directives):
+            return 0
         rec = self.rec
         for r in plan.release:
             if self.remaining[r] != 0 or self.pending[r] != 0:
