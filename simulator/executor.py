@@ -184,3 +184,18 @@ class SimExecutor(ExecutorBase):
         rec.segment(now, end, 1, len(rows) + len(chunks), len(rows) - n_active, prefill_tokens, tokens, kv.used_blocks)
         return StepResult(start_s=now, end_s=end, num_steps=1, tokens=tokens, first_tokens=tuple(first),
                           prefilled=tuple(prefilled), finished=tuple(finished))
+
+    # -- the cluster's look-ahead ----------------------------------------------------
+    def decode_horizon_s(self, plan: StepPlan) -> float:
+        """How long a decode-only plan runs if no arrival stops it: the duration ``run(plan, now,
+        inf)`` would take (its step limit: ``max_steps`` or the first row to finish). A cluster
+        uses it to defer a replica's decode run until it knows whether a request is routed there."""
+        rows = plan.decode
+        if rows is not self._rows:
+            self._regroup(rows)
+        limit = int(plan.max_steps)
+        if limit < 1:
+            raise PlanError(f"plan.max_steps must be >= 1, got {limit}")
+        if self._finish_at:
+            limit = min(limit, self._steps_to_first_finish())
+        return self.cost.decode_run_s(len(rows), self.kv.sum_tokens(self.kv.slots(rows)), limit)

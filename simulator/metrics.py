@@ -12,6 +12,7 @@ maximum, since decode only grows the cache).
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 from array import array
@@ -22,6 +23,8 @@ import numpy as np
 import polars as pl
 
 NAN = float("nan")
+_SEGMENT_COLUMNS = ("seg_start", "seg_end", "seg_steps", "seg_batch", "seg_padded", "seg_prefill_tokens",
+                    "seg_output_tokens", "seg_kv_blocks")
 
 
 class Recorder:
@@ -55,6 +58,15 @@ class Recorder:
         self.seg_prefill_tokens = array("q")
         self.seg_output_tokens = array("q")
         self.seg_kv_blocks = array("q")
+
+    def replica_copy(self, kv_blocks: int) -> "Recorder":
+        """A recorder for one replica of a cluster: the per-request arrays are this one's (each
+        request lives on one replica), the per-step records its own."""
+        rec = copy.copy(self)
+        rec.kv_blocks = kv_blocks
+        for name in _SEGMENT_COLUMNS:
+            setattr(rec, name, array(getattr(self, name).typecode))
+        return rec
 
     def segment(self, start: float, end: float, steps: int, batch: int, padded: int, prefill_tokens: int,
                 output_tokens: int, kv_blocks: int) -> None:
