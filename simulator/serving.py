@@ -10,6 +10,8 @@ The simulated and the real executor differ only in how a step is executed and ti
 """
 from __future__ import annotations
 
+from bisect import bisect_right
+
 import numpy as np
 
 from policies.contract import RequestView, StepPlan
@@ -84,7 +86,8 @@ class ArrivalFeed:
         # engines never stop a run of steps for a request the edge checks rejected
         ok = np.where(too_long, n, np.arange(n))
         self._next_ok = np.append(np.minimum.accumulate(ok[::-1])[::-1], n) if n else np.array([0])
-        self._first_t = float(self.arrivals[0]) if n else float("inf")  # arrival of request `next`
+        self._times = self.arrivals.tolist()  # bisect on a list: no numpy call per delivery
+        self._first_t = self._times[0] if n else float("inf")  # arrival of request `next`
         self._update()
 
     def _update(self) -> None:
@@ -97,11 +100,11 @@ class ArrivalFeed:
         if now < self._first_t:
             return ()
         i = self.next
-        j = int(np.searchsorted(self.arrivals, now, side="right"))
+        j = bisect_right(self._times, now, i)
         if j <= i:
             return ()
         self.next = j
-        self._first_t = float(self.arrivals[j]) if j < self.n else float("inf")
+        self._first_t = self._times[j] if j < self.n else float("inf")
         self._update()
         t, too_long = self.trace, self.too_long
         prompts, slo = t.prompt, t.slo_class
