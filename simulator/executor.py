@@ -162,18 +162,22 @@ class SimExecutor(ExecutorBase):
         if rows:
             kv.append(slots, 1)
         tokens = 0
+        pending, remaining, generated = self.pending, self.remaining, rec.generated
         for ch in plan.prefill:
             i = ch.request_id
-            self.pending[i] -= ch.num_tokens
-            if self.pending[i] == 0:  # context complete: sample the next token
+            left = int(pending[i]) - ch.num_tokens
+            pending[i] = left
+            if left == 0:  # context complete: sample the next token
                 prefilled.append(i)
-                if rec.generated[i] == 0:
+                g = int(generated[i])
+                if g == 0:
                     first.append(i)
                     rec.first_token_s[i] = end
-                rec.generated[i] += 1
-                self.remaining[i] -= 1
+                generated[i] = g + 1
+                rem = int(remaining[i]) - 1
+                remaining[i] = rem
                 tokens += 1
-                if self.remaining[i] == 0:
+                if rem == 0:
                     rec.last_token_s[i] = end
                     finished.append(i)
         n_active = len(self._finish_at)

@@ -219,16 +219,17 @@ class ExecutorBase:
         kv, rec = self.kv, self.rec
         chunks = []
         for ch in plan.prefill:
-            i = ch.request_id
-            if ch.num_tokens < 1 or ch.num_tokens > self.pending[i]:
-                raise PlanError(f"prefill chunk of {ch.num_tokens} tokens for request {i}, "
-                                f"which has {int(self.pending[i])} tokens left to prefill")
+            i, c = ch.request_id, ch.num_tokens
+            pending = int(self.pending[i])
+            if c < 1 or c > pending:
+                raise PlanError(f"prefill chunk of {c} tokens for request {i}, "
+                                f"which has {pending} tokens left to prefill")
             held = kv.tokens_of(i) if kv.holds(i) else 0
-            done_before = self.prompt_tokens[i] + rec.generated[i] - self.pending[i]
-            if held != done_before + ch.num_tokens:
-                raise PlanError(f"request {i}: KV holds {held} tokens but prefill needs {done_before + ch.num_tokens}; "
+            done_before = int(self.prompt_tokens[i]) + int(rec.generated[i]) - pending
+            if held != done_before + c:
+                raise PlanError(f"request {i}: KV holds {held} tokens but prefill needs {done_before + c}; "
                                 f"the policy must allocate KV for a chunk before planning it")
-            chunks.append((ch.num_tokens, int(done_before)))
+            chunks.append((c, done_before))
             if not self.started[i]:
                 self.started[i] = True
                 rec.admitted_s[i] = now
