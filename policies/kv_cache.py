@@ -100,7 +100,9 @@ class KVCache:
 
     def sum_tokens(self, slots: np.ndarray) -> int:
         """Total tokens held by ``slots`` (the attention context of a decode batch)."""
-        g = self._track(slots)
+        g = self._group
+        if slots is not g.key:
+            g = self._track(slots)
         return int(self._tok[slots].sum()) if g is None else g.total
 
     def _last_block_room(self, slots: np.ndarray) -> np.ndarray:
@@ -109,12 +111,14 @@ class KVCache:
 
     def growth_blocks(self, slots: np.ndarray, steps: int) -> int:
         """Blocks that growing every slot by ``steps`` tokens would add."""
+        g = self._group
+        if slots is g.key and steps == 1:  # the hot case: members whose last block is exactly full
+            return g.hist[-g.clock % self.block_size]
         if steps <= 0 or len(slots) == 0:
             return 0
-        g = self._group
         if slots is not g.key:
             g = self._track(slots)
-        if g is not None and steps == 1:  # the hot case: members whose last block is exactly full
+        if g is not None and steps == 1:
             return g.hist[-g.clock % self.block_size]
         q, r = divmod(steps, self.block_size)
         if g is not None:
@@ -137,7 +141,9 @@ class KVCache:
         if b * (-(-(limit + bs - 1) // bs)) <= free:  # even the worst phase alignment fits
             return limit
         q, spare = divmod(free, b)
-        g = self._track(slots)
+        g = self._group
+        if slots is not g.key:
+            g = self._track(slots)
         if g is not None:
             r = g.largest_r(spare)
         else:
