@@ -158,18 +158,27 @@ class KVCache:
         if slots is g.key:
             return g
         want = self._slots_list if slots is self._slots_val else slots.tolist()
-        new = set(want)
         members = g.members
+        prev = g.key_list
+        if prev is not None and len(want) > len(prev) and want[:len(prev)] == prev:  # the batch plus newcomers
+            tail = want[len(prev):]
+            if not any(s in members for s in tail) and (len(tail) == 1 or len(set(tail)) == len(tail)):
+                for s in tail:
+                    g.join(s, int(self._tok[s]))
+                g.key, g.key_list = slots, want
+                return g
+        new = set(want)
         if len(new) != len(want):
             for s in list(members):
                 self._tok[s] = g.leave(s)
+            g.key = g.key_list = None
             return None
         tok = self._tok
         for s in members.keys() - new:
             tok[s] = g.leave(s)
         for s in new - members.keys():
             g.join(s, int(tok[s]))
-        g.key = slots
+        g.key, g.key_list = slots, want
         return g
 
     # -- updates -----------------------------------------------------------------

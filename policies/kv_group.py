@@ -15,11 +15,12 @@ from itertools import accumulate
 
 
 class DecodeGroup:
-    __slots__ = ("bs", "key", "members", "sumkey", "hist", "clock")
+    __slots__ = ("bs", "key", "key_list", "members", "sumkey", "hist", "clock")
 
     def __init__(self, block_size: int):
         self.bs = block_size
         self.key: object = None              # the slots array this group was last matched to
+        self.key_list: list[int] | None = None  # its slots as a list, while they are exactly the members
         self.members: dict[int, int] = {}    # slot -> tokens - clock
         self.sumkey = 0
         self.hist = [0] * block_size         # hist[k]: members with key % bs == k
@@ -43,7 +44,7 @@ class DecodeGroup:
         k = self.members.pop(slot)
         self.sumkey -= k
         self.hist[k % self.bs] -= 1
-        self.key = None
+        self.key = self.key_list = None
         return k + self.clock
 
     def add(self, slot: int, tokens: int) -> None:

@@ -72,6 +72,13 @@ class SimExecutor(ExecutorBase):
         """Make the group the plan's decode rows: members leave and join; joiners are checked."""
         if rows is self._rows:
             return
+        prev = self._rows
+        if prev is not None and len(rows) > len(prev) and rows[:len(prev)] == prev:  # the batch plus newcomers
+            tail = rows[len(prev):]
+            if not any(r in self._members for r in tail) and (len(tail) == 1 or len(set(tail)) == len(tail)):
+                self._join(tail)
+                self._rows = rows
+                return
         new = set(rows)
         if len(new) != len(rows):
             dup = next(r for r in rows if rows.count(r) > 1)
@@ -80,19 +87,23 @@ class SimExecutor(ExecutorBase):
             self._leave(r)
         joining = new - self._members
         if joining:
-            pending, remaining, gen = self.pending, self.remaining, self.rec.generated
-            clock, heap = self._clock, self._heap
-            for r in joining:
-                if pending[r] > 0:
-                    raise PlanError(f"request {r} is scheduled to decode before its prefill is complete")
-                rem = int(remaining[r])
-                if rem > 0:
-                    fin = clock + rem
-                    self._finish_at[r] = fin
-                    self._total[r] = rem + int(gen[r])
-                    heapq.heappush(heap, (fin, r))
-            self._members |= joining
+            self._join(joining)
         self._rows = rows
+
+    def _join(self, joining) -> None:
+        pending, remaining, gen = self.pending, self.remaining, self.rec.generated
+        clock, heap, members = self._clock, self._heap, self._members
+        for r in joining:
+            if pending[r] > 0:
+                self._rows = None
+                raise PlanError(f"request {r} is scheduled to decode before its prefill is complete")
+            rem = int(remaining[r])
+            if rem > 0:
+                fin = clock + rem
+                self._finish_at[r] = fin
+                self._total[r] = rem + int(gen[r])
+                heapq.heappush(heap, (fin, r))
+            members.add(r)
 
     def _steps_to_first_finish(self) -> int:
         heap, fin = self._heap, self._finish_at
