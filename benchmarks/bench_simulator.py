@@ -1,6 +1,6 @@
 """Simulator speed: wall and CPU time, simulated requests per second and peak memory.
 
-    python benchmarks/bench_simulator.py [--sizes 10000 100000 1000000] [--replicas 1 16] [--rate 4] [--write-docs]
+    python benchmarks/bench_simulator.py [--sizes 10000 100000 1000000] [--replicas 1 16] [--rate 4] [--markdown]
 
 Workload: the Azure LLM inference conversation trace (19,366 requests), tiled end to end
 as often as needed, rescaled to --rate requests/s *per replica* (4 req/s keeps one A100 /
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -100,7 +99,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=4.0, help="requests/s per replica")
     ap.add_argument("--policy", default="continuous")
     ap.add_argument("--independent", action="store_true", help="N replicas as N separate runs, even if the cluster exists")
-    ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--markdown", action="store_true", help="also print the rows for docs/benchmarks.md's table")
     ap.add_argument("--child", type=int, nargs=2, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
@@ -120,33 +119,16 @@ def main() -> None:
                   f"{row['cpu_s']:.2f} s CPU, {row['requests_per_cpu_s']:,.0f} req/CPU-s, peak RSS "
                   f"{row['peak_rss_mb']:.0f} MB, {row['steps']:,} steps in {row['segments']:,} segments, "
                   f"GPU busy {row['gpu_busy']:.1%}, mean batch {row['mean_batch']:.1f}", flush=True)
-    if args.write_docs:
-        write_docs(rows, args)
+    if args.markdown:
+        print(markdown_rows(rows))
 
 
-def write_docs(rows, args) -> None:
-    cpu = platform.processor() or platform.machine()
-    try:
-        model = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        model = cpu
-    lines = [
-        "# Benchmarks", "",
-        "## Simulator speed (`make bench`, i.e. `python benchmarks/bench_simulator.py --write-docs`)", "",
-        f"Azure conversation trace tiled to size and rescaled (as `simulate --num-requests N --tile --rate R`) to {args.rate} req/s per replica, `{args.policy}` policy, "
-        "default A100 / Llama-2-7B profile; each row in its own process pinned to one core "
-        f"({model}, Python {platform.python_version()}). CPU is the process's user + system time.", "",
-        "| requests | replicas | how | wall (s) | CPU (s) | requests / CPU-s | peak RSS (MB) | engine steps | segments | GPU busy | mean batch |",
-        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in rows:
-        lines.append(f"| {r['requests']:,} | {r['replicas']} | {r['mode']} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | "
-                     f"{r['requests_per_cpu_s']:,.0f} | {r['peak_rss_mb']:.0f} | {r['steps']:,} | {r['segments']:,} | "
-                     f"{r['gpu_busy']:.1%} | {r['mean_batch']:.1f} |")
-    path = ROOT / "docs" / "benchmarks.md"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    print(f"wrote {path} (the table only: add the notes by hand)")
+def markdown_rows(rows) -> str:
+    """The rows of the table in docs/benchmarks.md."""
+    return "\n".join(
+        f"| {r['requests']:,} | {r['replicas']} | {r['mode']} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | "
+        f"{r['requests_per_cpu_s']:,.0f} | {r['peak_rss_mb']:.0f} | {r['steps']:,} | {r['segments']:,} | "
+        f"{r['gpu_busy']:.1%} | {r['mean_batch']:.1f} |" for r in rows)
 
 
 if __name__ == "__main__":
