@@ -20,8 +20,8 @@ always runs for exactly one step.
 
 The three types made once per engine step (``StepPlan``, ``SchedulerView``, ``StepResult``)
 are frozen dataclasses with their ``__init__`` written out: the generated one of a frozen
-dataclass makes one ``object.__setattr__`` call per field, which was a fifth of the
-simulator's time per step. ``tests/test_contract.py`` checks the written-out signatures
+dataclass makes one ``object.__setattr__`` call per field (about 5% of the simulator's
+time). ``tests/test_contract.py`` checks the written-out signatures
 against the fields.
 """
 from __future__ import annotations
