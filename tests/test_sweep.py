@@ -53,5 +53,5 @@ def test_sweep_spec_file_and_grid_flags_do_not_mix(tmp_path, capsys):
     spec = tmp_path / "sweep.json"
     spec.write_text(json.dumps({"base": {"num_requests": 50}, "grid": {"policy": ["static"], "rate": [1.0]}}))
     assert main(["sweep", "--spec", str(spec), "--rate", "2", "--out", str(tmp_path / "a")]) == 2
-    assert "put --rate in its grid" in capsys.readouterr().err
+    assert "put --rate in its base or grid" in capsys.readouterr().err
     assert main(["sweep", "--spec", str(spec), "--backend", "serial", "--out", str(tmp_path / "b")]) == 0
