@@ -11,7 +11,7 @@ def test_expand_is_the_ordered_cartesian_product():
     assert all(s.num_requests == 10 for s in specs)
     with pytest.raises(ValueError, match="unknown field 'rates'"):
         expand(RunSpec(), {"rates": [1]})
-    with pytest.raises(ValueError, match="no values"):
+    with pytest.raises(ValueError, match="non-empty list of values"):
         expand(RunSpec(), {"rate": []})
 
 
