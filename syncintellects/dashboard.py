@@ -73,8 +73,11 @@ def aggregate(df: pl.DataFrame) -> pl.DataFrame:
     every setting that varies in the sweep, so runs that differ in anything but the seed are
     never averaged together). ``x`` is the mean offered rate when recorded, else the nominal rate."""
     df = with_derived(df)
-    cols = series_columns(df)
-    df = df.with_columns(series=pl.Series([series_label(r, cols) for r in df.iter_rows(named=True)], dtype=pl.Utf8))
+    if "series" not in df.columns:  # a table may name its series itself (the reproduction's arms)
+        cols = series_columns(df)
+        df = df.with_columns(series=pl.Series([series_label(r, cols) for r in df.iter_rows(named=True)],
+                                              dtype=pl.Utf8))
+    order = {s: i for i, s in enumerate(df["series"].unique(maintain_order=True).to_list())}
     metrics = [m for m, *_ in PANELS if m in df.columns]
     x = pl.col(OFFERED).mean() if OFFERED in df.columns and df[OFFERED].null_count() < df.height else pl.col("rate").first()
     return (df.group_by(["series", "rate"], maintain_order=True).agg(
@@ -83,7 +86,8 @@ def aggregate(df: pl.DataFrame) -> pl.DataFrame:
         *[pl.col(m).max().alias(m + "_max") for m in metrics],
         x.alias("x"),
         pl.len().alias("seeds"),
-    ).sort(["series", "rate"], maintain_order=True))
+    ).with_columns(pl.col("series").replace_strict(order, return_dtype=pl.Int64).alias("_order"))
+            .sort(["_order", "rate"]).drop("_order"))
 
 
 def log_ticks(values: list[float]) -> list[float]:
@@ -135,15 +139,17 @@ def build_figure(df: pl.DataFrame) -> go.Figure:
     panels = [p for p in PANELS if p[0] in agg.columns]
     rows = (len(panels) + 1) // 2
     fig = make_subplots(rows=rows, cols=2, subplot_titles=[p[1] for p in panels], vertical_spacing=0.3 / rows)
-    for k, series in enumerate(agg["series"].unique(maintain_order=True).to_list()):
+    names = agg["series"].unique(maintain_order=True).to_list()
+    alpha = max(0.04, min(0.15, 0.4 / len(names)))  # many series: fainter bands, so their overlap stays see-through
+    for k, series in enumerate(names):
         part = agg.filter(pl.col("series") == series).sort("x")
         colour, xs = PALETTE[k % len(PALETTE)], part["x"].to_list()
         for j, (m, _, unit, _, scale) in enumerate(panels):
             pos = {"row": j // 2 + 1, "col": j % 2 + 1}
             sc = lambda col: [None if v is None else v * scale for v in part[col].to_list()]
             if part["seeds"].max() > 1:  # the min–max band over seeds, drawn first (under the line)
-                fig.add_trace(go.Scatter(x=xs + xs[::-1], y=sc(m + "_max") + sc(m + "_min")[::-1], fill="toself", mode="lines",
-                                         fillcolor=_rgba(colour, 0.15), line={"width": 0}, hoverinfo="skip",
+                fig.add_trace(go.Scatter(x=xs + xs[::-1], y=sc(m + "_max") + sc(m + "_min")[::-1], fill="toself",
+                                         mode="lines", fillcolor=_rgba(colour, alpha), line={"width": 0}, hoverinfo="skip",
                                          legendgroup=series, showlegend=False), **pos)
             fig.add_trace(go.Scatter(
                 x=xs, y=sc(m), name=series, legendgroup=series, showlegend=j == 0, mode="lines+markers",

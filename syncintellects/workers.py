@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import threading
 import time
@@ -118,3 +120,36 @@ def check_writable_dir(path: str | Path, flag: str = "--out") -> Path:
     except OSError as e:
         raise ValueError(f"{flag} {path}: cannot write there ({e.strerror or e})") from None
     return path
+
+
+def slug(text: str) -> str:
+    """``text`` as a file-name part: lower case, runs of other characters as one ``-``."""
+    out = "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+    while "--" in out:
+        out = out.replace("--", "-")
+    return out
+
+
+class RowStore:
+    """``OUT/runs/<key>.json``: one result row per finished run, and ``study.json`` naming the
+    study they belong to (a different study into the same ``OUT`` is refused unless ``fresh``)."""
+
+    def __init__(self, out: str | Path, study: dict, key, fresh: bool, what: str = "study"):
+        self.dir = check_writable_dir(out) / "runs"
+        self.key, self.fresh = key, fresh
+        self.text = json.dumps(study, indent=1, sort_keys=True, default=str) + "\n"
+        old = self.dir / "study.json"
+        if not fresh and self.dir.exists() and (not old.exists() or old.read_text() != self.text):
+            raise ValueError(f"--out {self.dir.parent} holds the runs of a different {what}; use another --out, "
+                             f"or --fresh to delete them")
+
+    def begin(self) -> dict[str, dict]:
+        """Record the study (after removing old runs when ``fresh``); the rows already done, by key."""
+        if self.fresh and self.dir.exists():
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(exist_ok=True)
+        write_atomic(self.dir / "study.json", self.text)
+        return {p.stem: json.loads(p.read_text()) for p in self.dir.glob("*.json") if p.name != "study.json"}
+
+    def write(self, row: dict) -> None:
+        write_atomic(self.dir / f"{self.key(row)}.json", json.dumps(row, indent=1, sort_keys=True))

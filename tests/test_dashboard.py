@@ -50,8 +50,7 @@ def test_figure_panels_units_bands_and_distinguishable_series():
     assert len(lines) == len(bands) == 2 * len(PANELS)
     static_e2e = next(t for t in lines if t.name == "static")
     assert list(static_e2e.y) == pytest.approx([11.0, 22.0, 44.0])
-    band = bands[0]
-    assert list(band.y) == pytest.approx([2.4, 4.8, 9.6, 8, 4, 2])  # continuous: max forward, min back
+    assert list(bands[0].y) == pytest.approx([12, 24, 48, 40, 20, 10])  # static: max forward, min back
     styles = {(t.line.dash, t.marker.symbol) for t in lines}
     assert len(styles) == 2  # overlapping series stay apart by dash and marker
     tpot = [t for t in lines if t.yaxis == "y6"]  # the sixth panel: seconds per token shown in milliseconds
