@@ -149,7 +149,8 @@ def build_figure(df: pl.DataFrame) -> go.Figure:
             sc = lambda col: [None if v is None else v * scale for v in part[col].to_list()]
             if part["seeds"].max() > 1:  # the min–max band over seeds, drawn first (under the line)
                 fig.add_trace(go.Scatter(x=xs + xs[::-1], y=sc(m + "_max") + sc(m + "_min")[::-1], fill="toself",
-                                         mode="lines", fillcolor=_rgba(colour, alpha), line={"width": 0}, hoverinfo="skip",
+                                         mode="lines", fillcolor=_rgba(colour, alpha), line={"width": 0},
+                                         hoverinfo="skip",
                                          legendgroup=series, showlegend=False), **pos)
             fig.add_trace(go.Scatter(
                 x=xs, y=sc(m), name=series, legendgroup=series, showlegend=j == 0, mode="lines+markers",

@@ -152,4 +152,5 @@ class RowStore:
         return {p.stem: json.loads(p.read_text()) for p in self.dir.glob("*.json") if p.name != "study.json"}
 
     def write(self, row: dict) -> None:
-        write_atomic(self.dir / f"{self.key(row)}.json", json.dumps(row, indent=1, sort_keys=True))
+        # key order kept (no sort_keys): a row read back is the row written
+        write_atomic(self.dir / f"{self.key(row)}.json", json.dumps(row, indent=1))
