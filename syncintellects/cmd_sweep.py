@@ -156,8 +156,12 @@ def print_table(df: pl.DataFrame) -> None:
         print(df.select(cols))
 
 
-def _stopped(e: Interrupted, out: str, total: int) -> int:
+def _stopped(e: Interrupted, out: str, total: int, dashboard: bool = False) -> int:
     done = len(list((Path(out) / "runs").glob("*/summary.json")))
+    if dashboard and (Path(out) / "results.parquet").exists():
+        from syncintellects.dashboard import write_dashboard
+
+        write_dashboard(out)  # from the finished runs
     print(f"interrupted by {e}: {done} of {total} runs done and kept in {out}/runs; "
           f"run the same command again to finish the rest", file=sys.stderr)
     return e.exit_status
@@ -175,7 +179,7 @@ def sweep(args) -> int:
             df = run_sweep(specs, backend=args.backend, workers=args.workers, out=args.out, keep_runs=args.keep_runs,
                            fresh=args.fresh, ray_address=args.ray_address)
     except Interrupted as e:
-        return _stopped(e, args.out, len(specs))
+        return _stopped(e, args.out, len(specs), args.dashboard)
     print_table(df)
     print(f"{len(specs)} runs -> {args.out}/results.parquet")
     if args.dashboard:
