@@ -202,3 +202,21 @@ def test_out_spec_and_ray_address_mistakes_are_one_line(tmp_path, capsys):
     assert main(["sweep", "--policy", "static", "--backend", "ray", "--ray-address", f"127.0.0.1:{port}",
                  "--out", str(tmp_path / "r")]) == 2
     assert time.monotonic() - t0 < 10 and "nothing answers" in capsys.readouterr().err
+
+
+def test_a_failing_run_stops_the_sweep_at_once_and_keeps_the_runs_before_it(tmp_path, monkeypatch):
+    specs = _small(policy=["static", "continuous"], rate=[1.0, 2.0])
+    real = sweep_mod.execute
+    ran = []
+
+    def flaky(job):
+        ran.append(job[0])
+        return (job[0], None, "ValueError: the trace ran dry") if job[0] == 1 else real(job)
+
+    monkeypatch.setattr(sweep_mod, "execute", flaky)
+    with pytest.raises(ValueError, match=f"run {run_key(specs[1])} failed: ValueError: the trace ran dry"):
+        run_sweep(specs, backend="serial", out=tmp_path, progress=False)
+    assert ran == [0, 1]  # nothing after the failure
+    assert pl.read_parquet(tmp_path / "results.parquet")["run_key"].to_list() == [run_key(specs[0])]
+    monkeypatch.setattr(sweep_mod, "execute", real)
+    assert run_sweep(specs, backend="serial", out=tmp_path, progress=False).height == 4
