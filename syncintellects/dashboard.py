@@ -91,15 +91,20 @@ def aggregate(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def log_ticks(values: list[float]) -> list[float]:
-    """1-2-5 ticks covering ``values`` (powers of ten alone past four decades): labels a reader can read."""
+    """1-2-5 ticks from the last one at or below the data to the first one at or above it (powers of
+    ten alone past four decades): round labels a reader can read, one at each end of the axis."""
     vals = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
     if not vals:
         return []
-    lo, hi = math.floor(math.log10(min(vals))), math.ceil(math.log10(max(vals)))
-    steps = (1,) if hi - lo > 4 else (1, 2, 5)
-    ticks = [m * 10.0 ** e for e in range(lo, hi + 1) for m in steps]
-    keep = [t for t in ticks if min(vals) / 2.5 <= t <= max(vals) * 2.5]
-    return keep if len(keep) >= 2 else ticks
+    lo, hi = min(vals), max(vals)
+    steps = (1,) if math.log10(hi / lo) > 4 else (1, 2, 5)
+    ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+             for m in steps]
+    first = max(i for i, t in enumerate(ticks) if t <= lo * (1 + 1e-9))
+    last = min(i for i, t in enumerate(ticks) if t >= hi * (1 - 1e-9))
+    if first == last:  # one value on a tick: show the ticks either side too
+        first, last = first - 1, last + 1
+    return [float(f"{t:.6g}") for t in ticks[first:last + 1]]
 
 
 def _fmt(v: float) -> str:
@@ -123,7 +128,8 @@ def context_line(df: pl.DataFrame) -> str:
     parts = [f"{df.height} runs", f"trace {', '.join(map(str, values('trace'))) or '–'}",
              f"{', '.join(map(str, values('num_requests'))) or 'all'} requests per run",
              f"profile {', '.join(map(str, values('profile'))) or '–'}",
-             f"seeds {', '.join(map(str, sorted(values('seed'))))} (mean over seeds, band: min–max)"]
+             (f"seed {values('seed')[0]}" if len(values("seed")) == 1 else
+              f"seeds {', '.join(map(str, sorted(values('seed'))))} (points: mean over seeds; band: min–max)")]
     rates = values("rate")
     parts.append(f"nominal rate {span(rates)} req/s" if rates else "the traces' own arrivals (no --rate)")
     if OFFERED in df.columns and values(OFFERED):
@@ -155,7 +161,9 @@ def build_figure(df: pl.DataFrame) -> go.Figure:
             fig.add_trace(go.Scatter(
                 x=xs, y=sc(m), name=series, legendgroup=series, showlegend=j == 0, mode="lines+markers",
                 opacity=0.9, line={"color": colour, "dash": DASHES[k % len(DASHES)], "width": 2},
-                marker={"symbol": SYMBOLS[k % len(SYMBOLS)], "size": 8, "line": {"width": 1, "color": "white"}},
+                # earlier series lie lower: larger markers, so identical points still show every series
+                marker={"symbol": SYMBOLS[k % len(SYMBOLS)], "size": 12 - 2 * (k % 4),
+                        "line": {"width": 1, "color": "white"}},
                 customdata=list(zip(part["rate"].to_list(), part["seeds"].to_list())),
                 hovertemplate=f"{html.escape(series)}<br>rate %{{customdata[0]}} req/s (offered %{{x:.3g}})<br>"
                               f"%{{y:.4g}} {unit.replace(' (log)', '')}<br>%{{customdata[1]}} seed(s)<extra></extra>",
@@ -172,7 +180,9 @@ def build_figure(df: pl.DataFrame) -> go.Figure:
         if log:
             vals = [v * scale for c in (m + "_min", m + "_max") for v in agg[c].to_list() if v is not None]
             ticks = log_ticks(vals)
-            fig.update_yaxes(type="log", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks], **pos)
+            pad = 0.02 * math.log10(ticks[-1] / ticks[0]) if ticks else 0
+            fig.update_yaxes(type="log", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks], **pos,
+                             range=[math.log10(ticks[0]) - pad, math.log10(ticks[-1]) + pad] if ticks else None)
     fig.update_layout(height=340 * rows, template="plotly_white", margin={"t": 40},
                       legend={"orientation": "h", "yanchor": "bottom", "y": 1.0 + 0.12 / rows, "x": 0})
     return fig

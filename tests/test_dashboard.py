@@ -64,6 +64,8 @@ def test_log_ticks_are_round_and_cover_the_data():
     assert ticks[0] <= 0.13 and ticks[-1] >= 47.0
     assert all(re.fullmatch(r"[125]", f"{t:g}".replace("0", "").replace(".", "").lstrip("0") or "1") for t in ticks)
     assert log_ticks([1e-3, 1e4]) == [10.0 ** e for e in range(-3, 5)]  # many decades: powers of ten only
+    assert log_ticks([2.7, 48.0]) == [2, 5, 10, 20, 50]  # one round label at or past each end
+    assert log_ticks([5.0, 5.0]) == [2, 5, 10]
     assert log_ticks([]) == [] and log_ticks([0.0, -1.0]) == []
 
 
