@@ -130,6 +130,7 @@ def run_one(job: tuple[ReproductionConfig, Arm, float, int]) -> dict:
             "p99_e2e_s": s["e2e_latency_s"]["p99"], "mean_ttft_s": s["ttft_s"]["mean"],
             "throughput_output_tokens_per_s": s["throughput_output_tokens_per_s"],
             "throughput_requests_per_s": s["throughput_requests_per_s"], "mean_qos": s["qos_mean"],
+            "offered_rate_requests_per_s": s.get("offered_rate_requests_per_s"),
             "preemptions": s["preemptions"], "mean_batch_size": s["mean_batch_size"],
             "padding_waste": s["padding_waste"]}
 

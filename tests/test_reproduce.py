@@ -131,11 +131,37 @@ def test_sigterm_stops_a_reproduction_and_keeps_its_finished_runs(tmp_path):
     while not [p for p in (out / "runs").glob("*.json") if p.name != "study.json"]:
         assert proc.poll() is None and time.monotonic() - t0 < 180, proc.communicate()
         time.sleep(0.05)
+    kids = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat")
+            if _ppid(p) == proc.pid]
+    assert kids
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143
+    deadline = time.monotonic() + 10
+    while any(_running(k) for k in kids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_running(k) for k in kids), "a worker outlived the interrupted reproduction"
     lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip() and not ln.startswith("reproduce paper")]
     assert len(lines) == 1 and lines[0].startswith("interrupted by SIGTERM") and "Traceback" not in err, err
     done = [p for p in (out / "runs").glob("*.json") if p.name != "study.json"]
     assert 1 <= len(done) < len(ARMS) * 4 and f"{len(done)} runs done" in lines[0]
     assert all(json.loads(p.read_text())["num_requests"] == 300 for p in done)
+
+
+def _stat(path) -> list[str]:
+    try:
+        return path.read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _ppid(stat_path) -> int:
+    fields = _stat(stat_path)
+    return int(fields[1]) if fields else -1
+
+
+def _running(pid: int) -> bool:
+    from pathlib import Path
+
+    fields = _stat(Path(f"/proc/{pid}/stat"))
+    return bool(fields) and fields[0] != "Z"  # a zombie has exited (only its reaper is missing)
