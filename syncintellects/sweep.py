@@ -272,8 +272,16 @@ def _run_ray(jobs, address):
         import ray
     except ImportError:
         raise ValueError("the ray backend needs Ray: pip install -e '.[ray]' (or use --backend local)") from None
+    import logging
+    import signal
+    import threading
+
     started = not ray.is_initialized()
-    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    main = threading.current_thread() is threading.main_thread()
+    ours = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, logging_level=logging.WARNING)
+    for s, h in ours.items():  # Ray installs its own handlers; Ctrl-C / SIGTERM must still stop the sweep cleanly
+        signal.signal(s, h)
     remote = ray.remote(execute)
     pending = [remote.remote(job) for job in jobs]
     try:
