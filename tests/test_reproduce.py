@@ -165,3 +165,19 @@ def _running(pid: int) -> bool:
 
     fields = _stat(Path(f"/proc/{pid}/stat"))
     return bool(fields) and fields[0] != "Z"  # a zombie has exited (only its reaper is missing)
+
+
+def test_reproduce_mistakes_are_one_line_before_any_run(tmp_path, capsys, monkeypatch):
+    from syncintellects import reproduce
+    from syncintellects.cli import main
+
+    monkeypatch.setattr(reproduce, "run_one", lambda job: pytest.fail("a run started"))
+    afile = tmp_path / "f"
+    afile.write_text("x")
+    for args, needle in [(["--out", str(afile)], "is a file"), (["--out", ""], "--out is empty"),
+                         (["--workers", "0", "--out", str(tmp_path / "a")], "--workers >= 1"),
+                         (["--rates", "0", "--out", str(tmp_path / "a")], "rates > 0"),
+                         (["--seeds", "0", "--out", str(tmp_path / "a")], "--seeds must be >= 1")]:
+        assert main(["reproduce", "paper", "--quick", "--quiet", *args]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
