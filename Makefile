@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 OUT    ?= results/demo
 
-.PHONY: demo test bench profile-a100 clean
+.PHONY: demo test bench profiles clean
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,8 @@ test: $(VENV)/.full
 bench: $(VENV)/.core
 	$(PY) benchmarks/bench_simulator.py
 
-profile-a100: $(VENV)/.core
-	$(PY) -m simulator.profiles.derive_a100
+profiles: $(VENV)/.core
+	$(PY) -m simulator.profiles.derive_zoo
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

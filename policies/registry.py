@@ -8,10 +8,12 @@ import inspect
 
 from policies.schedulers.continuous import ContinuousBatching
 from policies.schedulers.length_grouped import LengthGroupedBatching
+from policies.schedulers.sarathi import SarathiServe
 from policies.schedulers.sjf import SJFBatching
 from policies.schedulers.srpt import SRPTBatching
 from policies.schedulers.static import StaticBatching
 from policies.schedulers.syncintellects import SyncIntellects, SyncIntellectsContinuous
+from policies.schedulers.vllm_v0 import VLLMv0
 
 POLICIES = {
     "static": StaticBatching,
@@ -21,6 +23,8 @@ POLICIES = {
     "srpt": SRPTBatching,
     "syncintellects": SyncIntellects,
     "syncintellects-continuous": SyncIntellectsContinuous,
+    "vllm-v0": VLLMv0,
+    "sarathi": SarathiServe,
 }
 
 

@@ -11,7 +11,13 @@ fitted coefficients of one step-time model::
 
 where N = B + (padded) prefill tokens of the step, C = a chunk's new tokens and K0 the
 tokens that request already had cached. ``linear_ops`` is a piecewise-linear table in N
-(linear extrapolation past its last point).
+(linear extrapolation past its last point). A profile may carry the measured decode-attention
+grid instead of the linear decode term (``coefficients.decode_attn_grid``: ``batch`` sizes,
+``context`` lengths, ``ms[context][batch]`` per step): see :mod:`simulator.cost_model`.
+
+Optional top-level fields: ``tensor_parallel`` (GPUs the model is sharded over; memory
+figures are per GPU), ``engine`` (kernel class: ``vllm``, ``hf``, ``runner``), ``source``
+(one line for ``syncintellects profiles``) and ``checks``.
 
 The runner's profiler writes profiles in this format; :func:`load_profile` checks it.
 """
@@ -24,7 +30,8 @@ from importlib import resources
 from pathlib import Path
 
 SCHEMA_VERSION = 1
-DEFAULT_PROFILE = "a100-llama-2-7b-fp16"
+DEFAULT_PROFILE = "a100-llama-2-7b"
+ALIASES = {"a100-llama-2-7b-fp16": "a100-llama-2-7b"}  # the default's name before the zoo
 
 REQUIRED = {
     "schema_version": int,
@@ -67,6 +74,20 @@ class Profile:
     @property
     def model(self) -> dict:
         return self.data["model"]
+
+    @property
+    def tensor_parallel(self) -> int:
+        return int(self.data.get("tensor_parallel", 1))
+
+    @property
+    def engine(self) -> str:
+        return self.data.get("engine", "runner")
+
+    @property
+    def floor_ms(self) -> float:
+        """The physical floor of a decode step: every weight (per GPU) read once from memory."""
+        bw = self.data["gpu"].get("hbm_bandwidth_bytes_per_s")
+        return self.memory["weights_bytes"] / bw * 1e3 if bw else 0.0
 
     def kv_blocks(self, block_size: int | None = None, gpu_memory_utilization: float | None = None) -> int:
         """Number of KV blocks: (memory x utilisation - weights - activation reserve) / block bytes."""
@@ -112,10 +133,37 @@ def _check(data: dict, path: str) -> None:
             raise ProfileError(f"profile {path}: coefficients.{sec} must be an object with {', '.join(keys)}")
         for k in keys:
             _number(coeff[sec].get(k), f"coefficients.{sec}.{k}", path)
+    if "decode_attn_grid" in coeff:
+        _check_grid(coeff["decode_attn_grid"], path)
+    tp = data.get("tensor_parallel", 1)
+    if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
+        raise ProfileError(f"profile {path}: tensor_parallel must be an integer >= 1, got {tp!r}")
+    for k in ("engine", "source"):
+        if not isinstance(data.get(k, ""), str):
+            raise ProfileError(f"profile {path}: field {k!r} should be str")
     for k in ("gpu_memory_bytes", "kv_bytes_per_token", "gpu_memory_utilization", "block_size"):
         _number(data["memory"][k], f"memory.{k}", path, positive=True)
     for k in ("weights_bytes", "activation_reserve_bytes"):
         _number(data["memory"][k], f"memory.{k}", path)
+
+
+def _check_grid(g, path: str) -> None:
+    f = "coefficients.decode_attn_grid"
+    if not isinstance(g, dict) or not all(isinstance(g.get(k), list) for k in ("batch", "context", "ms")):
+        raise ProfileError(f"profile {path}: {f} must be an object with lists batch, context, ms")
+    for key, positive in (("batch", True), ("context", False)):
+        xs = g[key]
+        for i, x in enumerate(xs):
+            _number(x, f"{f}.{key}[{i}]", path, positive=positive)
+        if len(xs) < 2 or any(b <= a for a, b in zip(xs, xs[1:])):
+            raise ProfileError(f"profile {path}: {f}.{key} must hold >= 2 strictly increasing values")
+    if len(g["ms"]) != len(g["context"]):
+        raise ProfileError(f"profile {path}: {f}.ms must have one row per context ({len(g['context'])})")
+    for i, row in enumerate(g["ms"]):
+        if not isinstance(row, list) or len(row) != len(g["batch"]):
+            raise ProfileError(f"profile {path}: {f}.ms[{i}] must have one value per batch size ({len(g['batch'])})")
+        for j, v in enumerate(row):
+            _number(v, f"{f}.ms[{i}][{j}]", path)
 
 
 def _number(v, field: str, path: str, positive: bool = False) -> None:
@@ -127,6 +175,7 @@ def _number(v, field: str, path: str, positive: bool = False) -> None:
 def load_profile(name_or_path: str | Path | None = None) -> Profile:
     """Load a bundled profile by name (default A100 / Llama-2-7B) or a profile file by path."""
     name_or_path = str(name_or_path or DEFAULT_PROFILE)
+    name_or_path = ALIASES.get(name_or_path, name_or_path)
     p = Path(name_or_path)
     if p.suffix == ".json" or p.exists():
         if not p.exists():
@@ -135,7 +184,8 @@ def load_profile(name_or_path: str | Path | None = None) -> Profile:
     else:
         res = resources.files("simulator") / "profiles" / f"{name_or_path}.json"
         if not res.is_file():
-            raise ProfileError(f"unknown profile {name_or_path!r}; bundled: {', '.join(bundled_profiles())} (or give a .json path)")
+            raise ProfileError(f"unknown profile {name_or_path!r}: `syncintellects profiles` lists the "
+                               f"{len(bundled_profiles())} bundled ones (or give a profile .json path)")
         text, path = res.read_text(), f"<bundled {name_or_path}>"
     try:
         data = json.loads(text)
@@ -153,3 +203,15 @@ def save_profile(data: dict, path: str | Path) -> None:
 def bundled_profiles() -> list[str]:
     d = resources.files("simulator") / "profiles"
     return sorted(f.name[:-5] for f in d.iterdir() if f.name.endswith(".json"))
+
+
+def profile_rows() -> list[dict]:
+    """One row per bundled profile: what ``syncintellects profiles`` lists."""
+    rows = []
+    for name in bundled_profiles():
+        p = load_profile(name)
+        aliases = [a for a, n in ALIASES.items() if n == name]
+        rows.append({"name": name, "gpu": p.data["gpu"].get("name", "?"), "model": p.model["name"],
+                     "tp": p.tensor_parallel, "engine": p.engine, "kv_blocks": p.kv_blocks(),
+                     "source": p.data.get("source", ""), "aliases": aliases})
+    return rows

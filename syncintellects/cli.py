@@ -18,6 +18,7 @@ COMMANDS = [
     "syncintellects.cmd_trace",
     "syncintellects.cmd_sweep",
     "syncintellects.cmd_runner",
+    "syncintellects.cmd_profiles",
 ]
 
 

@@ -21,6 +21,8 @@ def register(sub) -> None:
     q.add_argument("--num-requests", type=int, default=None, help="requests per run")
     q.add_argument("--trace", default=None, help="bundled trace name (default azure-conv)")
     q.add_argument("--workers", type=int, default=None, help="parallel processes (default 2)")
+    q.add_argument("--profile", default=None, help="step-time profile for every arm (default a100-llama-2-7b; "
+                   "a100-llama-2-7b-hf runs the comparison on an HF-class engine, as the paper did)")
     q.add_argument("--quiet", action="store_true", help="no progress bar or table")
     q.add_argument("--fresh", action="store_true",
                    help="delete the runs already in --out and start again (default: run only what is missing)")
@@ -36,7 +38,7 @@ def run(args) -> int:
     cfg = ReproductionConfig.quick() if args.quick else ReproductionConfig()
     cfg = with_overrides(cfg, rates=tuple(args.rates) if args.rates else None,
                          seeds=tuple(range(args.seeds)) if args.seeds is not None else None, num_requests=args.num_requests,
-                         trace=args.trace, workers=args.workers)
+                         trace=args.trace, workers=args.workers, profile=args.profile)
     try:
         with interruptible():
             rows = run_reproduction(cfg, progress=not args.quiet, out=args.out, fresh=args.fresh)

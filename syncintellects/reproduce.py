@@ -90,6 +90,9 @@ def check_config(cfg: ReproductionConfig) -> None:
         raise ValueError(f"reproduce paper: need --num-requests >= 2, rates > 0, --seeds >= 1 and --workers >= 1, "
                          f"got num_requests={cfg.num_requests}, rates={list(cfg.rates)}, seeds={len(cfg.seeds)}, "
                          f"workers={cfg.workers}")
+    from simulator.profile import load_profile
+
+    load_profile(cfg.profile)  # an unknown profile is reported before any run starts
     w = windows(cfg)
     if w < 1:
         raise ValueError(f"--num-requests {cfg.num_requests}: trace {cfg.trace!r} has only "

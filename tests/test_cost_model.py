@@ -13,7 +13,9 @@ def cost():
 def test_default_profile_matches_its_source(cost):
     # calibration README: summed op medians x 32 layers: 1 token 9.4 ms, 1024 tokens 69.9 ms, 4096 tokens 269 ms.
     # The profile counts the embedding once, not per layer (-31 x 0.234 ms at 4096 tokens).
-    assert cost.linear_ms(1) == pytest.approx(9.4, rel=0.03)
+    # The zoo's deriver takes the suffix minimum over token counts (never dearer than a larger
+    # measured shape), which lowers the noisiest small-batch points by up to 5% here.
+    assert 0.95 * 9.4 < cost.linear_ms(1) <= 9.4
     assert cost.linear_ms(1024) == pytest.approx(69.9, rel=0.03)
     assert cost.linear_ms(4096) == pytest.approx(269 - 31 * 0.234, rel=0.01)
     # decode attention per layer at B=128, K=2240 was 2.364 ms in the reference rows

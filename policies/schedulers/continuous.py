@@ -32,6 +32,7 @@ class ContinuousConfig:
 
 class ContinuousBatching:
     name = "continuous"
+    chunked_prefill = True  # a prompt larger than the step's token budget is prefilled over several steps
 
     def __init__(self, config: ContinuousConfig | None = None, **overrides):
         self.config = config or ContinuousConfig(**overrides)
@@ -62,6 +63,22 @@ class ContinuousBatching:
     # -- contract ----------------------------------------------------------------
     def plan(self, view: SchedulerView) -> StepPlan:
         kv = view.kv
+        release = self._intake(view)
+        preempt = self._make_room(kv)
+        rejected: list[tuple[int, str]] = []
+        chunks = self._admit(kv, rejected)
+        decode = self._decode
+        if chunks or rejected:
+            return StepPlan(decode=decode, prefill=tuple(chunks), release=release, preempt=preempt,
+                            reject=tuple(rejected), max_steps=1)
+        if not decode:
+            return StepPlan(release=release, preempt=preempt)
+        steps = kv.max_decode_steps(self._slots(kv), UNBOUNDED)
+        return StepPlan(decode=decode, release=release, preempt=preempt, max_steps=steps)
+
+    def _intake(self, view: SchedulerView) -> tuple[int, ...]:
+        """Queue the arrivals; free the requests that finished last step (returned: the plan's release)."""
+        kv = view.kv
         for r in view.arrivals:
             self.views[r.request_id] = r
             self.context[r.request_id] = r.prompt_tokens
@@ -76,17 +93,7 @@ class ContinuousBatching:
                 self.admitted.discard(r)
             self.running = [r for r in self.running if r not in gone]
             self._set_decode(tuple(r for r in self._decode if r not in gone))
-        preempt = self._make_room(kv)
-        rejected: list[tuple[int, str]] = []
-        chunks = self._admit(kv, rejected)
-        decode = self._decode
-        if chunks or rejected:
-            return StepPlan(decode=decode, prefill=tuple(chunks), release=release, preempt=preempt,
-                            reject=tuple(rejected), max_steps=1)
-        if not decode:
-            return StepPlan(release=release, preempt=preempt)
-        steps = kv.max_decode_steps(self._slots(kv), UNBOUNDED)
-        return StepPlan(decode=decode, release=release, preempt=preempt, max_steps=steps)
+        return release
 
     def observe(self, result: StepResult) -> None:
         if result.prefilled:
@@ -138,9 +145,13 @@ class ContinuousBatching:
     def watermark_blocks(self, kv) -> int:
         return int(self.config.watermark * kv.num_blocks)
 
+    def prefill_budget(self) -> int:
+        """Prefill tokens this step may take: the token budget less one per decode row."""
+        return self.config.max_batched_tokens - len(self._decode)
+
     def _admit(self, kv, rejected: list) -> list[PrefillChunk]:
         cfg = self.config
-        budget = cfg.max_batched_tokens - len(self._decode)
+        budget = self.prefill_budget()
         watermark = self.watermark_blocks(kv)
         reserve = self.reserve_blocks(kv)
         chunks: list[PrefillChunk] = []
@@ -167,6 +178,15 @@ class ContinuousBatching:
                                     f"holds {kv.num_blocks} (watermark {watermark})"))
                 del self.views[r], self.context[r]
                 continue
+            if not self.chunked_prefill and ctx > budget:
+                if ctx > cfg.max_batched_tokens:  # would never fit a step: turned away, as vLLM v0 does
+                    heapq.heappop(self._queue)
+                    rejected.append((r, f"context of {ctx} tokens exceeds max_batched_tokens {cfg.max_batched_tokens} "
+                                        f"and {self.name} does not chunk prefills"))
+                    del self.views[r], self.context[r]
+                    self.admitted.discard(r)
+                    continue
+                break
             c = min(ctx, budget)
             if kv.blocks_for(c) > kv.free_blocks - (reserve - watermark + wm):
                 break
