@@ -34,6 +34,8 @@ PANELS = (  # metric, panel title, y-axis title, log axis, scale; side by side i
     ("tpot_s_mean", "Mean time per output token", "milliseconds", False, 1000.0),
     (REJECTED, "Rejected requests", "% of requests", False, 1.0),
     ("qos_mean", "Mean QoS (share of the natural answer kept)", "share, 0–1", False, 1.0),
+    ("slo_attainment", "SLO attainment (share of offered requests)", "share, 0–1", False, 1.0),  # runs with --slo
+    ("goodput_requests_per_s", "Goodput (requests/s meeting the SLO)", "requests / s", False, 1.0),
 )
 
 
@@ -173,7 +175,7 @@ def build_figure(df: pl.DataFrame) -> go.Figure:
         pos = {"row": j // 2 + 1, "col": j % 2 + 1}
         fig.update_xaxes(title_text=xtitle, **pos)
         fig.update_yaxes(title_text=unit, **pos)
-        if m == "qos_mean":
+        if m in ("qos_mean", "slo_attainment"):
             fig.update_yaxes(range=[0, 1.05], **pos)
         elif not log:
             fig.update_yaxes(rangemode="tozero", **pos)
