@@ -24,18 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiled_trace(n: int, rate: float):
-    import numpy as np
+    """The trace tiled to n requests and rescaled, exactly as ``simulate --num-requests n --tile --rate``."""
+    from traces import load_trace, select_requests
 
-    from traces import load_trace, rescale_rate
-    from traces.schema import make_trace
-
-    base = load_trace("azure-conv")
-    reps = -(-n // len(base))
-    gap = base.duration_s + 1.0 / base.mean_rate
-    arr = np.concatenate([base.arrival_s + k * gap for k in range(reps)])[:n]
-    tile = lambda a: np.tile(a, reps)[:n]
-    t = make_trace(f"azure-conv-x{reps}", arr, tile(base.prompt_tokens), tile(base.output_tokens))
-    return rescale_rate(t, rate)
+    return select_requests(load_trace("azure-conv"), num_requests=n, seed=0, rate=rate, tile=True)
 
 
 def one(n: int, rate: float, policy: str) -> dict:
@@ -88,7 +80,7 @@ def write_docs(rows, args) -> None:
     lines = [
         "# Benchmarks", "",
         "## Simulator speed (`make bench`, i.e. `python benchmarks/bench_simulator.py --write-docs`)", "",
-        f"Azure conversation trace tiled to size, rescaled to {args.rate} req/s, `{args.policy}` policy, default "
+        f"Azure conversation trace tiled to size and rescaled (as `simulate --num-requests N --tile --rate R`) to {args.rate} req/s, `{args.policy}` policy, default "
         "A100 / Llama-2-7B profile; each size in its own process pinned to one core "
         f"({model}, Python {platform.python_version()}).", "",
         "| requests | wall time (s) | simulated requests / wall-s | peak RSS (MB) | engine steps | segments | GPU busy | mean batch |",

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from simulator.served_load import load_warnings, offered_rate, reject_reason_counts
+
 NAN = float("nan")
 
 
@@ -180,8 +182,9 @@ def summarize(requests: pl.DataFrame, steps: pl.DataFrame, kv_blocks: int) -> di
     }
     summary.update(_prediction_and_batch_figures(done))
     if requests.height and requests["rejected"].any():
-        reasons = requests.filter(pl.col("rejected")).group_by("reject_reason").len().sort("reject_reason")
-        summary["reject_reasons"] = {r: int(c) for r, c in reasons.iter_rows()}
+        summary["reject_reasons"] = reject_reason_counts(requests.filter(pl.col("rejected"))["reject_reason"])
+    summary["offered_rate_requests_per_s"] = offered_rate(requests["arrival_s"].to_numpy())
+    summary["warnings"] = load_warnings(summary)  # simulator/served_load.py
     return summary
 
 

@@ -141,6 +141,12 @@ def _check(data: dict, path: str) -> None:
     for k in ("engine", "source"):
         if not isinstance(data.get(k, ""), str):
             raise ProfileError(f"profile {path}: field {k!r} should be str")
+    d, grid = coeff["decode_attn"], coeff.get("decode_attn_grid")
+    attention_ms = min(min(row) for row in grid["ms"]) if grid else d["per_step_ms"] + d["per_seq_ms"]
+    if coeff["fixed_step_ms"] + min(y for _, y in table) + attention_ms <= 0:
+        # a decode step would take no time: the simulated clock could not advance
+        raise ProfileError(f"profile {path}: the coefficients give a one-row decode step of 0 ms (fixed_step_ms, "
+                           f"linear_ops and decode attention are all 0); expected a step time > 0")
     for k in ("gpu_memory_bytes", "kv_bytes_per_token", "gpu_memory_utilization", "block_size"):
         _number(data["memory"][k], f"memory.{k}", path, positive=True)
     for k in ("weights_bytes", "activation_reserve_bytes"):

@@ -5,7 +5,45 @@ torch and transformers are imported inside the handlers: the simulator's command
 """
 from __future__ import annotations
 
-from syncintellects.cmd_simulate import add_run_arguments, spec_from_args
+from syncintellects.cmd_simulate import add_run_arguments, print_warnings, spec_from_args, workload_line
+from syncintellects.errors import UsageError, check_out_dir, check_out_file
+
+# flag -> (args attribute, smallest accepted value, what is expected); None values are defaults
+_MINIMA = (("--threads", "threads", 1, "an integer >= 1"), ("--block-size", "block_size", 1, "an integer >= 1"),
+           ("--max-context", "max_context", 2, "an integer >= 2 (tokens)"),
+           ("--kv-blocks", "kv_blocks", 1, "an integer >= 1"), ("--kv-tokens", "kv_tokens", 1, "an integer >= 1"),
+           ("--max-new-tokens", "max_new_tokens", 1, "an integer >= 1"),
+           ("--temperature", "temperature", 0.0, "a number >= 0 (0: greedy)"),
+           ("--tolerance", "tolerance", 0.0, "a number >= 0 (a relative error, e.g. 0.1)"),
+           ("--memory-gb", "memory_gb", 1e-9, "a number > 0"))
+
+
+def check_runner_args(args) -> None:
+    """Refuse runner flags that make no sense (UsageError naming the flag), and a device this machine lacks."""
+    import math
+
+    for flag, attr, low, expected in _MINIMA:
+        v = getattr(args, attr, None)
+        if v is not None and not (math.isfinite(v) and v >= low):
+            raise UsageError(f"{flag}: got {v}, expected {expected}")
+    if args.dtype is not None and args.dtype not in ("fp32", "fp16", "bf16"):
+        raise UsageError(f"--dtype: got {args.dtype!r}, expected fp32, fp16 or bf16")
+    dev = args.device
+    if dev != "cpu":
+        import torch  # the runner extra; an ImportError is reported as such
+
+        try:
+            d = torch.device(dev)
+        except (RuntimeError, ValueError):
+            raise UsageError(f"--device {dev!r}: not a device name; expected cpu, cuda or cuda:N") from None
+        if d.type != "cuda":
+            raise UsageError(f"--device {dev!r}: the runner supports cpu and cuda devices")
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {dev}: torch {torch.__version__} finds no CUDA device on this machine; "
+                             f"use --device cpu")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {dev}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                             f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
 
 
 def _model_arguments(p) -> None:
@@ -105,6 +143,8 @@ def cmd_profile(args) -> int:
     from gpu_runner.profiler import build_profile
     from simulator.profile import save_profile
 
+    check_runner_args(args)
+    check_out_file(args.out)
     lm = _load(args)
     prof = build_profile(lm, quick=args.quick, block_size=args.block_size, kv_tokens=args.kv_tokens,
                          memory_gb=args.memory_gb, threads=args.threads, name=args.name, progress=not args.quiet,
@@ -120,9 +160,11 @@ def cmd_profile(args) -> int:
 def cmd_run(args) -> int:
     from gpu_runner.engine import serve
     from simulator.metrics import format_summary
-    from syncintellects.spec import length_response_model, prepare
+    from syncintellects.spec import add_warnings, length_response_model, prepare, seed_warnings
 
     spec = spec_from_args(args)
+    check_runner_args(args)
+    check_out_dir(args.out)
     trace, policy, _ = prepare(spec)  # lengths scaled before the policy's predictor sees the trace
     kv_blocks = None
     if args.profile and not (args.kv_blocks or args.kv_tokens):
@@ -132,9 +174,11 @@ def cmd_run(args) -> int:
     lm = _load(args)
     result = serve(trace, policy, lm, _runner_config(args, kv_blocks), length_response=length_response_model(spec))
     result.config["spec"] = spec.to_dict()
+    add_warnings(result.summary, seed_warnings(spec, trace))
     out = result.write(args.out)
+    print_warnings(result.summary)
     if not args.quiet:
-        print(f"{spec.policy} on {spec.trace} ({result.summary['num_requests']} requests), real {lm.name} on "
+        print(f"{spec.policy} on {spec.trace} ({workload_line(spec, result.summary)}), real {lm.name} on "
               f"{lm.device} ({lm.dtype}):")
         print(format_summary(result.summary))
         r = result.summary["runner"]
@@ -148,6 +192,8 @@ def cmd_validate(args) -> int:
     from gpu_runner.validate import run_validation
 
     spec = spec_from_args(args)
+    check_runner_args(args)
+    check_out_dir(args.out)
     lm = _load(args)
     doc, status = run_validation(spec, lm, _runner_config(args), args.profile, args.out,
                                  tolerance=args.tolerance)

@@ -3,22 +3,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from syncintellects.cmd_trace import add_load_arguments, load_options
-from syncintellects.spec import RunSpec, run_simulation
+from syncintellects.errors import UsageError, check_out_dir
+from syncintellects.spec import RunSpec, check_spec, run_simulation
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """Trace, policy and predictor flags shared by simulate, run and validate."""
     p.add_argument("--trace", default="azure-conv", help="bundled trace name (azure-conv, azure-code, ...) or a CSV/JSON path")
     p.add_argument("--policy", default="continuous", help="scheduling policy (see `syncintellects policies`)")
-    p.add_argument("--rate", type=float, default=None, help="rescale arrivals to this mean rate in requests/s")
-    p.add_argument("--num-requests", type=int, default=None, help="take the first N requests")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rate", type=float, default=None, help="mean arrival rate of the served requests, req/s: their "
+                   "arrival times are stretched to it, keeping burstiness (default: the trace's own arrivals)")
+    p.add_argument("--num-requests", type=int, default=None, help="serve N consecutive requests: seed k takes "
+                   "requests k*N..(k+1)*N-1 of the trace (default: the whole trace)")
+    p.add_argument("--seed", type=int, default=0, help="which window of --num-requests requests, and the seed of "
+                   "every random draw (predictor noise, length response, synthetic arrivals)")
+    p.add_argument("--tile", action="store_true", help="repeat the trace's arrivals back to back when the window "
+                   "runs past its end (otherwise that is an error)")
     p.add_argument("--batch-size", type=int, default=None, help="batch size of static / length-grouped batching")
     p.add_argument("--predictor", default=None, help="length predictor: oracle, noisy, prompt, progressive")
     p.add_argument("--predictor-model", default=None, help="directory written by train-predictor")
-    p.add_argument("--length-control", choices=("off", "on"), default="off")
+    p.add_argument("--length-control", choices=("off", "on"), default="off",
+                   help="length control: prompt instructions that pull a batch's answer lengths together")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="extra policy parameter (repeatable), e.g. --param max_num_seqs=128")
     add_load_arguments(p)
@@ -27,8 +35,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 def parse_params(items: list[str]) -> tuple:
     out = []
     for it in items:
-        if "=" not in it:
-            raise ValueError(f"--param {it!r}: expected NAME=VALUE")
+        if "=" not in it or not it.split("=", 1)[0].strip():
+            raise UsageError(f"--param {it!r}: expected NAME=VALUE")
         k, v = it.split("=", 1)
         try:
             v = json.loads(v)
@@ -39,13 +47,14 @@ def parse_params(items: list[str]) -> tuple:
 
 
 def spec_from_args(args) -> RunSpec:
-    return RunSpec(trace=args.trace, policy=args.policy, rate=args.rate, num_requests=args.num_requests,
+    """The RunSpec of simulate / run / validate flags, checked (UsageError naming the flag)."""
+    return check_spec(RunSpec(trace=args.trace, policy=args.policy, rate=args.rate, num_requests=args.num_requests,
                    seed=args.seed, profile=getattr(args, "profile", None) or RunSpec.profile,
                    batch_size=args.batch_size, predictor=args.predictor, predictor_model=args.predictor_model,
                    length_control=args.length_control == "on", kv_blocks=getattr(args, "kv_blocks", None),
                    policy_params=parse_params(args.param),
                    trace_options=tuple(sorted(load_options(args, default_seed=args.seed).items())),
-                   length_scale=getattr(args, "length_scale", 1.0))
+                   length_scale=getattr(args, "length_scale", 1.0), tile=args.tile))
 
 
 def register(sub) -> None:
@@ -53,7 +62,8 @@ def register(sub) -> None:
                        description="Simulate one GPU replica serving a trace under a policy; writes summary.json, "
                                    "requests.parquet, steps.parquet and config.json to --out.")
     add_run_arguments(p)
-    p.add_argument("--profile", default=None, help="calibration profile: bundled name or a profile .json path")
+    p.add_argument("--profile", default=None, help="calibration profile: bundled name or a profile .json path "
+                   "(default: a100-llama-2-7b-fp16)")
     p.add_argument("--kv-blocks", type=int, default=None, help="override the KV-cache size in blocks")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
@@ -67,22 +77,44 @@ def run(args) -> int:
     from simulator.metrics import format_summary
 
     spec = spec_from_args(args)
+    check_out_dir(args.out)
     result = run_simulation(spec, progress=not args.quiet)
     out = result.write(args.out)
+    print_warnings(result.summary)
     if not args.quiet:
-        print(f"{spec.policy} on {spec.trace} ({result.summary['num_requests']} requests):")
+        print(f"{spec.policy} on {spec.trace} ({workload_line(spec, result.summary)}):")
         print(format_summary(result.summary))
         print(f"results in {out}/ (summary.json, requests.parquet, steps.parquet, config.json)")
     return 0
 
 
-def list_policies(args) -> int:
-    import sys
+def workload_line(spec: RunSpec, summary: dict) -> str:
+    """'2000 requests, window 1, offered 4 req/s' for the run's heading."""
+    parts = [f"{summary['num_requests']} requests"]
+    if spec.num_requests is not None:
+        parts.append(f"window {spec.seed}" + (" of the tiled trace" if spec.tile else ""))
+    rate = summary.get("offered_rate_requests_per_s")
+    if rate is not None:
+        parts.append(f"offered {rate:.4g} req/s")
+    return ", ".join(parts)
 
+
+def print_warnings(summary: dict) -> None:
+    for w in summary.get("warnings", []):
+        print(f"warning: {w}", file=sys.stderr)
+
+
+def list_policies(args) -> int:
     from policies.registry import POLICIES
+    from syncintellects.spec import policy_parameters
 
     width = max(map(len, POLICIES)) + 2
     for name, cls in sorted(POLICIES.items()):
         doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip()
         print(f"{name:<{width}}{doc.splitlines()[0] if doc else ''}")
+        params = policy_parameters(name)
+        if params:
+            print(f"{'':<{width}}--param " + ", ".join(f"{k}={json.dumps(v)}" for k, v in params.items()))
+        if getattr(cls, "default_predictor", None):
+            print(f"{'':<{width}}--predictor default: {cls.default_predictor}")
     return 0

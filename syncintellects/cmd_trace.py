@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from syncintellects.errors import UsageError, check_out_file
+
 
 def add_load_arguments(p: argparse.ArgumentParser) -> None:
     """Options for reading a trace file (format, bad rows, synthetic arrivals for formats without them)."""
@@ -24,11 +26,17 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
                    help="draw arrival times (required for files without them: length stats, Alpaca JSON)")
     g.add_argument("--synthetic-rate", type=float, default=None, help="rate of the synthetic arrivals, req/s")
     g.add_argument("--synthetic-cv", type=float, default=1.0, help="CV of synthetic gamma inter-arrival gaps")
-    g.add_argument("--synthetic-seed", type=int, default=None, help="seed of the synthetic arrivals")
+    g.add_argument("--synthetic-seed", type=int, default=None, help="seed of the synthetic arrivals (default: --seed, "
+                   "or 0 where there is no --seed)")
 
 
 def load_options(args, default_seed: int | None = None) -> dict:
     """load_trace keyword arguments from the flags of :func:`add_load_arguments` (defaults left out)."""
+    if args.synthetic_arrivals is None:
+        given = [f for f, v in (("--synthetic-rate", args.synthetic_rate), ("--synthetic-seed", args.synthetic_seed),
+                                ("--synthetic-cv", None if args.synthetic_cv == 1.0 else args.synthetic_cv)) if v is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} without --synthetic-arrivals poisson|gamma: nothing would use it")
     opts = {"format": args.format, "skip_bad_rows": args.skip_bad_rows, "sort": args.sort,
             "arrivals": args.synthetic_arrivals, "rate": args.synthetic_rate, "cv": args.synthetic_cv,
             "seed": args.synthetic_seed if args.synthetic_seed is not None else default_seed}
@@ -43,7 +51,7 @@ def load_options(args, default_seed: int | None = None) -> dict:
 def _load(source: str, args):
     from traces import load_trace
 
-    return load_trace(source, **load_options(args))
+    return load_trace(source, **load_options(args, default_seed=0))  # as simulate, whose --seed defaults to 0
 
 
 def register(sub) -> None:
@@ -67,7 +75,8 @@ def register(sub) -> None:
     q.add_argument("--num-requests", type=int, required=True)
     q.add_argument("--lengths", default="azure-conv",
                    help="trace name/path to resample (prompt, output) pairs from, or 'lognormal'")
-    q.add_argument("--fit-to", default="azure-conv", help="with --lengths lognormal: the trace to fit it to")
+    q.add_argument("--fit-to", default=None, help="with --lengths lognormal: the trace to fit it to "
+                   "(default: azure-conv)")
     q.add_argument("--seed", type=int, required=True)
     q.add_argument("--out", required=True, help="output CSV path")
     q.set_defaults(func=cmd_synth)
@@ -102,9 +111,15 @@ def cmd_synth(args) -> int:
     from traces import LognormalLengths, load_trace, synthesize, write_trace_csv
 
     if args.arrivals == "poisson" and args.cv != 1.0:
-        raise ValueError(f"--cv {args.cv} with --arrivals poisson: a Poisson process has CV 1; use --arrivals gamma")
+        raise UsageError(f"--cv {args.cv} with --arrivals poisson: a Poisson process has CV 1; use --arrivals gamma")
+    if args.fit_to is not None and args.lengths != "lognormal":
+        raise UsageError(f"--fit-to {args.fit_to} needs --lengths lognormal (--lengths {args.lengths} resamples "
+                         f"that trace's own lengths)")
+    if args.num_requests < 1:
+        raise UsageError(f"--num-requests must be >= 1, got {args.num_requests}")
+    check_out_file(args.out)
     if args.lengths == "lognormal":
-        lengths = LognormalLengths.fit(load_trace(args.fit_to))
+        lengths = LognormalLengths.fit(load_trace(args.fit_to or "azure-conv"))
     else:
         lengths = load_trace(args.lengths)
     trace = synthesize(args.num_requests, args.rate, lengths, process=args.arrivals, cv=args.cv, seed=args.seed)
@@ -116,6 +131,7 @@ def cmd_synth(args) -> int:
 def cmd_convert(args) -> int:
     from traces import rescale_rate, slice_window, write_trace_csv
 
+    check_out_file(args.out)
     trace = _load(args.input, args)
     if args.start is not None or args.end is not None:
         trace = slice_window(trace, args.start if args.start is not None else 0.0,

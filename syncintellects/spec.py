@@ -4,14 +4,21 @@
 carries its spec). :func:`prepare` turns a spec into the trace, the policy object and the
 simulator settings; both the simulator and the real runner start from it, so they see
 the same requests and the same policy.
+
+Which requests a run serves is decided in one place, :func:`traces.select_requests`
+(seed k with ``num_requests`` N = the k-th window of N consecutive requests; ``rate``
+applied to the selected requests; ``tile`` to repeat a trace that is too short), and
+:func:`load_spec_trace` reads only as much of the trace file as that selection needs.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from policies.registry import make_policy
 from simulator.engine import SimConfig, simulate
 from simulator.metrics import RunResult
+from syncintellects.errors import UsageError
 from traces.schema import Trace
 
 
@@ -19,9 +26,9 @@ from traces.schema import Trace
 class RunSpec:
     trace: str = "azure-conv"
     policy: str = "continuous"
-    rate: float | None = None            # requests/s; None keeps the trace's own arrivals
-    num_requests: int | None = None      # first N requests (after rate scaling)
-    seed: int = 0
+    rate: float | None = None            # requests/s of the served requests; None keeps the trace's own arrivals
+    num_requests: int | None = None      # N: seed k serves requests k*N .. (k+1)*N-1; None: the whole trace
+    seed: int = 0                        # the window (with num_requests), and every random draw of the run
     profile: str = "a100-llama-2-7b-fp16"
     batch_size: int | None = None        # static / length-grouped batching
     predictor: str | None = None         # oracle | noisy | prompt | progressive
@@ -32,6 +39,7 @@ class RunSpec:
     policy_params: tuple = field(default_factory=tuple)  # extra (name, value) pairs for the policy
     trace_options: tuple = field(default_factory=tuple)  # (name, value) pairs for traces.load_trace
     length_scale: float = 1.0            # multiply prompt and output lengths (fit a small model's context)
+    tile: bool = False                   # repeat the trace back to back when the window runs past its end
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -43,23 +51,108 @@ class RunSpec:
         return replace(self, **changes)
 
 
-def load_spec_trace(spec: RunSpec) -> Trace:
-    """The spec's trace: loaded, length-scaled, rate-rescaled, then cut to the first N requests."""
-    from traces import load_trace, rescale_rate, scale_lengths
+# field -> (command-line flag, test, what is expected); None always passes for optional fields
+_CHECKS = {
+    "rate": ("--rate", lambda v: _number(v) and math.isfinite(v) and v > 0, "a number > 0 (requests/s)"),
+    "num_requests": ("--num-requests", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "seed": ("--seed", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    "batch_size": ("--batch-size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "kv_blocks": ("--kv-blocks", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "max_context": ("--max-context", lambda v: _integer(v) and v >= 2, "an integer >= 2 (tokens)"),
+    "length_scale": ("--length-scale", lambda v: _number(v) and math.isfinite(v) and v > 0, "a number > 0"),
+    "length_control": ("--length-control", lambda v: isinstance(v, bool), "on or off (true/false)"),
+    "tile": ("--tile", lambda v: isinstance(v, bool), "true or false"),
+    "trace": ("--trace", lambda v: isinstance(v, str) and v != "", "a bundled trace name or a file path"),
+    "policy": ("--policy", lambda v: isinstance(v, str) and v != "", "a policy name"),
+    "profile": ("--profile", lambda v: isinstance(v, str) and v != "", "a profile name or .json path"),
+}
+_integer = lambda v: isinstance(v, int) and not isinstance(v, bool)
+_number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
 
-    trace = scale_lengths(load_trace(spec.trace, **dict(spec.trace_options)), spec.length_scale)
-    if spec.rate is not None:
-        trace = rescale_rate(trace, spec.rate)
-    if spec.num_requests is not None:
-        if spec.num_requests < 1:
-            raise ValueError(f"--num-requests must be >= 1, got {spec.num_requests}")
-        trace = trace.head(spec.num_requests)
-    return trace
+
+def check_spec(spec: RunSpec) -> RunSpec:
+    """Refuse values that make no sense (UsageError naming the flag and field); returns the spec."""
+    for name, (flag, ok, expected) in _CHECKS.items():
+        v = getattr(spec, name)
+        if v is None and name not in ("trace", "policy", "profile", "seed", "length_control", "tile", "length_scale"):
+            continue
+        if not ok(v):
+            raise UsageError(f"{flag} ({name}): got {v!r}, expected {expected}")
+    return spec
+
+
+def load_spec_trace(spec: RunSpec) -> Trace:
+    """The requests the spec serves: :func:`traces.select_requests` on its trace, lengths scaled.
+
+    Only the rows the selection needs are read (``(seed + 1) * num_requests``), so a few
+    requests of a huge file cost little; tiling reads the whole trace.
+    """
+    from traces import load_trace, scale_lengths, select_requests
+
+    check_spec(spec)
+    need = None if spec.num_requests is None or spec.tile else (spec.seed + 1) * spec.num_requests
+    trace = load_trace(spec.trace, max_rows=need, **dict(spec.trace_options))
+    trace = select_requests(trace, spec.num_requests, spec.seed, spec.rate, spec.tile)
+    return scale_lengths(trace, spec.length_scale)
+
+
+def seed_warnings(spec: RunSpec, trace: Trace | None = None) -> list[str]:
+    """Say so when a seed cannot change which requests are served (so seeds would not replicate)."""
+    arrivals_seed = dict(spec.trace_options).get("seed")  # synthetic arrivals drawn with this run's seed differ
+    if spec.num_requests is None and spec.seed != 0 and arrivals_seed != spec.seed:
+        return [f"seed {spec.seed} serves the same requests as seed 0: without --num-requests the whole trace "
+                f"is served; give --num-requests N to serve the seed-th window of N requests"]
+    return []
+
+
+def policy_config_class(name: str):
+    """A policy's config dataclass (the type of its ``config`` argument), or None."""
+    import typing
+
+    from policies.registry import POLICIES
+
+    hints = typing.get_type_hints(POLICIES[name].__init__)
+    return next((a for a in typing.get_args(hints.get("config")) if a is not type(None)), None)
+
+
+def policy_parameters(name: str) -> dict:
+    """The ``--param`` names a policy takes and their defaults (the fields of its config dataclass)."""
+    config = policy_config_class(name)
+    return {} if config is None else {f.name: f.default for f in fields(config)}
+
+
+def check_policy_params(policy: str, params: dict) -> None:
+    """A ``--param`` value must have its default's type (an integer field takes no 2.5 or 'abc')."""
+    from policies.registry import POLICIES
+
+    if policy not in POLICIES:
+        return  # make_policy names the unknown policy
+    defaults = policy_parameters(policy)
+    for k, v in params.items():
+        if k not in defaults:
+            if k in ("predictor", "controller"):
+                continue
+            raise UsageError(f"--param {k}: policy {policy!r} has no parameter {k!r}; its parameters: "
+                             + (", ".join(f"{n} (default {d!r})" for n, d in defaults.items()) or "none"))
+        d = defaults[k]
+        kind = ("true or false" if isinstance(d, bool) else "an integer" if isinstance(d, int)
+                else "a number" if isinstance(d, float) else None)
+        good = (isinstance(v, bool) if isinstance(d, bool) else _integer(v) if isinstance(d, int)
+                else _number(v) and math.isfinite(v) if isinstance(d, float) else True)
+        if not good:
+            raise UsageError(f"--param {k}={v!r}: expected {kind} (default {d!r})")
+    config = policy_config_class(policy)
+    if config is not None:
+        try:  # the config's own range checks (e.g. watermark in [0, 1)), named as the flag
+            config(**{k: v for k, v in params.items() if k in defaults})
+        except ValueError as e:
+            raise UsageError(f"--param of policy {policy!r}: {e}") from None
 
 
 def build_policy(spec: RunSpec, trace: Trace):
     """The policy object for a spec, with its predictor and length controller if asked for."""
     params = dict(spec.policy_params)
+    check_policy_params(spec.policy, params)
     if spec.batch_size is not None:
         params["batch_size"] = spec.batch_size
     from policies.registry import POLICIES
@@ -87,7 +180,7 @@ def length_response_model(spec: RunSpec):
 
 
 def prepare(spec: RunSpec) -> tuple[Trace, object, SimConfig]:
-    trace = load_spec_trace(spec)
+    trace = load_spec_trace(spec)  # checks the spec first
     policy = build_policy(spec, trace)
     cfg = SimConfig(profile=spec.profile, kv_blocks=spec.kv_blocks, max_context=spec.max_context, seed=spec.seed)
     return trace, policy, cfg
@@ -98,4 +191,11 @@ def run_simulation(spec: RunSpec, progress: bool = False) -> RunResult:
     cfg = replace(cfg, progress=progress)
     result = simulate(trace, policy, cfg, length_response=length_response_model(spec))
     result.config["spec"] = spec.to_dict()
+    add_warnings(result.summary, seed_warnings(spec, trace))
     return result
+
+
+def add_warnings(summary: dict, lines: list[str]) -> None:
+    """Append warning lines to ``summary["warnings"]`` (created by the metrics)."""
+    if lines:
+        summary["warnings"] = list(summary.get("warnings", [])) + list(lines)

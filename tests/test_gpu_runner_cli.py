@@ -101,7 +101,7 @@ def test_quick_profile_is_a_simulator_profile(quick_profile, tmp_path):
 
 
 def test_run_writes_the_simulators_files(quick_profile, tmp_path):
-    args = ["--trace", "azure-conv", "--policy", "continuous", "--rate", "50", "--num-requests", "12", "--seed", "3"]
+    args = ["--trace", "azure-conv", "--policy", "continuous", "--rate", "50", "--num-requests", "12", "--seed", "0"]
     assert main(["run", "--model", "tiny-llama", "--device", "cpu", *args, "--length-scale", "0.1",
                  "--profile", str(quick_profile), "--out", str(tmp_path / "real"), "--quiet"]) == 0
     assert main(["simulate", *args, "--profile", str(quick_profile), "--out", str(tmp_path / "sim"), "--quiet"]) == 0

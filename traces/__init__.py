@@ -10,10 +10,11 @@ from traces.formats import FORMATS, detect_format, write_trace_csv
 from traces.loaders import BUNDLED, bundled_names, load_trace
 from traces.schema import Trace, TraceError, make_trace, validate_columns
 from traces.synthetic import EmpiricalLengths, LognormalLengths, arrival_times, synthesize, with_synthetic_arrivals
-from traces.transforms import rescale_rate, scale_lengths, slice_window
+from traces.transforms import rescale_rate, scale_lengths, select_requests, slice_window, tile_trace
 
 __all__ = [
     "BUNDLED", "FORMATS", "EmpiricalLengths", "LognormalLengths", "Trace", "TraceError", "arrival_times",
-    "bundled_names", "detect_format", "load_trace", "make_trace", "rescale_rate", "scale_lengths", "slice_window",
+    "bundled_names", "detect_format", "load_trace", "make_trace", "rescale_rate", "scale_lengths", "select_requests",
+    "slice_window", "tile_trace",
     "synthesize", "validate_columns", "with_synthetic_arrivals", "write_trace_csv",
 ]

@@ -13,6 +13,7 @@ import csv
 import gzip
 import io
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,31 +22,123 @@ import polars as pl
 from traces.schema import TraceError
 
 
+BIG_FILE_BYTES = 32 << 20  # reading a file this large in full shows a progress bar
+
+
+def _open_error(path: Path, e: OSError) -> Exception:
+    if isinstance(e, FileNotFoundError):
+        return FileNotFoundError(f"trace file not found: {path}")
+    if isinstance(e, IsADirectoryError):
+        return TraceError(f"{path}: is a directory, expected a trace file")
+    return TraceError(f"{path}: cannot read ({e.strerror or e})")
+
+
 def open_bytes(path: Path) -> bytes:
-    """The file's bytes, gunzipped when the name ends in ``.gz``."""
+    """The file's bytes, gunzipped when the name ends in ``.gz`` (a progress bar for big files)."""
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"trace file not found: {path}") from None
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            if size < BIG_FILE_BYTES:
+                raw = f.read()
+            else:
+                from tqdm import tqdm
+
+                buf = bytearray()
+                with tqdm(total=size, unit="B", unit_scale=True, desc=f"reading {path.name}", mininterval=0.5) as bar:
+                    while chunk := f.read(8 << 20):
+                        buf += chunk
+                        bar.update(len(chunk))
+                raw = bytes(buf)
+    except OSError as e:
+        raise _open_error(path, e) from None
     if path.name.endswith(".gz"):
         try:
             return gzip.decompress(raw)
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise TraceError(f"{path}: not a valid gzip file ({e})") from None
     return raw
 
 
-def read_csv_strings(path: Path, data: bytes | None = None) -> tuple[pl.DataFrame, np.ndarray]:
-    """All columns as strings, plus each data row's 1-based line number in the file."""
-    data = open_bytes(path) if data is None else data
+def open_lines(path: Path, max_lines: int | None = None) -> list[str]:
+    """The file's text lines (gunzipped for ``.gz``); with ``max_lines``, only as many non-empty
+    lines as that (and the empty lines between them), read lazily."""
+    if max_lines is None:
+        return _decode(path, open_bytes(path)).splitlines()
+    out: list[str] = []
+    kept = 0
     try:
-        df = pl.read_csv(io.BytesIO(data), infer_schema=False)
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                if kept >= max_lines:
+                    break
+                out.append(line.rstrip("\r\n"))
+                kept += bool(line.strip())
+    except UnicodeDecodeError as e:
+        raise TraceError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise TraceError(f"{path}: not a valid gzip file ({e})") from None
+    except OSError as e:
+        raise _open_error(path, e) from None
+    return out
+
+
+def _decode(path: Path, data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TraceError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+
+
+def read_csv_strings(path: Path, data: bytes | None = None, max_rows: int | None = None) -> tuple[pl.DataFrame, np.ndarray]:
+    """All columns as strings, plus each data row's 1-based line number in the file.
+
+    ``max_rows``: read only the first that many data rows (a plain file is then not read to
+    its end, so a few rows of a huge trace cost little memory and time).
+    """
+    if data is None:
+        data = open_bytes(path) if max_rows is None or path.name.endswith(".gz") else _head_bytes(path, max_rows)
+    head = data[:4096]
+    try:  # a binary file fails here, before polars makes a header of its bytes (cut at a line end: no half character)
+        (head if len(head) < 4096 else head[:head.rfind(b"\n") + 1]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise TraceError(f"{path}: not a UTF-8 text file (a binary file?), expected a CSV text file") from None
+    try:
+        df = pl.read_csv(io.BytesIO(data), infer_schema=False, n_rows=max_rows)
     except pl.exceptions.NoDataError:
         raise TraceError(f"{path}: the file is empty, expected a CSV header line") from None
     except pl.exceptions.PolarsError as e:
         # polars names no line for ragged rows; find it with the csv module (slow but only on error).
-        raise TraceError(_locate_csv_problem(path, data) or f"{path}: cannot parse as CSV ({e})") from None
+        raise TraceError(_locate_csv_problem(path, data) or f"{path}: cannot parse as CSV ({_first_line(e)})") from None
     return df, _line_numbers(df)
+
+
+def _head_bytes(path: Path, max_rows: int) -> bytes:
+    """The file's first bytes, enough for its header and ``max_rows`` complete CSV records (or the
+    whole file): read in growing chunks, so a few rows of a huge file cost little memory."""
+    buf = bytearray()
+    chunk = 1 << 20
+    try:
+        with open(path, "rb") as f:
+            while True:
+                more = f.read(chunk)
+                buf += more
+                if len(more) < chunk:
+                    return bytes(buf)  # the end of the file
+                data = bytes(buf[:buf.rfind(b"\n") + 1])
+                if data.count(b"\n") > max_rows + 1:  # enough lines; records may span lines (quoted newlines)
+                    try:
+                        if pl.read_csv(io.BytesIO(data), infer_schema=False, n_rows=max_rows + 1).height > max_rows:
+                            return data  # record max_rows + 1 begins, so the first max_rows are complete
+                    except pl.exceptions.PolarsError:
+                        pass  # cut inside a quoted field: read on
+                chunk *= 2
+    except OSError as e:
+        raise _open_error(path, e) from None
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def _locate_csv_problem(path: Path, data: bytes) -> str | None:
@@ -115,7 +208,7 @@ class RowChecker:
                              "and reported)")
 
     def integers(self, series: pl.Series, column: str, minimum: int | None = None, hint: str = "") -> np.ndarray:
-        raw = series.to_list()
+        raw = series  # indexed only for an error message (a list of every value would cost memory)
         vals = series.str.strip_chars().cast(pl.Int64, strict=False)
         missing = vals.is_null().to_numpy()
         self.flag(missing, column, raw, "an integer" + (f" >= {minimum}" if minimum is not None else ""))
@@ -125,7 +218,7 @@ class RowChecker:
         return out
 
     def floats(self, series: pl.Series, column: str, minimum: float | None = 0.0) -> np.ndarray:
-        raw = series.to_list()
+        raw = series
         vals = series.str.strip_chars().cast(pl.Float64, strict=False)
         missing = vals.is_null().to_numpy()
         out = vals.fill_null(0.0).to_numpy().astype(np.float64)
@@ -165,4 +258,10 @@ def check_non_decreasing(path, where: np.ndarray, arrival_s: np.ndarray, column:
 def require_columns(path, columns: list[str], needed: list[str], fmt: str) -> None:
     missing = [c for c in needed if c not in columns]
     if missing:
-        raise TraceError(f"{path}: {fmt} format needs column(s) {missing}; the header has {columns}")
+        raise TraceError(f"{path}: {fmt} format needs column(s) {missing}; the header has {short_columns(columns)}")
+
+
+def short_columns(columns: list[str], limit: int = 12) -> str:
+    """A header for a message: at most ``limit`` names (a wide or binary 'header' stays readable)."""
+    names = [c if len(c) <= 40 else c[:37] + "..." for c in columns[:limit]]
+    return str(names) if len(columns) <= limit else f"{str(names)[:-1]}, ...] ({len(columns)} columns)"

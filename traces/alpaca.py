@@ -34,6 +34,8 @@ def read_alpaca(path: Path, skip_bad_rows: bool, **opts):
         raise TraceError(f"{path}: top-level JSON is a {type(records).__name__}, expected a list of "
                          f"{{instruction, input?, output}} objects")
     n = len(records)
+    if n == 0:
+        raise TraceError(f"{path}: the JSON list is empty, expected at least one {{instruction, input?, output}} object")
     checker = RowChecker(path, np.arange(1, n + 1), skip_bad_rows, line_word="record")
     fields: dict[str, list] = {"instruction": [], "input": [], "output": []}
     for rec in records:

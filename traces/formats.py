@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from traces._parse import RowChecker, open_bytes, read_csv_strings, require_columns
+from traces._parse import RowChecker, open_lines, read_csv_strings, require_columns, short_columns
 from traces.schema import Trace, TraceError
 
 FORMATS = ("azure", "vidur", "length-stats", "mooncake", "burstgpt", "alpaca", "project")
@@ -80,20 +80,22 @@ def detect_format(path: Path, columns: list[str] | None = None) -> str:
         if all(c in columns for c in needed):
             return fmt
     known = "; ".join(f"{f}: {','.join(c)}" for f, c in _CSV_SIGNATURES)
-    raise TraceError(f"{path}: unknown CSV format, header is {columns}; expected the columns of one of: {known} "
+    raise TraceError(f"{path}: unknown CSV format, header is {short_columns(columns)}; expected the columns of one of: {known} "
                      f"(or pass format=)")
 
 
-def read_file(path: Path, fmt: str | None, skip_bad_rows: bool, **opts) -> Parsed:
-    """Parse ``path`` in format ``fmt`` (detected when None)."""
+def read_file(path: Path, fmt: str | None, skip_bad_rows: bool, max_rows: int | None = None, **opts) -> Parsed:
+    """Parse ``path`` in format ``fmt`` (detected when None); ``max_rows``: only the first that many rows
+    (CSV and JSON-lines formats read no further; an Alpaca JSON list is read whole)."""
     if fmt is not None and fmt not in FORMATS:
         raise TraceError(f"unknown trace format {fmt!r}; expected one of {FORMATS}")
     if fmt is None and path.name.lower().removesuffix(".gz").endswith((".json", ".jsonl")):
         fmt = detect_format(path)
     if fmt in ("mooncake", "alpaca"):
-        reader = read_mooncake if fmt == "mooncake" else _read_alpaca
-        return reader(path, skip_bad_rows, **opts)
-    df, lines = read_csv_strings(path)
+        if fmt == "mooncake":
+            return read_mooncake(path, skip_bad_rows, max_rows=max_rows, **opts)
+        return _read_alpaca(path, skip_bad_rows, **opts)
+    df, lines = read_csv_strings(path, max_rows=max_rows)
     fmt = fmt or detect_format(path, df.columns)
     require_columns(path, df.columns, list(dict(_CSV_SIGNATURES)[fmt]), fmt)
     checker = RowChecker(path, lines, skip_bad_rows)
@@ -187,10 +189,10 @@ def read_project(path: Path, df: pl.DataFrame, checker: RowChecker, **opts) -> P
     )
 
 
-def read_mooncake(path: Path, skip_bad_rows: bool, **opts) -> Parsed:
+def read_mooncake(path: Path, skip_bad_rows: bool, max_rows: int | None = None, **opts) -> Parsed:
     """Mooncake JSON lines; ``timestamp`` is integer milliseconds from the trace start."""
     _no_opts("mooncake", opts)
-    lines = open_bytes(path).decode("utf-8").splitlines()
+    lines = open_lines(path, max_rows)
     where = np.flatnonzero([bool(s.strip()) for s in lines]) + 1
     checker = RowChecker(path, where, skip_bad_rows)
     cols: dict[str, list] = {"timestamp": [], "input_length": [], "output_length": []}

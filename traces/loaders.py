@@ -12,11 +12,13 @@ are WordPiece counts, not the Llama SentencePiece counts of the other traces.
 """
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
-from traces._parse import check_non_decreasing
+from traces._parse import BIG_FILE_BYTES, check_non_decreasing
 from traces.formats import Parsed, read_file
 from traces.schema import Trace, TraceError, make_trace
 from traces.synthetic import arrival_times
@@ -43,7 +45,8 @@ def bundled_names() -> list[str]:
 
 def load_trace(name_or_path: str | Path, *, format: str | None = None, skip_bad_rows: bool = False,
                sort: bool = False, arrivals: str | None = None, rate: float | None = None, cv: float = 1.0,
-               seed: int | None = None, name: str | None = None, **format_opts) -> Trace:
+               seed: int | None = None, name: str | None = None, max_rows: int | None = None,
+               **format_opts) -> Trace:
     """Load a bundled trace by name, or a trace file (format detected from extension/header).
 
     - ``format``: force a format (see :mod:`traces.formats`).
@@ -54,22 +57,38 @@ def load_trace(name_or_path: str | Path, *, format: str | None = None, skip_bad_
     - ``arrivals`` (``"poisson"`` or ``"gamma"``), ``rate`` (req/s), ``cv`` (gamma only),
       ``seed``: draw synthetic arrival times, in file order. Required for formats without
       arrival times (length-stats, alpaca); replaces the file's own arrivals otherwise.
+    - ``max_rows``: only the first that many data rows are needed (a lower bound on what is
+      read; the file is not read further when that is safe: no sorting, no synthetic arrivals,
+      no skipped rows). Fewer rows back than ``max_rows`` means the file ended.
     - format options: burstgpt ``drop_failed``, ``model``, ``log_type``; alpaca ``prompt_field`` etc.
     """
     key = str(name_or_path)
     if key in BUNDLED and not Path(key).exists():
         file, fmt, defaults, _ = BUNDLED[key]
+        if format is not None and format != fmt:
+            raise TraceError(f"format={format!r} (--format): the bundled trace {key!r} is read as {fmt!r}; "
+                             f"--format is for trace files")
         opts = dict(defaults)
         opts.update({k: v for k, v in (("arrivals", arrivals), ("rate", rate), ("seed", seed)) if v is not None})
         if cv != 1.0:
             opts["cv"] = cv
         return load_trace(DATA_DIR / file, format=fmt, skip_bad_rows=skip_bad_rows, sort=sort, name=name or key,
-                          **opts, **format_opts)
+                          max_rows=max_rows, **opts, **format_opts)
     path = Path(name_or_path)
     if not path.exists():
         raise FileNotFoundError(f"no bundled trace named {key!r} and no such file; bundled traces: {bundled_names()}")
-    parsed = read_file(path, format, skip_bad_rows, **format_opts)
-    return _finish(parsed, path, name or _stem(path), sort, arrivals, rate, cv, seed)
+    if max_rows is not None and (sort or skip_bad_rows or arrivals is not None or format_opts):
+        max_rows = None  # rows would be reordered, dropped, filtered or given arrivals drawn for the whole file
+    big = max_rows is None and path.is_file() and path.stat().st_size >= BIG_FILE_BYTES
+    if big:  # progress: the byte count while reading (open_bytes), then these two lines
+        t0 = time.process_time()
+        print(f"loading all of {path} ({path.stat().st_size / 2**20:,.0f} MB; --num-requests N reads only the "
+              f"rows it needs)", file=sys.stderr)
+    parsed = read_file(path, format, skip_bad_rows, max_rows=max_rows, **format_opts)
+    trace = _finish(parsed, path, name or _stem(path), sort, arrivals, rate, cv, seed)
+    if big:
+        print(f"loaded {len(trace):,} requests from {path.name} ({time.process_time() - t0:.1f} s CPU)", file=sys.stderr)
+    return trace
 
 
 def _stem(path: Path) -> str:

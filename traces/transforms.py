@@ -63,3 +63,84 @@ def scale_lengths(trace, scale: float):
     return Trace(name=trace.name, request_id=trace.request_id, arrival_s=trace.arrival_s,
                  prompt_tokens=sc(trace.prompt_tokens), output_tokens=sc(trace.output_tokens), prompt=trace.prompt,
                  response=trace.response, slo_class=trace.slo_class, source=trace.source, notes=notes)
+
+
+def tile_trace(trace: Trace, n: int) -> Trace:
+    """The trace repeated back to back until it holds ``n`` requests (cut to exactly ``n``).
+
+    Each copy keeps the trace's own inter-arrival times; copy ``k + 1`` starts one mean
+    inter-arrival gap (``1 / trace.mean_rate``) after copy ``k``'s last arrival, so the
+    tiled trace has the original's mean rate and burstiness. Request ids of copy ``k`` are
+    offset by ``k * (max id + 1)`` so they stay unique.
+    """
+    if n <= len(trace):
+        return trace.head(n)
+    if len(trace) < 2 or trace.duration_s <= 0:
+        raise TraceError(f"cannot tile trace {trace.name!r}: it has {len(trace)} request(s) spanning "
+                         f"{trace.duration_s} s; tiling needs at least two distinct arrival times")
+    copies = -(-n // len(trace))
+    base = trace.arrival_s - trace.arrival_s[0]
+    period = trace.duration_s + 1.0 / trace.mean_rate
+    arrival = np.concatenate([base + k * period for k in range(copies)])[:n]
+    id_step = int(trace.request_id.max()) + 1
+    ids = np.concatenate([trace.request_id + k * id_step for k in range(copies)])[:n]
+    rep = lambda a: np.tile(a, copies)[:n]
+    rep_text = lambda col: None if col is None else (col * copies)[:n]
+    notes = dict(trace.notes)
+    notes.setdefault("transforms", []).append(
+        f"tile: {len(trace)} requests repeated {copies} times back to back (gap between copies "
+        f"{1.0 / trace.mean_rate:.6g} s), cut to {n}")
+    return Trace(name=trace.name, request_id=ids, arrival_s=arrival, prompt_tokens=rep(trace.prompt_tokens),
+                 output_tokens=rep(trace.output_tokens), prompt=rep_text(trace.prompt),
+                 response=rep_text(trace.response), slo_class=rep_text(trace.slo_class), source=trace.source,
+                 notes=notes)
+
+
+def select_requests(trace: Trace, num_requests: int | None = None, seed: int = 0, rate: float | None = None,
+                    tile: bool = False) -> Trace:
+    """The requests a run serves, and when they arrive: the one selection every command shares.
+
+    - With ``num_requests`` N, seed k serves the k-th window of N consecutive requests of the
+      trace (requests ``k*N .. (k+1)*N - 1``), its arrivals shifted to start at 0. Different
+      seeds serve disjoint windows; a window that would run past the end of the trace is an
+      error naming how many windows there are, unless ``tile`` repeats the trace back to back
+      (:func:`tile_trace`), which makes every window exist.
+    - Without ``num_requests`` the whole trace is served, whatever the seed.
+    - ``rate``: the selected requests' arrival times are then stretched so that their own mean
+      rate, ``(n - 1) / (last - first arrival)``, is exactly ``rate`` req/s; order, gaps'
+      proportions and idle periods (the burstiness) are kept.
+
+    ``trace`` may be the first rows of a longer file (``load_trace(max_rows=...)``): it must
+    hold at least ``(seed + 1) * num_requests`` rows unless it is the whole trace.
+    """
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise TraceError(f"--seed must be an integer >= 0, got {seed!r}")
+    if num_requests is None:
+        if tile:
+            raise TraceError("--tile needs --num-requests (how many requests to tile the trace to)")
+        picked = trace
+    else:
+        if not isinstance(num_requests, (int, np.integer)) or isinstance(num_requests, bool) or num_requests < 1:
+            raise TraceError(f"--num-requests must be an integer >= 1, got {num_requests!r}")
+        n, k = int(num_requests), int(seed)
+        need = (k + 1) * n
+        if need > len(trace):
+            if not tile:
+                raise TraceError(_too_short(trace, n, k))
+            trace = tile_trace(trace, need)
+        picked = trace.take(slice(k * n, need))
+        if k > 0 or picked.arrival_s[0] != 0.0:
+            picked = picked.with_arrivals(picked.arrival_s - picked.arrival_s[0],
+                                          note=f"window {k} of {n} requests (rows {k * n}..{need - 1}), "
+                                               f"arrivals shifted to start at 0")
+    return picked if rate is None else rescale_rate(picked, rate)
+
+
+def _too_short(trace: Trace, n: int, seed: int) -> str:
+    total = len(trace)
+    if n > total:
+        return (f"--num-requests {n} is more than the {total:,} requests of trace {trace.name!r}; pass --tile to "
+                f"repeat the trace's arrivals back to back, or ask for at most {total:,}")
+    windows = total // n
+    return (f"--seed {seed} with --num-requests {n}: trace {trace.name!r} has {total:,} requests, i.e. {windows} "
+            f"window(s) of {n} (seeds 0..{windows - 1}); pass --tile to repeat the trace, or use a seed below {windows}")

@@ -29,6 +29,13 @@ class ContinuousConfig:
     max_batched_tokens: int = 4096
     watermark: float = 0.01
 
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1 or self.max_batched_tokens < 1:
+            raise ValueError(f"max_num_seqs and max_batched_tokens must be >= 1, got {self.max_num_seqs} and "
+                             f"{self.max_batched_tokens}")
+        if not 0.0 <= self.watermark < 1.0:
+            raise ValueError(f"watermark (share of KV blocks kept free) must be in [0, 1), got {self.watermark}")
+
 
 class ContinuousBatching:
     name = "continuous"
