@@ -36,7 +36,8 @@ def _split(flag: str, text: str, parse) -> list:
 
 
 FIELD_TYPES = {"num_requests": int, "seed": int, "batch_size": int, "kv_blocks": int, "max_context": int,
-               "rate": float, "length_scale": float, "length_control": bool, "policy_params": dict, "trace_options": dict}
+               "rate": float, "length_scale": float, "length_control": bool, "tile": bool, "policy_params": dict,
+               "trace_options": dict}
 NULLABLE = {"rate", "num_requests", "batch_size", "predictor", "predictor_model", "kv_blocks", "max_context"}
 
 
@@ -91,6 +92,7 @@ def grid_from_args(args) -> tuple[RunSpec, dict]:
                                            ("--profile", args.profile is not None),
                                            ("--predictor-model", args.predictor_model is not None),
                                            ("--kv-blocks", args.kv_blocks is not None), ("--param", bool(args.param)),
+                                           ("--tile", args.tile),
                                            ("the trace-reading flags", bool(load_options(args)))) if given]
         if mixed:
             raise ValueError(f"--spec describes the whole sweep; put {', '.join(mixed)} in its base or grid instead")
@@ -103,7 +105,7 @@ def grid_from_args(args) -> tuple[RunSpec, dict]:
     base = RunSpec(num_requests=2000 if args.num_requests is None else args.num_requests,
                    profile=args.profile or RunSpec.profile, predictor_model=args.predictor_model,
                    kv_blocks=args.kv_blocks, policy_params=parse_params(args.param),
-                   trace_options=tuple(sorted(load_options(args).items())))
+                   trace_options=tuple(sorted(load_options(args).items())), tile=args.tile)
     return base, grid
 
 
@@ -120,6 +122,8 @@ def register(sub) -> None:
     p.add_argument("--predictor-model", default=None, help="directory written by train-predictor")
     p.add_argument("--kv-blocks", type=int, default=None, help="override the KV-cache size in blocks")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="extra policy parameter")
+    p.add_argument("--tile", action="store_true", help="repeat the trace's arrivals back to back when a seed's "
+                   "window of --num-requests runs past the trace's end")
     add_load_arguments(p)
     p.add_argument("--spec", default=None, help='JSON file {"base": {RunSpec fields}, "grid": {field: [values]}}')
     p.add_argument("--backend", choices=BACKENDS, default="local")

@@ -254,9 +254,9 @@ def write_dashboard(results: str | Path, out_html: str | Path | None = None, tit
             planned = len(json.loads(sweep_file.read_text())["runs"])
         except (ValueError, KeyError, TypeError):
             planned = None
-    out_html = Path(out_html) if out_html else path.parent / "dashboard.html"
-    if out_html.is_dir():
-        raise ValueError(f"--out {out_html}: is a directory; give the HTML file's path")
+    from syncintellects.errors import check_out_file
+
+    out_html = check_out_file(out_html) if out_html else path.parent / "dashboard.html"
     page = render(df, title or default_title(df, path.parent.name), planned)
     try:
         out_html.write_text(page, encoding="utf-8")

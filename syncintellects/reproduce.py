@@ -103,18 +103,12 @@ def check_config(cfg: ReproductionConfig) -> None:
 
 
 def workload(cfg: ReproductionConfig, rate: float, seed: int):
-    """The ``seed``-th window of ``num_requests`` consecutive requests, starting at 0, at ``rate`` req/s."""
-    from traces import rescale_rate
+    """The ``seed``-th window of ``num_requests`` consecutive requests, starting at 0, at ``rate`` req/s:
+    the selection every command shares (:func:`traces.select_requests`); a seed past the last window
+    is an error."""
+    from traces import select_requests
 
-    full = _full_trace(cfg.trace)
-    n = cfg.num_requests
-    if not 0 <= seed < windows(cfg):
-        raise ValueError(f"seed {seed}: trace {cfg.trace!r} holds {windows(cfg)} windows of {n} requests "
-                         f"(seeds 0..{windows(cfg) - 1}); a larger seed would repeat one")
-    start = seed * n
-    part = full.take(slice(start, start + n))
-    part = part.with_arrivals(part.arrival_s - part.arrival_s[0], note=f"reproduce: window {start}..{start + n}")
-    return rescale_rate(part, rate)
+    return select_requests(_full_trace(cfg.trace), cfg.num_requests, seed, rate)
 
 
 def run_one(job: tuple[ReproductionConfig, Arm, float, int]) -> dict:

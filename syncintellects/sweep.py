@@ -31,7 +31,8 @@ import polars as pl
 from tqdm import tqdm
 
 from syncintellects.spec import RunSpec, prepare, run_simulation
-from syncintellects.workers import check_writable_dir, parallel, write_atomic
+from syncintellects.errors import check_out_dir
+from syncintellects.workers import parallel, write_atomic
 
 SPEC_FIELDS = tuple(f.name for f in fields(RunSpec))
 BACKENDS = ("local", "serial", "ray")
@@ -79,15 +80,7 @@ def check_spec(spec: RunSpec) -> None:
     a ValueError names the arm."""
     from simulator.profile import load_profile
 
-    try:
-        for name in ("num_requests", "batch_size", "kv_blocks", "max_context"):
-            v = getattr(spec, name)
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-                raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
-        if spec.rate is not None and (isinstance(spec.rate, (bool, str)) or not spec.rate > 0):
-            raise ValueError(f"rate must be a number > 0 (requests/s), got {spec.rate!r}")
-        if not isinstance(spec.seed, int) or isinstance(spec.seed, bool) or spec.seed < 0:
-            raise ValueError(f"seed must be a whole number >= 0, got {spec.seed!r}")
+    try:  # prepare() checks every field first (spec.check_spec), then reads the trace and builds the policy
         load_profile(spec.profile)
         prepare(spec)
     except (ValueError, TypeError, KeyError, FileNotFoundError, OSError) as e:
@@ -132,7 +125,7 @@ class RunStore:
     """``OUT/sweep.json`` and ``OUT/runs/<key>/``: what is done, and writing what gets done."""
 
     def __init__(self, out: str | Path, specs: list[RunSpec], keys: list[str], fresh: bool):
-        self.out = check_writable_dir(out)
+        self.out = check_out_dir(out)
         self.runs = self.out / "runs"
         record = {"version": 1, "runs": [{"key": k, "spec": s.to_dict()} for k, s in zip(keys, specs)]}
         text = json.dumps(record, indent=1, sort_keys=True, default=str) + "\n"

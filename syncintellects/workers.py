@@ -105,23 +105,6 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
     os.replace(tmp, path)
 
 
-def check_writable_dir(path: str | Path, flag: str = "--out") -> Path:
-    """Create ``path`` if needed and prove a file can be written there; a one-line ValueError if not."""
-    if str(path).strip() == "":
-        raise ValueError(f"{flag} is empty; give a directory")
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{flag} {path}: is a file, not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test.{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(f"{flag} {path}: cannot write there ({e.strerror or e})") from None
-    return path
-
-
 def slug(text: str) -> str:
     """``text`` as a file-name part: lower case, runs of other characters as one ``-``."""
     out = "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
@@ -135,7 +118,9 @@ class RowStore:
     study they belong to (a different study into the same ``OUT`` is refused unless ``fresh``)."""
 
     def __init__(self, out: str | Path, study: dict, key, fresh: bool, what: str = "study"):
-        self.dir = check_writable_dir(out) / "runs"
+        from syncintellects.errors import check_out_dir
+
+        self.dir = check_out_dir(out) / "runs"
         self.key, self.fresh = key, fresh
         self.text = json.dumps(study, indent=1, sort_keys=True, default=str) + "\n"
         old = self.dir / "study.json"

@@ -80,7 +80,7 @@ def test_a_seed_past_the_last_window_is_an_error_not_a_repeat(capsys):
     cfg = ReproductionConfig(num_requests=1000)
     assert windows(cfg) == 19  # 19,366 azure-conv requests
     check_config(ReproductionConfig(num_requests=1000, seeds=tuple(range(19))))
-    with pytest.raises(ValueError, match=r"holds 19 windows of 1000 requests \(seeds 0..18\)"):
+    with pytest.raises(ValueError, match=r"19 window\(s\) of 1000 \(seeds 0..18\)"):
         workload(cfg, 1.0, 19)  # was: window 0 again
     assert main(["reproduce", "paper", "--seeds", "20", "--num-requests", "1000", "--out", "/nonexistent/x"]) == 2
     err = capsys.readouterr().err
@@ -174,7 +174,7 @@ def test_reproduce_mistakes_are_one_line_before_any_run(tmp_path, capsys, monkey
     monkeypatch.setattr(reproduce, "run_one", lambda job: pytest.fail("a run started"))
     afile = tmp_path / "f"
     afile.write_text("x")
-    for args, needle in [(["--out", str(afile)], "is a file"), (["--out", ""], "--out is empty"),
+    for args, needle in [(["--out", str(afile)], "is a file"), (["--out", ""], "empty path"),
                          (["--workers", "0", "--out", str(tmp_path / "a")], "--workers >= 1"),
                          (["--rates", "0", "--out", str(tmp_path / "a")], "rates > 0"),
                          (["--seeds", "0", "--out", str(tmp_path / "a")], "--seeds must be >= 1")]:

@@ -162,7 +162,7 @@ def test_an_unfinished_run_directory_is_run_again(tmp_path):
 def test_a_bad_arm_stops_the_sweep_before_any_run(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sweep_mod, "execute", lambda job: pytest.fail("a run started"))
     for args, needle in [(["--policy", "static,nope"], "unknown policy 'nope'"),
-                         (["--policy", "static", "--rate", "1,-2"], "rate must be a number > 0"),
+                         (["--policy", "static", "--rate", "1,-2"], "expected a number > 0"),
                          (["--policy", "static", "--rate", "1,1"], "same run twice"),
                          (["--policy", "static", "--workers", "0"], "--workers must be >= 1")]:
         out = tmp_path / "x"
@@ -178,7 +178,7 @@ def test_out_spec_and_ray_address_mistakes_are_one_line(tmp_path, capsys):
     afile.write_text("x")
     spec = tmp_path / "spec.json"
     cases = [(["--policy", "static", "--out", str(afile)], "is a file"),
-             (["--policy", "static", "--out", ""], "--out is empty"),
+             (["--policy", "static", "--out", ""], "empty path"),
              (["--spec", str(spec), "--out", str(tmp_path / "o")], "expected an object", "[1, 2]"),
              (["--spec", str(spec), "--out", str(tmp_path / "o")], "field 'num_requests' must be a whole number",
               '{"base": {"num_requests": "2000"}}'),
