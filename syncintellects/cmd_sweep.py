@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import polars as pl
@@ -35,10 +36,14 @@ def _split(flag: str, text: str, parse) -> list:
     return out
 
 
-FIELD_TYPES = {"num_requests": int, "seed": int, "batch_size": int, "kv_blocks": int, "max_context": int,
-               "rate": float, "length_scale": float, "length_control": bool, "tile": bool, "policy_params": dict,
-               "trace_options": dict}
-NULLABLE = {"rate", "num_requests", "batch_size", "predictor", "predictor_model", "kv_blocks", "max_context"}
+def _kind(annotation) -> type:
+    """The JSON type a RunSpec field takes, from its annotation ("int | None" -> int; tuples are objects)."""
+    head = str(annotation).split("|")[0].strip()
+    return {"int": int, "float": float, "bool": bool, "tuple": dict}.get(head, str)
+
+
+FIELD_TYPES = {f.name: _kind(f.type) for f in fields(RunSpec)}
+NULLABLE = {f.name for f in fields(RunSpec) if "None" in str(f.type)}
 
 
 def spec_value(where: str, field: str, value):

@@ -183,6 +183,8 @@ def test_out_spec_and_ray_address_mistakes_are_one_line(tmp_path, capsys):
              (["--spec", str(spec), "--out", str(tmp_path / "o")], "field 'num_requests' must be a whole number",
               '{"base": {"num_requests": "2000"}}'),
              (["--spec", str(spec), "--out", str(tmp_path / "o")], "not valid JSON", "{"),
+             (["--spec", str(spec), "--out", str(tmp_path / "o")], "field 'length_control' must be true or false",
+              '{"grid": {"length_control": ["on"]}}'),
              (["--spec", str(spec), "--num-requests", "5", "--out", str(tmp_path / "o")], "put --num-requests", "{}"),
              (["--spec", str(tmp_path / "none.json"), "--out", str(tmp_path / "o")], "no such file")]
     if os.geteuid() != 0:
