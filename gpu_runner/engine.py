@@ -97,8 +97,13 @@ def default_kv_blocks(lm, block_size: int, kv_tokens: int | None = None, memory_
     return 32768 // block_size
 
 
-def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, length_response=None) -> RunResult:
-    """Serve ``trace`` with the real model under ``policy``; per-request and per-step tables and a summary."""
+def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, length_response=None,
+          probe_profile=None, probe_every_s: float = 0.3) -> RunResult:
+    """Serve ``trace`` with the real model under ``policy``; per-request and per-step tables and a summary.
+
+    With ``probe_profile``, probe steps of that profile's grid are timed every ``probe_every_s`` of
+    measured step time, off the virtual clock (:mod:`gpu_runner.probe`); the summary's ``runner.probe``
+    reports the machine factor."""
     from gpu_runner.executor import RealExecutor
 
     if config.length_mode not in ("forced", "natural"):
@@ -124,6 +129,20 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
                       embeddings=bool(getattr(policy, "wants_embeddings", False)),
                       texts=getattr(policy, "predictor", None) is not None, clock=clock)
     ex.max_context = max_context
+    probe = None
+    if probe_profile is not None:
+        from gpu_runner.probe import Probe
+
+        from gpu_runner.probe import profile_reference
+
+        ref = profile_reference(probe_profile)
+        if ref is None:
+            raise ValueError(f"profile {probe_profile.path} has no probe section: measure it again with "
+                             "`syncintellects profile`")
+        probe = Probe(lm, clock, every_s=probe_every_s, seed=config.seed, cases=list(ref),
+                      repeats=int(probe_profile.data["probe"].get("repeats", 3)))  # as the reference was measured
+        probe.measure()  # one probe before the first step: every run has at least one
+        ex.on_step = probe.tick
     if forced:
         bind_truth(policy, ex.true_output)
     controller = getattr(policy, "controller", None)
@@ -173,7 +192,10 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
         "python_overhead_ms_per_step": float((step_s.sum() - ex.forward_s) / len(step_s) * 1e3) if len(step_s) else None,
         "policy_ms_per_plan": float(plan_s / max(len(rec.seg_start), 1) * 1e3),
         "virtual_clock_s": now,
+        "policy_s": plan_s,
     }
+    if probe is not None:
+        summary["runner"]["probe"] = probe.report(ref)
     cfg = {"engine": "runner", "policy": getattr(policy, "name", type(policy).__name__),
            "policy_config": _policy_config(policy), "runner": run_settings(config), "model": lm.shape, "dtype": lm.dtype,
            "device": str(lm.device), "torch_threads": threads, "steady_allocator": steady, "kv_blocks": blocks,

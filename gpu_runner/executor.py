@@ -55,6 +55,7 @@ class RealExecutor(ExecutorBase):
         self.want_texts = texts and lm.tokenizer is not None  # answer so far, for progressive predictors
         self.clock = clock
         self.step_s: list[float] = []             # measured duration of every step
+        self.on_step = None                       # called with each step's duration, off the clock (a probe)
         self.forward_s = 0.0                      # of which inside forward + sampling
         self.segment_work: list[tuple] = []       # (decode rows' KV tokens at the start, chunks, pad): for diagnosis
         self.eos = lm.eos_token_id
@@ -205,6 +206,8 @@ class RealExecutor(ExecutorBase):
                     self._emit(r, t, finished)
             dt = self.clock() - t0
             self.step_s.append(dt)
+            if self.on_step is not None:
+                self.on_step(dt)
             now += dt
             n += 1
             if finished or (plan.wake_on_arrival and now >= next_arrival):
@@ -217,6 +220,8 @@ class RealExecutor(ExecutorBase):
 
     def _run_mixed_step(self, plan: StepPlan, idx: np.ndarray, now: float) -> StepResult:
         kv, rec = self.kv, self.rec
+        for ch in plan.prefill:  # a request's prompt ids exist before its first step (a server tokenizes
+            self._context(ch.request_id)  # on arrival, off the engine's step): not step time
         t0 = self.clock()
         chunks = self.check_prefill(plan, now)
         self.segment_work.append((int(kv._tokens[kv.slots(plan.decode)].sum()) if len(idx) else 0, tuple(chunks),
@@ -241,6 +246,8 @@ class RealExecutor(ExecutorBase):
             self._emit(i, tok, finished)
         end = now + (self.clock() - t0)
         self.step_s.append(end - now)
+        if self.on_step is not None:
+            self.on_step(end - now)
         for i in first:
             rec.first_token_s[i] = end
         if finished:

@@ -28,6 +28,7 @@ from policies.contract import PrefillChunk, StepPlan
 from policies.kv_cache import KVCache
 from simulator.metrics import Recorder
 from gpu_runner.fit import fit
+from gpu_runner.probe import Probe
 from simulator.profile import SCHEMA_VERSION
 from traces.schema import make_trace
 
@@ -47,13 +48,18 @@ class Grid:
 
 
 # Continuous batching with the default 256-sequence limit runs 100+ decode rows on a 32k-token
-# cache, often with several chunks admitted in one step: the grid reaches there (no extrapolation).
+# cache, often with several chunks admitted in one step (up to 16 when a burst of ~250-token prompts
+# fills the 4096-token budget), static batches pad 4-16 prompts to up to 1024 tokens and length-grouped
+# batches of short answers pad 40-100 (one such step takes seconds on this CPU): the grid
+# reaches there (no extrapolation), with padded groups of several sizes at the same length so that
+# the fit can tell the padded attention (r x P^2) from the linear work (r x P).
 FULL = Grid(decode_batch=(1, 2, 4, 8, 16, 32, 64, 128), decode_ctx=(32, 128, 384, 768, 1280),
             prefill=(8, 32, 64, 128, 256, 512, 1024, 1792),
             prefill_cached=((64, 256), (128, 1024), (256, 512), (512, 1024)),
-            padded=((4, 64), (8, 128), (16, 256), (16, 512), (8, 1024), (12, 768), (16, 1024)),
+            padded=((4, 64), (8, 128), (16, 256), (16, 512), (4, 1024), (8, 1024), (12, 768), (16, 768),
+                    (16, 1024), (40, 1024)),
             mixed=((8, 256, 64, 1), (16, 512, 256, 1), (32, 256, 512, 1), (32, 1024, 128, 1), (64, 256, 256, 2),
-                   (96, 384, 256, 3), (128, 256, 512, 2)),
+                   (96, 384, 256, 3), (128, 256, 512, 2), (0, 0, 256, 16), (64, 256, 192, 12), (128, 384, 96, 8)),
             warmup=3, repeats=7)
 QUICK = Grid(decode_batch=(1, 4, 16, 32), decode_ctx=(64, 384, 1024), prefill=(16, 128, 512, 1024),
              prefill_cached=((128, 512),), padded=((8, 128),), mixed=((16, 256, 128, 1), (32, 256, 64, 2)),
@@ -140,7 +146,7 @@ def _time_case(bench: Bench, case: tuple, slots: int) -> tuple[float, dict]:
 
 
 def measure(lm, grid: Grid, kv_tokens: int, block_size: int = 16, progress: bool = True, clock=None,
-            rounds: int = 1) -> list[dict]:
+            rounds: int = 1, probe=None) -> list[dict]:
     """Time every grid point; returns raw samples (all timings in ms, and their median).
 
     The grid is swept round-robin, one step per point per sweep (``warmup`` discarded sweeps, then
@@ -169,6 +175,8 @@ def measure(lm, grid: Grid, kv_tokens: int, block_size: int = 16, progress: bool
             t, works[j] = _time_case(bench, case, slots)
             if sweep >= grid.warmup:
                 times[j].append(t)
+                if probe is not None:  # the run-time probe's reference, measured as a run measures it
+                    probe.tick(t)
             bar.update(1)
     bar.close()
     return [_sample(case[0], t, w["batch"], w["sum_ctx"], w["chunks"], w.get("pad", 0))
@@ -236,7 +244,10 @@ def build_profile(lm, *, quick: bool = False, block_size: int = 16, kv_tokens: i
     bench_tokens = max(max(grid.decode_batch) * int(max(grid.decode_ctx) * 1.5 + 64),
                        max(r * p for r, p in grid.padded), 4096) + 4096
     rounds = rounds or (1 if quick else 3)
-    samples = measure(lm, grid, bench_tokens, block_size, progress, clock_fn, rounds)
+    probe = Probe(lm, clock_fn, every_s=0.1 if quick else 0.5)
+    samples = measure(lm, grid, bench_tokens, block_size, progress, clock_fn, rounds, probe)
+    if not probe.times[probe.cases[0]]:
+        probe.measure()
     coeff, report = fit(samples)
     dev = device_info(lm, threads)
     model = dict(lm.shape)
@@ -257,6 +268,7 @@ def build_profile(lm, *, quick: bool = False, block_size: int = 16, kv_tokens: i
                    "timer": f"{clock_fn.__name__} around each executor step "
                             "(pack + forward + sampling + bookkeeping)"},
         "fit": report,
+        "probe": probe.reference(),
         "derivation": (
             f"Measured by gpu_runner/profiler.py on {dev['name']} ({lm.dtype}, torch threads {threads}): decode steps "
             f"over batch {list(grid.decode_batch)} x context {list(grid.decode_ctx)}, prefill chunks "

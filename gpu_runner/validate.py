@@ -22,7 +22,8 @@ METRICS = (
     ("e2e_latency_s", "mean"), ("e2e_latency_s", "p50"), ("e2e_latency_s", "p99"),
     ("ttft_s", "mean"), ("tpot_s", "mean"), ("throughput_output_tokens_per_s", None),
 )
-GATED = ("e2e_latency_s.mean", "throughput_output_tokens_per_s")
+# The verdict: every one of these within the tolerance (the p50 is reported, not gated).
+GATED = ("e2e_latency_s.mean", "e2e_latency_s.p99", "ttft_s.mean", "tpot_s.mean", "throughput_output_tokens_per_s")
 
 
 def _get(summary: dict, key: str, stat: str | None) -> float | None:
@@ -86,9 +87,14 @@ def write_html(real: RunResult, sim: RunResult, report: dict, path: Path, title:
 
 
 def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path, *,
-                   tolerance: float = 0.10) -> tuple[dict, int]:
+                   tolerance: float = 0.10, probe_every_s: float | None = 0.3) -> tuple[dict, int]:
     """Run both engines, write DIR/validation.json and DIR/validation.html (and each run's files
-    under DIR/real and DIR/sim); returns (report, exit status)."""
+    under DIR/real and DIR/sim); returns (report, exit status).
+
+    With ``probe_every_s`` (default), the real run is interleaved with probe steps
+    (:mod:`gpu_runner.probe`) and the simulator prices steps with the profile scaled by the machine
+    factor they measured: the verdict compares the two engines on the machine as it was during the
+    real run. The uncorrected comparison is in ``metrics_uncorrected``."""
     from dataclasses import replace
 
     from gpu_runner.engine import serve
@@ -108,15 +114,25 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
     if runner_cfg.kv_blocks is None and runner_cfg.kv_tokens is None:
         runner_cfg = replace(runner_cfg, kv_blocks=profile.kv_blocks(runner_cfg.block_size))
     load_before = os.getloadavg()[0]
-    real = serve(trace, policy, lm, runner_cfg, length_response=length_response_model(spec))
+    from gpu_runner.probe import profile_reference
+
+    probing = bool(probe_every_s) and profile_reference(profile) is not None
+    real = serve(trace, policy, lm, runner_cfg, length_response=length_response_model(spec),
+                 probe_profile=profile if probing else None, probe_every_s=probe_every_s or 0.3)
     load_after = os.getloadavg()[0]
     real.config["spec"] = spec.to_dict()
     real.write(out / "real")
     sim_policy = build_policy(spec, trace)  # a fresh policy object of the same class and settings
     sim_cfg = SimConfig(profile=profile_path, block_size=runner_cfg.block_size, kv_blocks=real.config["kv_blocks"],
                         max_context=real.config["max_context"], seed=spec.seed)
-    sim = simulate(trace, sim_policy, sim_cfg, profile=profile, length_response=length_response_model(spec))
+    probe = real.summary["runner"].get("probe") or {"factor": None}
+    factor = probe["factor"]
+    raw = simulate(trace, sim_policy, sim_cfg, profile=profile, length_response=length_response_model(spec))
+    sim = raw if factor is None else simulate(trace, build_policy(spec, trace), sim_cfg,
+                                              profile=scaled_profile(profile, factor),
+                                              length_response=length_response_model(spec))
     sim.config["spec"] = spec.to_dict()
+    sim.config["machine_factor"] = factor
     sim.write(out / "sim")
     report = compare(real.summary, sim.summary)
     bad = failures(report, tolerance)
@@ -127,7 +143,16 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
     drifted = None if replay["drift"] is None else simulate(
         trace, build_policy(spec, trace), sim_cfg, profile=scaled_profile(profile, replay["drift"]),
         length_response=length_response_model(spec))
+    cond = conditioning(lambda f: simulate(trace, build_policy(spec, trace), sim_cfg,
+                                           profile=scaled_profile(profile, f),
+                                           length_response=length_response_model(spec)).summary,
+                        sim.summary, factor or 1.0)
     doc = {"metrics": report, "tolerance": tolerance, "gated": list(GATED), "failed": bad,
+           "conditioning": cond, "conclusive": not cond["ill_conditioned"],
+           "verdict_basis": (("uncorrected: the profile has no probe section" if probe_every_s else
+                              "uncorrected: --probe-every 0") if factor is None else
+                             f"simulator with the profile x the machine factor {factor:.3f} measured by probes"),
+           "machine_probe": probe, "metrics_uncorrected": compare(real.summary, raw.summary),
            "policy": real.config["policy"], "trace": trace.name, "num_requests": len(trace),
            "length_scale": spec.length_scale, "seed": spec.seed, "profile": profile.path, "model": lm.shape,
            "device": str(lm.device), "dtype": lm.dtype, "kv_blocks": real.config["kv_blocks"],
@@ -145,8 +170,29 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
 
     (out / "validation.json").write_text(json.dumps(_clean(doc), indent=2, sort_keys=True) + "\n")
     write_html(real, sim, report, out / "validation.html",
-               f"{real.config['policy']} on {trace.name} ({len(trace)} requests): simulator vs real {lm.name}")
+               f"{real.config['policy']} on {trace.name} ({len(trace)} requests): simulator vs real {lm.name}"
+               + ("" if factor is None else f" (simulator x machine factor {factor:.3f})")
+               + ("" if doc["conclusive"] else " - INCONCLUSIVE: ill-conditioned workload"))
     return doc, (1 if bad else 0)
+
+
+def conditioning(simulate_at, base: dict, factor: float, eps: float = 0.02, limit: float = 2.5) -> dict:
+    """How much each gated metric of the simulator moves when every step time moves by ``eps``.
+
+    ``simulate_at(f)`` is the simulator's summary with the profile scaled by ``f``. The elasticity
+    ``(m(+eps) - m(-eps)) / (2 eps m)`` is 1 for a latency that is a sum of step times and -1 for a
+    throughput bound by them; a metric whose |elasticity| exceeds ``limit`` is *ill-conditioned* at this
+    workload: a step-time error (or machine noise) of 1% changes the schedule itself (who joins which
+    batch, what is preempted) and moves it by more than ``limit`` per cent, so no comparison with a real
+    run can be within a tolerance of a few per cent. The verdict is then inconclusive."""
+    lo, hi = simulate_at(factor * (1 - eps)), simulate_at(factor * (1 + eps))
+    rep_lo, rep_hi = compare(base, lo), compare(base, hi)
+    el = {}
+    for name in GATED:
+        a, b = rep_lo[name]["rel_error"], rep_hi[name]["rel_error"]
+        el[name] = None if a is None or b is None else (b - a) / (2 * eps)
+    bad = [k for k, v in el.items() if v is not None and abs(v) > limit]
+    return {"eps": eps, "limit": limit, "elasticity": el, "ill_conditioned": bad}
 
 
 def busy_breakdown(real: RunResult, sim: RunResult) -> dict:
@@ -185,9 +231,23 @@ def replay_steps(real: RunResult, profile) -> dict:
                      for b, k, (ctx, chunks, pad) in zip(rows, n, work)])
     pre = (st["prefill_tokens"] > 0).to_numpy()
     ratio = lambda m: float(measured[m].sum() / pred[m].sum()) if pred[m].sum() > 0 else None
+    kind = np.array([step_kind(int(b), chunks, pad) for b, (_, chunks, pad) in zip(rows, work)])
+    by_kind = {k: {"segments": int((kind == k).sum()), "steps": int(n[kind == k].sum()),
+                   "measured_s": float(measured[kind == k].sum()), "predicted_s": float(pred[kind == k].sum()),
+                   "drift": ratio(kind == k)} for k in sorted(set(kind.tolist()))}
     return {"measured_busy_s": float(measured.sum()), "predicted_busy_s": float(pred.sum()),
             "drift": ratio(np.ones_like(pre)), "drift_prefill_steps": ratio(pre), "drift_decode_steps": ratio(~pre),
+            "by_kind": by_kind,
             "segment_abs_rel_error_median": float(np.median(np.abs(measured / np.maximum(pred, 1e-12) - 1)))}
+
+
+def step_kind(rows: int, chunks, pad: int) -> str:
+    """decode (decode rows only), prefill (chunks only), padded (a left-padded prefill group), mixed (both)."""
+    if not chunks:
+        return "decode"
+    if pad:
+        return "padded"
+    return "mixed" if rows > len(chunks) else "prefill"
 
 
 def scaled_profile(profile, factor: float):
@@ -202,4 +262,6 @@ def scaled_profile(profile, factor: float):
     c["linear_ops"] = [[n, ms * factor] for n, ms in c["linear_ops"]]
     for sec in ("decode_attn", "prefill_attn"):
         c[sec] = {k: v * factor for k, v in c[sec].items()}
+    if "decode_attn_grid" in c:  # a measured decode-attention grid, where a profile has one
+        c["decode_attn_grid"]["ms"] = [[v * factor for v in row] for row in c["decode_attn_grid"]["ms"]]
     return Profile(data=data, path=f"{profile.path} x {factor:.3f}")

@@ -25,6 +25,9 @@ from simulator.profile import Profile
 class CostModel:
     def __init__(self, profile: Profile):
         c = profile.coefficients
+        # a left-padded prefill group's attention (one masked call), when the profile measured it apart
+        self.p_pad_sq = float(c["prefill_attn"].get("padded_sq_token_ms", c["prefill_attn"]["per_sq_token_ms"]))
+        self.p_mixed = float(c["prefill_attn"].get("mixed_step_ms", 0.0))  # a step with decode rows and chunks
         self.profile = profile
         self._xs = [float(p[0]) for p in c["linear_ops"]]
         self._ys = [float(p[1]) for p in c["linear_ops"]]
@@ -114,10 +117,15 @@ class CostModel:
         to ``pad_to`` tokens when that is larger (static batches are left-padded)."""
         n_tokens = decode_rows
         ms = self.fixed_ms + self.decode_attn_ms(decode_rows, decode_sum_ctx)
+        if decode_rows > 0 and chunks:
+            ms += self.p_mixed
         for c, k in chunks:
             c = max(c, pad_to)
             n_tokens += c
-            ms += self.prefill_attn_ms(c, k)
+            if pad_to > 0 and k == 0:  # a member of the padded group
+                ms += self.p_chunk + self.p_pad_sq * c * c
+            else:
+                ms += self.prefill_attn_ms(c, k)
         if n_tokens == 0:
             return 0.0
         return (ms + self.linear_ms(n_tokens)) / 1000.0

@@ -10,10 +10,15 @@ fitted coefficients of one step-time model::
             + sum over prefill chunks (p_chunk + p_sq * C**2 + p_ctx * C * K0)
 
 where N = B + (padded) prefill tokens of the step, C = a chunk's new tokens and K0 the
-tokens that request already had cached. ``linear_ops`` is a piecewise-linear table in N
-(linear extrapolation past its last point). A profile may carry the measured decode-attention
-grid instead of the linear decode term (``coefficients.decode_attn_grid``: ``batch`` sizes,
-``context`` lengths, ``ms[context][batch]`` per step): see :mod:`simulator.cost_model`.
+tokens that request already had cached. A left-padded prefill group (static batching; C =
+the padded length) may have its own ``prefill_attn.padded_sq_token_ms`` in place of
+``p_sq`` (the runner runs it as one masked attention call, not one causal call per chunk),
+and a step with both decode rows and prefill chunks may pay ``prefill_attn.mixed_step_ms``
+once (measured: such a step costs more than the sum of its parts). ``linear_ops`` is a
+piecewise-linear table in N (linear extrapolation past its last point). A profile may carry
+the measured decode-attention grid instead of the linear decode term
+(``coefficients.decode_attn_grid``: ``batch`` sizes, ``context`` lengths, ``ms[context][batch]``
+per step): see :mod:`simulator.cost_model`.
 
 Optional top-level fields: ``tensor_parallel`` (GPUs the model is sharded over; memory
 figures are per GPU), ``engine`` (kernel class: ``vllm``, ``hf``, ``runner``), ``source``
@@ -133,6 +138,9 @@ def _check(data: dict, path: str) -> None:
             raise ProfileError(f"profile {path}: coefficients.{sec} must be an object with {', '.join(keys)}")
         for k in keys:
             _number(coeff[sec].get(k), f"coefficients.{sec}.{k}", path)
+        for k in (("padded_sq_token_ms", "mixed_step_ms") if sec == "prefill_attn" else ()):  # optional
+            if k in coeff[sec]:
+                _number(coeff[sec][k], f"coefficients.prefill_attn.{k}", path)
     if "decode_attn_grid" in coeff:
         _check_grid(coeff["decode_attn_grid"], path)
     tp = data.get("tensor_parallel", 1)

@@ -106,6 +106,9 @@ def register(sub) -> None:
     _serving_arguments(p)
     p.add_argument("--profile", required=True, help="profile JSON measured on this machine (syncintellects profile)")
     p.add_argument("--tolerance", type=float, default=0.10, help="largest accepted |relative error|")
+    p.add_argument("--probe-every", type=float, default=0.3, metavar="SECONDS",
+                   help="time the profile's probe steps every SECONDS of measured run time and price the "
+                        "simulator's steps on the machine as it was during the run (0: off); see docs/validation.md")
     p.set_defaults(func=cmd_validate)
 
 
@@ -191,12 +194,14 @@ def cmd_run(args) -> int:
 def cmd_validate(args) -> int:
     from gpu_runner.validate import run_validation
 
+    if not args.probe_every >= 0:
+        raise ValueError(f"--probe-every must be >= 0 seconds (0: off), got {args.probe_every}")
     spec = spec_from_args(args)
     check_runner_args(args)
     check_out_dir(args.out)
     lm = _load(args)
     doc, status = run_validation(spec, lm, _runner_config(args), args.profile, args.out,
-                                 tolerance=args.tolerance)
+                                 tolerance=args.tolerance, probe_every_s=args.probe_every)
     if not args.quiet:
         print(f"{doc['policy']} on {doc['trace']} ({doc['num_requests']} requests), tolerance {args.tolerance:.0%}:")
         print(f"  {'metric':<34} {'real':>10} {'sim':>10} {'error':>8}")
@@ -207,6 +212,12 @@ def cmd_validate(args) -> int:
             err = "-" if v["rel_error"] is None else f"{v['rel_error']:+.1%}"
             flag = "  FAIL" if name in doc["failed"] else ""
             print(f"  {name:<34} {v['real']:>10.4g} {v['sim']:>10.4g} {err:>8}{flag}")
+        print(f"  verdict on: {doc['verdict_basis']}")
+        if not doc["conclusive"]:
+            c = doc["conditioning"]
+            print(f"  inconclusive: a {c['eps']:.0%} change of every step time moves "
+                  + ", ".join(f"{k} by {c['elasticity'][k] * c['eps']:+.1%}" for k in c["ill_conditioned"])
+                  + " in the simulator itself (the schedule changes); see docs/validation.md")
         print(f"wrote {args.out}/validation.json and validation.html")
         if status:
             print(f"error above tolerance: {', '.join(doc['failed'])}")

@@ -1,0 +1,109 @@
+"""Validate the simulator against the real runner for every policy, several runs each (CPU, tiny-llama).
+
+Runs ``syncintellects validate`` in this process (the model loads once) for each policy and
+repeat, writes every run's directory under ``--out`` and prints the markdown table of
+docs/validation.md (real, simulated and error per metric; one line per policy and metric).
+
+    python benchmarks/validate_policies.py --profile docs/validation/tiny-llama-cpu.json --out /tmp/val
+    python benchmarks/validate_policies.py --profile P.json --out /tmp/val --policies static sjf --runs 1
+
+Each run's command line is printed before it runs. Runs are interleaved across policies
+(policy 1 run 1, policy 2 run 1, ..., policy 1 run 2, ...) so that a change of machine load
+falls on every policy alike.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+# The workload of docs/validation.md: the first N requests of azure-conv with lengths x 1/4, all
+# arriving at once by default (--rate 1e6: a burst, so that both engines make the same decisions;
+# see "Conditioning" in docs/validation.md). Length-aware policies that need a predictor get the
+# noisy oracle; the SyncIntellects policies keep their default (progressive) and use length control.
+POLICIES = {
+    "static": [],
+    "continuous": [],
+    "vllm-v0": [],
+    "sarathi": [],
+    "length-grouped": ["--predictor", "noisy"],
+    "sjf": ["--predictor", "noisy"],
+    "srpt": ["--predictor", "noisy"],
+    "syncintellects": ["--length-control", "on"],
+    "syncintellects-continuous": ["--length-control", "on"],
+}
+COMMON = ["--model", "tiny-llama", "--device", "cpu", "--trace", "azure-conv", "--seed", "0",
+          "--length-scale", "0.25", "--quiet"]
+ROWS = (("e2e_latency_s.mean", "E2E mean (s)", 1), ("e2e_latency_s.p99", "E2E p99 (s)", 1),
+        ("ttft_s.mean", "TTFT mean (s)", 1), ("tpot_s.mean", "TPOT mean (ms)", 1e3),
+        ("throughput_output_tokens_per_s", "throughput (tok/s)", 1))
+
+
+def main(argv=None) -> int:
+    from policies.registry import POLICIES as KNOWN
+    from syncintellects.cli import main as cli
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--num-requests", type=int, default=150)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--rate", default="1000000", help="requests/s (default: a burst)")
+    ap.add_argument("--extra", nargs="*", default=[], help="more validate flags, e.g. --extra=--probe-every=0")
+    ap.add_argument("--tolerance", type=float, default=0.05)
+    ap.add_argument("--policies", nargs="*", default=None, help="default: every policy the registry has")
+    args = ap.parse_args(argv)
+    names = args.policies or [p for p in POLICIES if p in KNOWN]
+    unknown = [p for p in names if p not in KNOWN or p not in POLICIES]
+    if unknown:
+        print(f"error: no validation settings or no such policy: {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    docs: dict[str, list[dict]] = {p: [] for p in names}
+    for run in range(1, args.runs + 1):
+        for p in names:
+            d = out / f"{p}-{run}"
+            argv_p = ["validate", "--profile", args.profile, "--policy", p, "--num-requests", str(args.num_requests),
+                      "--tolerance", str(args.tolerance), *POLICIES[p], "--rate", args.rate, *args.extra, *COMMON, "--out", str(d)]
+            print("syncintellects " + " ".join(argv_p), flush=True)
+            c0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            status = cli(argv_p)
+            c1 = resource.getrusage(resource.RUSAGE_SELF)
+            doc = json.loads((d / "validation.json").read_text())
+            doc["_status"], doc["_wall_s"] = status, time.perf_counter() - w0
+            doc["_cpu_s"] = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
+            docs[p].append(doc)
+            m = doc["metrics"]
+            print(f"  exit {status}, conclusive {doc['conclusive']}, wall {doc['_wall_s']:.0f} s, cpu {doc['_cpu_s']:.0f} s, machine factor "
+                  f"{(doc.get('machine_probe') or {}).get('factor')}, replay drift {doc['replay']['drift']:.3f}; "
+                  + ", ".join(f"{k} {v['rel_error']:+.1%}" for k, v in m.items() if v["rel_error"] is not None),
+                  flush=True)
+    print(table(docs))
+    (out / "summary.json").write_text(json.dumps({p: [{k: d[k] for k in ("metrics", "metrics_uncorrected", "failed", "conditioning",
+                                                                          "machine_probe", "replay", "_status",
+                                                                          "_wall_s", "_cpu_s") if k in d}
+                                                      for d in ds] for p, ds in docs.items()}, indent=1) + "\n")
+    return 0
+
+
+def table(docs: dict[str, list[dict]]) -> str:
+    def num(v, scale):
+        return "-" if v is None else f"{v * scale:.4g}"
+
+    def err(v):
+        return "-" if v is None else f"{v:+.1%}"
+
+    lines = ["| policy | metric | real (runs) | simulated (runs) | error (runs) |", "|---|---|---|---|---|"]
+    for p, ds in docs.items():
+        for key, label, scale in ROWS:
+            cells = [d["metrics"][key] for d in ds]
+            lines.append(f"| {p} | {label} | {' / '.join(num(c['real'], scale) for c in cells)} | "
+                         f"{' / '.join(num(c['sim'], scale) for c in cells)} | "
+                         f"{' / '.join(err(c['rel_error']) for c in cells)} |")
+    return "\n".join(lines)
+
+if __name__ == "__main__":
+    sys.exit(main())

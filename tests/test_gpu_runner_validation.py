@@ -1,0 +1,179 @@
+"""What makes a validation verdict believable on a shared machine: the probe's machine factor (measured
+like the profile's reference, off the run's clock, without touching the run) and the conditioning
+check (how far a 2% change of every step time moves each metric in the simulator itself)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpu_runner.validate import GATED, conditioning, scaled_profile, step_kind
+from policies.registry import make_policy
+from simulator.engine import SimConfig, simulate
+from simulator.profile import load_profile
+from traces.schema import make_trace
+
+
+class TickClock:
+    """A deterministic clock: every reading advances it by ``unit`` seconds (a power of two, so that every
+    reading and difference is exact in floating point). A step's measured time is then ``unit`` x the
+    readings inside it, the same for the same code path whatever the machine does."""
+
+    def __init__(self, unit: float):
+        self.unit, self.k = unit, 0
+
+    def __call__(self) -> float:
+        self.k += 1
+        return self.k * self.unit
+
+
+def _summary(e2e, p99, ttft, tpot, thr):
+    return {"e2e_latency_s": {"mean": e2e, "p99": p99}, "ttft_s": {"mean": ttft}, "tpot_s": {"mean": tpot},
+            "throughput_output_tokens_per_s": thr}
+
+
+def test_conditioning_elasticity_and_ill_conditioned_metrics():
+    base = _summary(2.0, 4.0, 0.5, 0.01, 100.0)
+
+    def proportional(f):  # every latency scales with the step time, throughput inversely
+        return _summary(2.0 * f, 4.0 * f, 0.5 * f, 0.01 * f, 100.0 / f)
+
+    c = conditioning(proportional, base, 1.0, eps=0.02)
+    for name in GATED:
+        want = -1 / (1 - 0.02 ** 2) if name.startswith("throughput") else 1.0
+        assert c["elasticity"][name] == pytest.approx(want, rel=1e-9)
+    assert c["ill_conditioned"] == []
+
+    def chaotic(f):  # a 2% slower machine changes the schedule: the p99 jumps by 20%
+        s = proportional(f)
+        s["e2e_latency_s"]["p99"] *= 1.2 if f > 1 else 1.0
+        return s
+
+    c = conditioning(chaotic, base, 1.0, eps=0.02)
+    assert c["ill_conditioned"] == ["e2e_latency_s.p99"]
+    assert c["elasticity"]["e2e_latency_s.p99"] == pytest.approx((4.08 * 1.2 - 3.92) / 4.0 / 0.04)
+
+
+def test_burst_workload_is_well_conditioned_in_the_simulator():
+    """All requests at once: the schedule cannot depend on step times, so every latency is a sum of step
+    times (elasticity 1) and the throughput their inverse (-1), for static and continuous batching alike."""
+    rng = np.random.default_rng(0)
+    n = 40
+    tr = make_trace("burst", np.zeros(n), rng.integers(10, 300, n), rng.integers(1, 80, n))
+    prof = load_profile("a100-llama-2-7b-fp16")
+    cfg = SimConfig(profile="a100-llama-2-7b-fp16", kv_blocks=400, seed=0)
+    for name, params in (("static", {"batch_size": 8}), ("continuous", {})):
+        def at(f):
+            return simulate(tr, make_policy(name, **params), cfg, profile=scaled_profile(prof, f)).summary
+
+        c = conditioning(at, at(1.0), 1.0, eps=0.02)
+        assert c["ill_conditioned"] == []
+        for key, e in c["elasticity"].items():  # throughput ~ 1/f: (1/1.02 - 1/0.98) / 0.04 = -1 / (1 - 0.02^2)
+            assert e == pytest.approx(-1 / (1 - 0.02 ** 2) if key.startswith("throughput") else 1.0, abs=1e-6), \
+                (name, key)
+
+
+def test_step_kinds():
+    assert step_kind(8, (), 0) == "decode"
+    assert step_kind(1, ((100, 0),), 0) == "prefill"
+    assert step_kind(5, ((100, 0),), 0) == "mixed"
+    assert step_kind(4, ((100, 0),) * 4, 100) == "padded"
+
+
+@pytest.fixture(scope="module")
+def lm():
+    torch = pytest.importorskip("torch")  # only the tests that run the model need the runner extra
+    from gpu_runner.models import load_model
+
+    torch.set_num_threads(1)
+    return load_model("tiny-llama", device="cpu", dtype="fp32", seed=0)
+
+
+SMALL = (("decode", 4, 32, 0, 0), ("prefill", 0, 0, 16, 0), ("mixed", 4, 32, 16, 1))
+
+
+def test_probe_runs_on_its_own_schedule_and_reports_the_ratio(lm):
+    from gpu_runner.probe import Probe
+
+    probe = Probe(lm, TickClock(2.0 ** -10), every_s=0.010, cases=SMALL)
+    for _ in range(25):
+        probe.tick(0.001)  # 25 ms of work: a probe at 10 and 20 ms
+    assert [len(v) for v in probe.times.values()] == [2, 2, 2]
+    ref = probe.reference()
+    assert ref["cases"] == [list(c) for c in SMALL] and ref["probes"] == 2
+    # the same procedure under a clock twice as slow: factor 2, exactly (tick clock: same readings per step)
+    slow = Probe(lm, TickClock(2.0 ** -9), every_s=0.010, cases=SMALL)
+    slow.measure()
+    rep = slow.report({tuple(c): ms for c, ms in zip(ref["cases"], ref["median_ms"])})
+    assert rep["factor"] == pytest.approx(2.0) and rep["probes"] == 1
+    assert all(v["ratio"] == pytest.approx(2.0) for v in rep["cases"].values())
+
+
+def test_probing_does_not_touch_the_run(lm, monkeypatch):
+    """Probe steps use their own bench and KV pool and stay off the virtual clock: the run's tokens, its
+    decisions and (with a deterministic clock) its every timestamp are those of a run without probes."""
+    from gpu_runner.engine import RunnerConfig, serve
+    from simulator.profile import Profile
+
+    rng = np.random.default_rng(2)
+    tr = make_trace("unit", np.sort(rng.uniform(0, 0.05, 10)), rng.integers(3, 60, 10), rng.integers(1, 20, 10))
+    probe_ref = {"probe": {"cases": [list(c) for c in SMALL], "median_ms": [1.0, 1.0, 1.0]}}
+    runs = []
+    for prof in (None, Profile(probe_ref, "<probe ref>")):
+        monkeypatch.setattr("gpu_runner.engine.step_clock", lambda kind, device, threads: ("cpu", TickClock(2.0 ** -13)))
+        cfg = RunnerConfig(kv_tokens=4096, max_context=128)
+        runs.append(serve(tr, make_policy("continuous"), lm, cfg, probe_profile=prof, probe_every_s=0.002))
+    plain, probed = runs
+    assert plain.requests.equals(probed.requests) and plain.steps.equals(probed.steps)
+    assert all(plain.executor.tokens_of(i) == probed.executor.tokens_of(i) for i in range(len(tr)))
+    rep = probed.summary["runner"]["probe"]
+    assert rep["probes"] >= 2 and rep["factor"] > 0 and "probe" not in plain.summary["runner"]
+
+
+def test_padded_group_has_its_own_attention_term():
+    from simulator.cost_model import CostModel
+    from simulator.profile import Profile
+
+    coeff = {"fixed_step_ms": 0.0, "linear_ops": [[1, 1.0], [1000, 11.0]],
+             "decode_attn": {"per_step_ms": 0.0, "per_seq_ms": 0.0, "per_ctx_token_ms": 0.0},
+             "prefill_attn": {"per_chunk_ms": 0.5, "per_sq_token_ms": 1e-4, "per_ctx_token_ms": 1e-5}}
+    plain = CostModel(Profile({"coefficients": coeff}, "<plain>"))
+    coeff["prefill_attn"]["padded_sq_token_ms"] = 3e-4
+    padded = CostModel(Profile({"coefficients": coeff}, "<padded>"))
+    linear = 1.0 + 10.0 * (200 - 1) / 999
+    # two prompts of 100 and 50 tokens left-padded to 100: both members pay the padded term at 100 tokens
+    assert padded.step_s(0, 0, [(100, 0), (50, 0)], 100) == pytest.approx((linear + 2 * (0.5 + 3e-4 * 1e4)) / 1e3)
+    assert plain.step_s(0, 0, [(100, 0), (50, 0)], 100) == pytest.approx((linear + 2 * (0.5 + 1e-4 * 1e4)) / 1e3)
+    # chunks that are not padded (no pad_to, or a cached prefix) keep the causal-chunk term
+    assert padded.step_s(0, 0, [(100, 0), (100, 0)]) == plain.step_s(0, 0, [(100, 0), (100, 0)])
+    assert padded.step_s(0, 0, [(100, 20)], 100) == plain.step_s(0, 0, [(100, 20)], 100)
+    # a step mixing decode rows with chunks pays the profile's mixed-step cost once; pure steps do not
+    coeff["prefill_attn"]["mixed_step_ms"] = 2.0
+    mixed = CostModel(Profile({"coefficients": coeff}, "<mixed>"))
+    assert mixed.step_s(4, 400, [(100, 0)]) == pytest.approx(padded.step_s(4, 400, [(100, 0)]) + 2e-3)
+    assert mixed.step_s(0, 0, [(100, 0)]) == padded.step_s(0, 0, [(100, 0)])
+    assert mixed.step_s(4, 400) == padded.step_s(4, 400)
+    assert mixed.decode_run_s(4, 400, 10) == padded.decode_run_s(4, 400, 10)
+
+
+def test_probe_keeps_the_minimum_of_its_repeats(lm, monkeypatch):
+    """A disturbance that hits one timing (here every case's first, 10x slower) does not reach the probe's
+    time; one that lasts (every timing of a probe 1.3x slower) does, exactly."""
+    from gpu_runner.probe import Probe
+
+    probe = Probe(lm, TickClock(2.0 ** -10), every_s=1.0, cases=SMALL, repeats=3)
+    calls: dict = {}
+    slow = {"by": 1.0}
+
+    def scripted(bench, case, slots):
+        calls[case] = calls.get(case, 0) + 1
+        base = 0.001 * (1 + SMALL.index(case))
+        return base * slow["by"] * (10.0 if calls[case] % 3 == 1 else 1.0), {}
+
+    monkeypatch.setattr("gpu_runner.profiler._time_case", scripted)
+    probe.measure()
+    assert [probe.times[c] for c in SMALL] == [[1.0], [2.0], [3.0]]
+    slow["by"] = 1.3
+    probe.measure()
+    ref = {c: float(probe.times[c][0]) for c in SMALL}
+    rep = probe.report(ref)
+    assert rep["factor"] == pytest.approx((6.0 + 6.0 * 1.3) / 12.0, rel=1e-9)
