@@ -126,7 +126,8 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
     rng = np.random.default_rng(config.seed)
     ex = RealExecutor(lm, kv, rec, prompt, output, forced=forced, prompts=trace.prompt, seed=config.seed,
                       temperature=config.temperature, length_response=length_response, rng=rng,
-                      embeddings=bool(getattr(policy, "wants_embeddings", False)),
+                      embeddings=bool(getattr(policy, "wants_embeddings", False)
+                                      or getattr(getattr(policy, "predictor", None), "wants_embeddings", False)),
                       texts=getattr(policy, "predictor", None) is not None, clock=clock)
     ex.max_context = max_context
     probe = None

@@ -16,10 +16,27 @@ def register(sub) -> None:
                        description="Train a MiniLM + ridge length predictor on real answers and write it to --out "
                                    "(head.npz, model.json with held-out metrics, heldout.json).")
     p.add_argument("--kind", choices=("prompt", "progressive"), required=True)
-    p.add_argument("--data", default="alpaca-eval",
-                   help="'alpaca-eval' (bundled Llama-2-7b-chat answers) or a JSON(.gz) list of {instruction, output}")
+    p.add_argument("--data", default=None,
+                   help="comma-separated sources: alpaca-eval (bundled Llama-2-7b-chat answers), alpaca-eval-multi "
+                        "(same prompts, 12 models' verbosity as the target), sharegpt (needs the 'data' extra), or "
+                        "JSON(.gz) files of {instruction, output}; default: the recommended mix "
+                        "(sharegpt:6000,alpaca-eval; docs/predictors.md)")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--holdout", type=int, default=200, help="prompts held out for evaluation (0: train on all)")
+    p.add_argument("--holdout-source", default=None,
+                   help="hold out whole sources instead (comma-separated, e.g. sharegpt or alpaca-eval/koala; "
+                        "'alpaca-eval' = all its sub-sets): train on the others, evaluate on these; a prompt "
+                        "seen in training is never evaluated")
+    p.add_argument("--head", choices=("ridge", "transformer"), default=None,
+                   help="progressive only: ridge on the latest text embedding (default; measured best, docs/predictors.md) "
+                        "or a transformer over the states every 32 tokens (the default with --record-hidden)")
+    p.add_argument("--max-answers", type=int, default=None,
+                   help="progressive: train the sequence head on at most this many answers (seeded subsample; "
+                        "embedding every 32 tokens is the cost)")
+    p.add_argument("--record-hidden", default=None, metavar="MODEL",
+                   help="progressive transformer: states = this served model's last-layer hidden states "
+                        "(a local checkpoint directory or a named shape such as tiny-llama) instead of MiniLM")
+    p.add_argument("--device", default="cpu", help="device for --record-hidden")
     p.add_argument("--seed", type=int, default=0, help="seeds the split and the cross-validation folds")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=train_cmd)
@@ -28,50 +45,90 @@ def register(sub) -> None:
                        description="Predict the answer length of each {instruction, output} record and write "
                                    "METRICS.json (mae_tokens, kendall_tau, bucket_accuracy, n, ...).")
     q.add_argument("--model", required=True, help="directory written by train-predictor")
-    q.add_argument("--data", required=True, help="JSON(.gz) list of {instruction, output} records, or 'alpaca-eval'")
+    q.add_argument("--data", required=True, help="JSON(.gz) list of {instruction, output} records, or a named source")
+    q.add_argument("--record-hidden", default=None, metavar="MODEL",
+                   help="for a hidden-state progressive model: the served model to replay the answers through")
+    q.add_argument("--device", default="cpu", help="device for --record-hidden")
     q.add_argument("--out", required=True, help="metrics JSON file to write")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=evaluate_cmd)
 
 
+def _states(args, enc):
+    if not args.record_hidden:
+        return None
+    from gpu_runner.hidden import HiddenStateSource
+    from gpu_runner.models import load_model
+
+    return HiddenStateSource(load_model(args.record_hidden, device=args.device))
+
+
 def train_cmd(args) -> int:
-    from policies.predictors.text import Encoder, load_records, split_by_prompt
+    import numpy as np
+
+    from policies.predictors.sources import load_mix, split_by_source
+    from policies.predictors.text import Encoder, split_by_prompt
     from policies.predictors.train import train, write_model
 
-    records = load_records(args.data)
+    records = load_mix(args.data)
+    head_type = args.head or ("transformer" if args.record_hidden else "ridge")
+    if args.kind == "prompt" and args.head not in (None, "ridge"):
+        raise ValueError("--head transformer is for --kind progressive")
+    if args.record_hidden and head_type != "transformer":
+        raise ValueError("--record-hidden needs --kind progressive --head transformer")
     if args.holdout < 0:
         raise ValueError(f"--holdout must be >= 0, got {args.holdout}")
-    if args.holdout:
+    if args.holdout_source:
+        wanted = {s.strip() for s in args.holdout_source.split(",") if s.strip()}
+        present = {r["source"] for r in records}
+        test_sources = {s for s in present if s in wanted or s.split("/", 1)[0] in wanted}
+        if not test_sources:
+            raise ValueError(f"--holdout-source {args.holdout_source}: no such source in --data (sources: "
+                             f"{', '.join(sorted(present))})")
+        train_recs, test_recs = split_by_source(records, test_sources)
+        split = {"by": "source", "test_sources": sorted(test_sources)}
+    elif args.holdout:
         train_recs, test_recs = split_by_prompt(records, args.holdout, args.seed)
+        split = {"by": "prompt", "seed": args.seed}
     else:
-        train_recs, test_recs = records, []
+        train_recs, test_recs, split = records, [], {"by": "none"}
+    fit_recs = train_recs
+    if args.max_answers is not None and args.kind == "progressive" and len(train_recs) > args.max_answers:
+        keep = np.sort(np.random.default_rng(args.seed).permutation(len(train_recs))[:args.max_answers])
+        fit_recs = [train_recs[i] for i in keep]
+    if args.kind == "progressive" and args.max_answers is not None and len(test_recs) > args.max_answers:
+        keep = np.sort(np.random.default_rng(args.seed + 1).permutation(len(test_recs))[:args.max_answers])
+        test_recs = [test_recs[i] for i in keep]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     enc = Encoder(out / "embeddings.npz")
-    head = train(args.kind, train_recs, test_recs, seed=args.seed, encoder=enc, progress=not args.quiet,
-                 source=str(args.data))
-    head.meta["split"] = {"by": "prompt", "seed": args.seed, "n_train": len(train_recs), "n_heldout": len(test_recs)}
-    write_model(head, out)
+    model = train(args.kind, fit_recs, test_recs, seed=args.seed, encoder=enc, progress=not args.quiet,
+                  source=args.data or "recommended", head=head_type, states=_states(args, enc),
+                  log=None if args.quiet else print)
+    model.meta["split"] = {**split, "n_train": len(fit_recs), "n_heldout": len(test_recs)}
+    write_model(model, out)
     if test_recs:
-        (out / "heldout.json").write_text(json.dumps([{"instruction": r["instruction"], "output": r["output"]}
-                                                      for r in test_recs], ensure_ascii=False) + "\n")
-    _print_summary(f"{args.kind} predictor -> {out}", head.meta.get("heldout"))
+        (out / "heldout.json").write_text(json.dumps([{"instruction": r["instruction"], "output": r["output"],
+                                                       "source": r["source"]} for r in test_recs],
+                                                     ensure_ascii=False) + "\n")
+    _print_summary(f"{args.kind} predictor ({head_type}) -> {out}", model.meta.get("heldout"))
     return 0
 
 
 def evaluate_cmd(args) -> int:
-    from policies.predictors.head import RidgeHead
-    from policies.predictors.text import Encoder, load_records
-    from policies.predictors.train import evaluate
+    from policies.predictors.sources import load_source
+    from policies.predictors.text import Encoder
+    from policies.predictors.train import evaluate, load_model
 
-    head = RidgeHead.load(args.model)
-    records = load_records(args.data)
-    metrics = evaluate(head, records, encoder=Encoder(Path(args.model) / "embeddings.npz"), progress=not args.quiet)
-    metrics.update({"model": str(args.model), "kind": head.meta.get("kind"), "data": str(args.data)})
+    model = load_model(args.model)
+    records = load_source(args.data)
+    enc = Encoder(Path(args.model) / "embeddings.npz")
+    metrics = evaluate(model, records, encoder=enc, progress=not args.quiet, states=_states(args, enc))
+    metrics.update({"model": str(args.model), "kind": model.meta.get("kind"), "data": str(args.data)})
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2) + "\n")
-    _print_summary(f"{head.meta.get('kind')} predictor on {args.data} -> {out}", metrics)
+    _print_summary(f"{model.meta.get('kind')} predictor on {args.data} -> {out}", metrics)
     return 0
 
 

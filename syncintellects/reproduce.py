@@ -282,7 +282,9 @@ def write_outputs(rows: list[dict], cfg: ReproductionConfig, out: str | Path) ->
     (out / "reproduction.json").write_text(json.dumps(rows, indent=1))
     (out / "reproduction_config.json").write_text(json.dumps({**asdict(cfg), "paper": PAPER,
                                                               "arms": [asdict(a) for a in ARMS]}, indent=1))
-    (out / "reproduction.md").write_text(markdown(rows, cfg))
+    from syncintellects.frontier import reproduce_extras  # latency-QoS frontier + both error models (issue 9)
+
+    (out / "reproduction.md").write_text(markdown(rows, cfg) + "\n" + reproduce_extras(cfg, rows, out))
     write_csv(rows, out / "reproduction.csv")
     write_html(rows, out / "reproduction.html", cfg)
     return out

@@ -95,7 +95,8 @@ def test_prompt_fallback_error_model_statistics():
     assert bound("prompt", truth).mu == errors.TRAIN_MU_LOG_TOKENS  # no trace: the training centre
     lt, lp = np.log(truth) - mu, np.log(pred) - mu
     b, c = np.polyfit(lt, lp, 1)
-    e = errors.PROMPT_ERROR
+    e = p.error
+    assert e == errors.PROMPT_ERROR_UNSEEN  # the default error model: prompts from an unseen source
     assert b == pytest.approx(e["b"], abs=0.03)
     assert c == pytest.approx(e["c"], abs=0.03)
     assert (lp - (c + b * lt)).std() == pytest.approx(e["sigma"], rel=0.05)

@@ -16,6 +16,8 @@ where each row sits in the file); :func:`traces.loaders.load_trace` finishes it 
                  ``Total tokens``, ``Log Type``. ``Response tokens == 0`` marks a failed request.
 ``alpaca``       JSON list of ``{instruction, input?, output}`` (Alpaca, AlpacaEval model outputs);
                  token counts from a WordPiece tokenizer (see :mod:`traces.tokenize`). No arrivals.
+``sharegpt``     ShareGPT conversation JSON (first human -> assistant turn of each; see
+                 :mod:`traces.sharegpt`). No arrivals.
 ``project``      This project's CSV: ``arrival_s``, ``prompt_tokens``, ``output_tokens`` and optional
                  ``request_id``, ``prompt``, ``response``, ``slo_class`` (see :func:`write_trace_csv`).
 """
@@ -31,7 +33,7 @@ import polars as pl
 from traces._parse import RowChecker, open_lines, read_csv_strings, require_columns, short_columns
 from traces.schema import Trace, TraceError
 
-FORMATS = ("azure", "vidur", "length-stats", "mooncake", "burstgpt", "alpaca", "project")
+FORMATS = ("azure", "vidur", "length-stats", "mooncake", "burstgpt", "alpaca", "project", "sharegpt")
 
 # Header columns that identify a CSV format, checked in this order (first match wins).
 _CSV_SIGNATURES = (
@@ -91,6 +93,10 @@ def read_file(path: Path, fmt: str | None, skip_bad_rows: bool, max_rows: int | 
         raise TraceError(f"unknown trace format {fmt!r}; expected one of {FORMATS}")
     if fmt is None and path.name.lower().removesuffix(".gz").endswith((".json", ".jsonl")):
         fmt = detect_format(path)
+    if fmt == "sharegpt":  # first human -> assistant turns of a (possibly cut) ShareGPT JSON list
+        from traces.sharegpt import read_sharegpt
+
+        return read_sharegpt(path, skip_bad_rows, **opts)
     if fmt in ("mooncake", "alpaca"):
         if fmt == "mooncake":
             return read_mooncake(path, skip_bad_rows, max_rows=max_rows, **opts)

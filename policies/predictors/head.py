@@ -75,29 +75,42 @@ def _ridge_path(xs: np.ndarray, yc: np.ndarray, alphas) -> list[np.ndarray]:
 
 
 def fit_ridge(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int, folds: int = 5,
-              alphas: tuple[float, ...] = ALPHAS) -> RidgeHead:
-    """Ridge on standardised features; the penalty minimising k-fold (by group) absolute error of y."""
+              alphas: tuple[float, ...] = ALPHAS, weights: np.ndarray | None = None) -> RidgeHead:
+    """Ridge on standardised features; the penalty minimising k-fold (by group) absolute error of y.
+
+    ``weights`` (per row, optional) weight the squared error of each row and the CV error, e.g.
+    so that each training source counts equally however many rows it has.
+    """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
+    wts = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=np.float64)
     if len(x) < 2 * folds:
         folds = max(2, len(x) // 2)
     uniq, gi = np.unique(groups, return_inverse=True)
     fold_of_group = np.random.default_rng(seed).permutation(len(uniq)) % folds
     fold = fold_of_group[gi]
     err = np.zeros(len(alphas))
+
+    def solve(rows, alphas):
+        mu, sd = x[rows].mean(0), x[rows].std(0) + 1e-8
+        ww = wts[rows] / wts[rows].mean()
+        ym = float(np.average(y[rows], weights=ww))
+        xs = (x[rows] - mu) / sd
+        xm = np.average(xs, axis=0, weights=ww)
+        r = np.sqrt(ww)[:, None]
+        paths = _ridge_path((xs - xm) * r, (y[rows] - ym) * r[:, 0], alphas)
+        return mu, sd, [(w, ym - xm @ w) for w in paths]
+
     for k in range(folds):
         tr, te = fold != k, fold == k
         if not te.any() or tr.sum() < 2:
             continue
-        mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-8
-        xs = (x[tr] - mu) / sd
-        ym = y[tr].mean()
-        for j, w in enumerate(_ridge_path(xs, y[tr] - ym, alphas)):
-            err[j] += np.abs(((x[te] - mu) / sd) @ w + ym - y[te]).sum()
+        mu, sd, paths = solve(tr, alphas)
+        for j, (w, b) in enumerate(paths):
+            err[j] += (wts[te] * np.abs(((x[te] - mu) / sd) @ w + b - y[te])).sum()
     alpha = float(alphas[int(np.argmin(err))])
-    mu, sd = x.mean(0), x.std(0) + 1e-8
-    w = _ridge_path((x - mu) / sd, y - y.mean(), [alpha])[0]
-    return RidgeHead(w=w, b=float(y.mean()), x_mean=mu, x_std=sd, alpha=alpha)
+    mu, sd, [(w, b)] = solve(np.ones(len(y), bool), [alpha])
+    return RidgeHead(w=w, b=float(b), x_mean=mu, x_std=sd, alpha=alpha)
 
 
 def bucket_of(tokens: np.ndarray, edges=BUCKET_EDGES) -> np.ndarray:

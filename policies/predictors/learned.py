@@ -16,13 +16,19 @@ from policies.predictors import errors
 from policies.predictors.errors import RequestNoise
 from policies.predictors.head import RidgeHead
 from policies.predictors.oracle import _TruthBound
-from policies.predictors.text import EMBED_DIM, load_records, prefix_texts, shared_encoder, token_counts
+from policies.predictors.text import DATA_DIR, EMBED_DIM, load_records, prefix_texts, shared_encoder, token_counts
 
 
-def _train_bundled(kind: str, seed: int) -> RidgeHead:
-    from policies.predictors.train import train
+SHIPPED = DATA_DIR / "models"  # small trained models committed with the repo (docs/predictors.md says how)
 
-    # No model directory: fit on every bundled answer (seeded), in memory. Train once with
+
+def _train_bundled(kind: str, seed: int):
+    from policies.predictors.train import load_model, train
+
+    shipped = SHIPPED / kind
+    if (shipped / "model.json").exists():
+        return load_model(shipped)
+    # No shipped model: fit on every bundled answer (seeded), in memory. Train once with
     # `syncintellects train-predictor` and pass --predictor-model to skip this.
     print(f"training a {kind} predictor on the bundled AlpacaEval answers (no --predictor-model given)", file=sys.stderr)
     return train(kind, load_records("alpaca-eval"), None, seed=seed, source="alpaca-eval (all 805)")
@@ -36,7 +42,9 @@ class _Learned(_TruthBound):
         self.seed = int(seed)
         self.model_dir = model_dir
         self.trace = trace
-        self._head = RidgeHead.load(model_dir) if model_dir is not None else None
+        from policies.predictors.train import load_model
+
+        self._head = load_model(model_dir) if model_dir is not None else None
         if self._head is not None and self._head.meta.get("kind") != self.kind:
             raise ValueError(f"predictor model {model_dir} is a {self._head.meta.get('kind')!r} model, "
                              f"expected {self.kind!r}")
@@ -54,6 +62,15 @@ class _Learned(_TruthBound):
             self._head = _train_bundled(self.kind, self.seed)
         return self._head
 
+    def _prompt_log(self, head: RidgeHead, prompt: str) -> np.ndarray:
+        """The prompt head's ln-length prediction (its own feature set)."""
+        from policies.predictors.cues import cue_features
+
+        n = token_counts([prompt])
+        extra = np.log1p(n) if head.meta.get("features", "minilm+ln_len") == "minilm+ln_len" else \
+            cue_features([prompt], n)[0]
+        return head.predict_log(np.hstack([self._embed_prompt(prompt), extra]))
+
     def _embed_prompt(self, prompt: str) -> np.ndarray:
         prompts = getattr(self.trace, "prompt", None)
         if prompts is not None and not self._trace_embedded:
@@ -61,10 +78,14 @@ class _Learned(_TruthBound):
             self._encoder.embed([p for p in prompts if p], progress=len(prompts) > 256)
         return self._encoder.embed([prompt])[0]
 
-    def _measured(self, key: str):
-        """This model directory's own held-out error parameters, if it has them."""
-        ev = (self._head.meta.get("heldout") if self._head is not None else None) or {}
-        return ev.get(key)
+    def _measured(self, key: str, error_model: str):
+        """This model directory's own held-out error parameters for ``error_model``, if it has them
+        (a split by prompt measures in-distribution errors, a split by source unseen-source ones)."""
+        meta = self._head.meta if self._head is not None else {}
+        split = (meta.get("split") or {}).get("by", "prompt")
+        if (split == "source") != (error_model == "unseen-source"):
+            return None
+        return (meta.get("heldout") or {}).get(key)
 
 
 class PromptPredictor(_Learned):
@@ -74,18 +95,20 @@ class PromptPredictor(_Learned):
     kind = "prompt"
     refresh_every = None
 
-    def __init__(self, trace=None, seed: int = 0, model_dir=None, embedding_cache=None, error: dict | None = None):
+    def __init__(self, trace=None, seed: int = 0, model_dir=None, embedding_cache=None, error: dict | None = None,
+                 error_model: str = "unseen-source"):
         super().__init__(trace, seed, model_dir, embedding_cache)
-        em = self._measured("error_model")
-        self.error = dict(error or (em and {k: em[k] for k in ("b", "c", "sigma")}) or errors.PROMPT_ERROR)
+        base = errors.default_errors("prompt", error_model)
+        em = self._measured("error_model", error_model)
+        self.error_model = error_model
+        self.error = dict(error or (em and {k: em[k] for k in ("b", "c", "sigma")}) or base)
         self._by_text: dict[str, float] = {}
 
     def predict(self, request: RequestView, generated: int = 0, embedding=None) -> float:
         if request.prompt is not None:
             pred = self._by_text.get(request.prompt)
             if pred is None:
-                x = np.hstack([self._embed_prompt(request.prompt), np.log1p(token_counts([request.prompt]))])
-                pred = self._by_text[request.prompt] = float(np.exp(self.head.predict_log(x)[0]))
+                pred = self._by_text[request.prompt] = float(np.exp(self._prompt_log(self.head, request.prompt)[0]))
         else:
             pred = errors.modelled_remaining(self._true(request), 0, self.mu, self.error,
                                              self._noise(request.request_id))
@@ -104,14 +127,17 @@ class ProgressivePredictor(_Learned):
     kind = "progressive"
 
     def __init__(self, trace=None, seed: int = 0, model_dir=None, embedding_cache=None, refresh_every: int = 32,
-                 error: dict | None = None):
+                 error: dict | None = None, error_model: str = "unseen-source"):
         super().__init__(trace, seed, model_dir, embedding_cache)
+        base = errors.default_errors("progressive", error_model)
+        self.error_model = error_model
         if refresh_every < 1:
             raise ValueError(f"progressive predictor: refresh_every must be >= 1, got {refresh_every}")
         self.refresh_every = int(refresh_every)
-        by_f = self._measured("by_fraction")
+        self._states: dict[int, dict[int, np.ndarray]] = {}  # request -> {generated: state} (sequence models)
+        by_f = self._measured("by_fraction", error_model)
         measured = by_f and {float(f): {k: m["error_model"][k] for k in ("b", "c", "sigma")} for f, m in by_f.items()}
-        self.error = dict(error or measured or errors.PROGRESSIVE_ERROR)
+        self.error = dict(error or measured or base)
 
     def _real(self, request: RequestView, generated: int, text_vec: np.ndarray | None) -> float:
         """The trained model: the prompt head before the first token, the progressive head after."""
@@ -119,14 +145,53 @@ class ProgressivePredictor(_Learned):
 
         if self.head.stage0 is None:
             raise ValueError(f"progressive model {self.model_dir} has no prompt/ head (retrain it)")
-        m0 = self.head.stage0.predict_log(np.hstack([self._embed_prompt(request.prompt),
-                                                     np.log1p(token_counts([request.prompt]))]))
+        m0 = self._prompt_log(self.head.stage0, request.prompt)
         if text_vec is None:
             return float(np.exp(m0[0]))
         x = progressive_features(text_vec[None, :], np.array([generated]), m0, self.head.arrays)
         return float(np.exp(self.head.predict_log(x)[0]))
 
+    @property
+    def wants_embeddings(self) -> bool:
+        """True for a model trained on the served model's hidden states (the runner then hands them over)."""
+        return self._head is not None and self._head.meta.get("states") == "hidden"
+
+    def _predict_sequence(self, request: RequestView, generated: int, embedding) -> float | None:
+        """A transformer model over the request's states so far; None when it has nothing to read."""
+        model = self.head
+        rid = request.request_id
+        hist = self._states.setdefault(rid, {})
+        if isinstance(embedding, str):
+            if model.meta.get("states", "minilm") != "minilm":
+                return None  # a hidden-state model cannot read text
+            from policies.predictors.sequence import WINDOW_TOKENS
+
+            vec = self._encoder.embed(prefix_texts(embedding, [10**9], WINDOW_TOKENS))[0] if generated > 0 else None
+        elif embedding is not None:
+            vec = np.asarray(embedding, dtype=np.float32).ravel()
+            if vec.size != model.seq.config["dim"]:
+                raise ValueError(f"progressive model {self.model_dir} reads {model.seq.config['dim']}-d "
+                                 f"{model.meta.get('states')} states, got a {vec.size}-d embedding")
+        else:
+            vec = None
+        m0 = self._prompt_log(model.stage0, request.prompt)
+        if vec is not None:
+            hist[int(generated)] = vec
+        if generated == 0 or not hist:
+            return float(np.exp(m0[0])) if generated == 0 else None
+        if 0 not in hist:  # the prompt's state: MiniLM of the prompt, or the first state the engine gave
+            hist[0] = (self._embed_prompt(request.prompt) if model.meta.get("states", "minilm") == "minilm"
+                       else hist[min(hist)])
+        cuts = sorted(g for g in hist if g <= generated)[-model.seq.config["max_len"]:]
+        states = np.stack([hist[g] for g in cuts]).astype(np.float32)
+        return float(np.exp(model.seq.predict_log([states], m0, [cuts])[0]))
+
     def predict(self, request: RequestView, generated: int = 0, embedding=None) -> float:
+        if request.prompt is not None and getattr(self.head, "seq", None) is not None:
+            rem = self._predict_sequence(request, generated, embedding)
+            if rem is not None:
+                return float(generated + max(rem, 1.0))
+            return self._modelled(request, generated)
         has_state = isinstance(embedding, str) or (embedding is not None and np.size(embedding) == EMBED_DIM)
         if request.prompt is not None and (has_state or generated == 0):
             if isinstance(embedding, str):
@@ -137,8 +202,11 @@ class ProgressivePredictor(_Learned):
                 vec = None
             rem = self._real(request, generated, vec)
         else:
-            true = self._true(request)
-            rem = errors.modelled_remaining(true, generated, self.mu,
-                                            errors.params_at(self.error, generated / max(true, 1)),
-                                            self._noise(request.request_id))
+            return self._modelled(request, generated)
+        return float(generated + max(rem, 1.0))
+
+    def _modelled(self, request: RequestView, generated: int) -> float:
+        true = self._true(request)
+        rem = errors.modelled_remaining(true, generated, self.mu, errors.params_at(self.error, generated / max(true, 1)),
+                                        self._noise(request.request_id))
         return float(generated + max(rem, 1.0))

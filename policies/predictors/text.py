@@ -78,8 +78,8 @@ def token_counts(texts: list[str]) -> np.ndarray:
     return count_tokens(list(texts))
 
 
-def prefix_texts(text: str, cuts: list[int]) -> list[str]:
-    """The text of the first ``c`` tokens for each cut ``c``, keeping only its last TAIL_TOKENS tokens."""
+def prefix_texts(text: str, cuts: list[int], tail: int = TAIL_TOKENS) -> list[str]:
+    """The text of the first ``c`` tokens for each cut ``c``, keeping only its last ``tail`` tokens."""
     enc = tokenizer().encode(text, add_special_tokens=False)
     off = enc.offsets
     out = []
@@ -88,7 +88,7 @@ def prefix_texts(text: str, cuts: list[int]) -> list[str]:
             out.append("")
             continue
         c = min(c, len(off))
-        start = off[max(0, c - TAIL_TOKENS)][0]
+        start = off[max(0, c - tail)][0]
         out.append(text[start:off[c - 1][1]])
     return out
 

