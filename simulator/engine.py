@@ -28,7 +28,7 @@ from traces.schema import Trace
 class SimConfig:
     """Engine settings. ``kv_blocks`` overrides the count derived from the profile's memory."""
 
-    profile: str = "a100-llama-2-7b-fp16"
+    profile: str = "a100-llama-2-7b"
     block_size: int = 16
     gpu_memory_utilization: float | None = None
     kv_blocks: int | None = None

@@ -90,7 +90,7 @@ def register(sub) -> None:
                                    "requests.parquet, steps.parquet and config.json to --out.")
     add_run_arguments(p)
     p.add_argument("--profile", default=None, help="calibration profile: bundled name or a profile .json path "
-                   "(default: a100-llama-2-7b-fp16)")
+                   "(default: a100-llama-2-7b)")
     p.add_argument("--kv-blocks", type=int, default=None, help="override the KV-cache size in blocks")
     add_cluster_arguments(p)
     p.add_argument("--out", required=True, help="output directory")

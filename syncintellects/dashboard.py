@@ -177,8 +177,9 @@ def build_figure(df: pl.DataFrame) -> go.Figure:
         fig.update_yaxes(title_text=unit, **pos)
         if m in ("qos_mean", "slo_attainment"):
             fig.update_yaxes(range=[0, 1.05], **pos)
-        elif not log:
-            fig.update_yaxes(rangemode="tozero", **pos)
+        elif not log:  # from zero to a little above the largest value (a flat series stays off the frame)
+            top = max((v * scale for v in agg[m + "_max"].to_list() if v is not None), default=0.0)
+            fig.update_yaxes(range=[0, 1.1 * top] if top > 0 else None, rangemode="tozero", **pos)
         if log:
             vals = [v * scale for c in (m + "_min", m + "_max") for v in agg[c].to_list() if v is not None]
             ticks = log_ticks(vals)

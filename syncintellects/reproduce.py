@@ -63,7 +63,7 @@ class ReproductionConfig:
     rates: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
     seeds: tuple[int, ...] = (0, 1, 2)
     num_requests: int = 1000
-    profile: str = "a100-llama-2-7b-fp16"
+    profile: str = "a100-llama-2-7b"
     batch_size: int = 16
     workers: int = 2
 

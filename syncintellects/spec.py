@@ -29,7 +29,7 @@ class RunSpec:
     rate: float | None = None            # requests/s of the served requests; None keeps the trace's own arrivals
     num_requests: int | None = None      # N: seed k serves requests k*N .. (k+1)*N-1; None: the whole trace
     seed: int = 0                        # the window (with num_requests), and every random draw of the run
-    profile: str = "a100-llama-2-7b-fp16"
+    profile: str = "a100-llama-2-7b"
     batch_size: int | None = None        # static / length-grouped batching
     predictor: str | None = None         # oracle | noisy | prompt | progressive
     predictor_model: str | None = None   # trained predictor directory (prompt / progressive)
