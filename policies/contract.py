@@ -17,10 +17,17 @@ during which a new request arrived. This is exactly what re-planning after every
 would give for a policy whose plan only changes on those events, and it lets the
 simulator advance many decode steps in closed form. A plan that contains prefill work
 always runs for exactly one step.
+
+The three types made once per engine step (``StepPlan``, ``SchedulerView``, ``StepResult``)
+are frozen dataclasses with their ``__init__`` written out: the generated one of a frozen
+dataclass makes one ``object.__setattr__`` call per field (about 5% of the simulator's
+time). ``tests/test_contract.py`` checks the written-out signatures
+against the fields.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Mapping, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -69,7 +76,7 @@ class LengthDirective:
     prompt_tokens_added: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class StepPlan:
     """What to run next.
 
@@ -95,6 +102,12 @@ class StepPlan:
     max_steps: int = 1
     wake_on_arrival: bool = True
 
+    def __init__(self, decode=(), prefill=(), release=(), preempt=(), reject=(), directives=(), prefill_pad_to=0,
+                 max_steps=1, wake_on_arrival=True):
+        self.__dict__.update(decode=decode, prefill=prefill, release=release, preempt=preempt, reject=reject,
+                             directives=directives, prefill_pad_to=prefill_pad_to, max_steps=max_steps,
+                             wake_on_arrival=wake_on_arrival)
+
     @property
     def is_idle(self) -> bool:
         return not self.decode and not self.prefill
@@ -107,7 +120,7 @@ class StepPlan:
 _EMPTY_PLAN = StepPlan()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class SchedulerView:
     """What a policy sees when asked to plan.
 
@@ -121,8 +134,11 @@ class SchedulerView:
     kv: "KVCache"
     more_arrivals: bool = True
 
+    def __init__(self, now_s, arrivals, kv, more_arrivals=True):
+        self.__dict__.update(now_s=now_s, arrivals=arrivals, kv=kv, more_arrivals=more_arrivals)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True)
 class StepResult:
     """What happened when a plan ran for ``num_steps`` steps from ``start_s`` to ``end_s``.
 
@@ -133,7 +149,8 @@ class StepResult:
     not padding produced exactly ``num_steps`` tokens.
 
     ``embeddings`` / ``texts``: optional per-request state for progressive predictors
-    (the runner's hidden states or decoded text so far); the simulator leaves them empty.
+    (the runner's hidden states or decoded text so far); the simulator leaves them empty
+    (a shared read-only empty mapping).
     """
 
     start_s: float
@@ -143,8 +160,18 @@ class StepResult:
     first_tokens: tuple[int, ...] = ()
     prefilled: tuple[int, ...] = ()
     finished: tuple[int, ...] = ()
-    embeddings: Mapping[int, object] = field(default_factory=dict)
-    texts: Mapping[int, str] = field(default_factory=dict)
+    embeddings: Mapping[int, object] = field(default_factory=lambda: NO_STATE)
+    texts: Mapping[int, str] = field(default_factory=lambda: NO_STATE)
+
+    def __init__(self, start_s, end_s, num_steps, tokens, first_tokens=(), prefilled=(), finished=(),
+                 embeddings=None, texts=None):
+        self.__dict__.update(start_s=start_s, end_s=end_s, num_steps=num_steps, tokens=tokens,
+                             first_tokens=first_tokens, prefilled=prefilled, finished=finished,
+                             embeddings=NO_STATE if embeddings is None else embeddings,
+                             texts=NO_STATE if texts is None else texts)
+
+
+NO_STATE: Mapping = MappingProxyType({})
 
 
 @runtime_checkable

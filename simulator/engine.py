@@ -28,7 +28,7 @@ from traces.schema import Trace
 class SimConfig:
     """Engine settings. ``kv_blocks`` overrides the count derived from the profile's memory."""
 
-    profile: str = "a100-llama-2-7b-fp16"
+    profile: str = "a100-llama-2-7b"
     block_size: int = 16
     gpu_memory_utilization: float | None = None
     kv_blocks: int | None = None
@@ -62,13 +62,15 @@ def simulate(trace: Trace, policy: Policy, config: SimConfig = SimConfig(), *, p
 
     def loop():
         outstanding = n - int(too_long.sum())
+        plan_of, apply_plan, run, observe, deliver = policy.plan, ex.apply_plan, ex.run, policy.observe, feed.deliver
         while True:
             now = env.now
-            new = feed.deliver(now)
-            plan = policy.plan(SchedulerView(now_s=now, arrivals=new, kv=kv, more_arrivals=feed.more))
-            done = ex.apply_plan(plan, now)
-            outstanding -= done
-            bar.update(done)
+            new = deliver(now)
+            plan = plan_of(SchedulerView(now, new, kv, feed.more))
+            done = apply_plan(plan, now)
+            if done:
+                outstanding -= done
+                bar.update(done)
             if plan.is_idle:
                 if feed.more:
                     yield env.timeout(feed.next_arrival_s - now)
@@ -77,13 +79,14 @@ def simulate(trace: Trace, policy: Policy, config: SimConfig = SimConfig(), *, p
                     raise PlanError(f"policy {getattr(policy, 'name', policy)!r} returned an idle plan at t={now:.3f}s "
                                     f"with {outstanding} requests outstanding and no arrivals left")
                 return
-            result = ex.run(plan, now, feed.next_arrival_s)
+            result = run(plan, now, feed.next_arrival_s)
             yield env.timeout(result.end_s - now)
-            policy.observe(result)
+            observe(result)
 
     env.process(loop())
     env.run()
     bar.close()
+    ex.flush()
     requests, steps, summary = collect(rec, policy, blocks)
     summary["sim_wall_s"] = time.perf_counter() - wall0
     cfg = {"engine": "simulator", "policy": getattr(policy, "name", type(policy).__name__),

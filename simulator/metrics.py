@@ -12,8 +12,10 @@ maximum, since decode only grows the cache).
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,8 @@ import polars as pl
 from simulator.served_load import load_warnings, offered_rate, reject_reason_counts
 
 NAN = float("nan")
+_SEGMENT_COLUMNS = ("seg_start", "seg_end", "seg_steps", "seg_batch", "seg_padded", "seg_prefill_tokens",
+                    "seg_output_tokens", "seg_kv_blocks")
 
 
 class Recorder:
@@ -46,15 +50,25 @@ class Recorder:
         self.instruction: dict[int, str] = {}
         self.reject_reason: dict[int, str] = {}
         self.released = np.zeros(n, dtype=bool)
-        # segment columns
-        self.seg_start: list[float] = []
-        self.seg_end: list[float] = []
-        self.seg_steps: list[int] = []
-        self.seg_batch: list[int] = []
-        self.seg_padded: list[int] = []
-        self.seg_prefill_tokens: list[int] = []
-        self.seg_output_tokens: list[int] = []
-        self.seg_kv_blocks: list[int] = []
+        # segment columns: typed arrays (8 bytes a value, not a Python object each), so a run's
+        # per-step records take 64 bytes per segment
+        self.seg_start = array("d")
+        self.seg_end = array("d")
+        self.seg_steps = array("q")
+        self.seg_batch = array("q")
+        self.seg_padded = array("q")
+        self.seg_prefill_tokens = array("q")
+        self.seg_output_tokens = array("q")
+        self.seg_kv_blocks = array("q")
+
+    def replica_copy(self, kv_blocks: int) -> "Recorder":
+        """A recorder for one replica of a cluster: the per-request arrays are this one's (each
+        request lives on one replica), the per-step records its own."""
+        rec = copy.copy(self)
+        rec.kv_blocks = kv_blocks
+        for name in _SEGMENT_COLUMNS:
+            setattr(rec, name, array(getattr(self, name).typecode))
+        return rec
 
     def segment(self, start: float, end: float, steps: int, batch: int, padded: int, prefill_tokens: int,
                 output_tokens: int, kv_blocks: int) -> None:
@@ -259,6 +273,13 @@ def format_summary(s: dict) -> str:
     ]
     if s.get("qos_mean") is not None:
         lines.append(f"  QoS (share of natural answer kept) mean {s['qos_mean']:.3f}")
+    if "slo_attainment" in s:
+        lines.append(f"  SLO {s['slo']}: attainment {s['slo_attainment']:.1%} of offered requests, "
+                     f"goodput {s['goodput_requests_per_s']:.3f} req/s")
+    if "replicas" in s:
+        lines.append(f"  {len(s['replicas'])} replicas ({s.get('router')}): requests "
+                     f"{[r['num_requests'] for r in s['replicas']]}, GPU busy "
+                     f"{[round(r['gpu_busy_fraction'], 2) for r in s['replicas']]}")
     if "sim_wall_s" in s:
         lines.append(f"  simulation wall time   {s['sim_wall_s']:.2f} s")
     return "\n".join(lines)

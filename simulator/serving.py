@@ -10,6 +10,8 @@ The simulated and the real executor differ only in how a step is executed and ti
 """
 from __future__ import annotations
 
+from bisect import bisect_right
+
 import numpy as np
 
 from policies.contract import RequestView, StepPlan
@@ -67,11 +69,16 @@ def collect(rec: Recorder, policy, kv_blocks: int) -> tuple[pl.DataFrame, pl.Dat
 
 
 class ArrivalFeed:
-    """The trace's requests in arrival order; rejected-at-the-edge requests are never delivered."""
+    """The trace's requests in arrival order; rejected-at-the-edge requests are never delivered.
+
+    Views are made as requests are delivered (a million-request trace needs no million views
+    up front); ``more`` and ``next_arrival_s`` are plain attributes, updated on delivery.
+    """
 
     def __init__(self, trace: Trace, max_output: np.ndarray, too_long: np.ndarray):
+        self.trace = trace
         self.arrivals = trace.arrival_s
-        self.views = request_views(trace, max_output)
+        self.max_output = max_output
         self.too_long = too_long
         self.n = n = len(trace)
         self.next = 0  # index of the first request not yet delivered
@@ -79,24 +86,33 @@ class ArrivalFeed:
         # engines never stop a run of steps for a request the edge checks rejected
         ok = np.where(too_long, n, np.arange(n))
         self._next_ok = np.append(np.minimum.accumulate(ok[::-1])[::-1], n) if n else np.array([0])
+        self._times = self.arrivals.tolist()  # bisect on a list: no numpy call per delivery
+        self._first_t = self._times[0] if n else float("inf")  # arrival of request `next`
+        self._update()
 
-    @property
-    def more(self) -> bool:
-        return int(self._next_ok[self.next]) < self.n
-
-    @property
-    def next_arrival_s(self) -> float:
+    def _update(self) -> None:
         j = int(self._next_ok[self.next])
-        return float(self.arrivals[j]) if j < self.n else float("inf")
+        self.more = j < self.n
+        self.next_arrival_s = float(self.arrivals[j]) if j < self.n else float("inf")
 
     def deliver(self, now: float) -> tuple[RequestView, ...]:
         """Requests that arrived at or before ``now`` and were not delivered yet."""
+        if now < self._first_t:
+            return ()
         i = self.next
-        j = int(np.searchsorted(self.arrivals, now, side="right"))
+        j = bisect_right(self._times, now, i)
         if j <= i:
             return ()
         self.next = j
-        return tuple(self.views[k] for k in range(i, j) if not self.too_long[k])
+        self._first_t = self._times[j] if j < self.n else float("inf")
+        self._update()
+        t, too_long = self.trace, self.too_long
+        prompts, slo = t.prompt, t.slo_class
+        return tuple(
+            RequestView(request_id=k, arrival_s=float(t.arrival_s[k]), prompt_tokens=int(t.prompt_tokens[k]),
+                        max_output_tokens=int(self.max_output[k]), prompt=None if prompts is None else prompts[k],
+                        slo_class=None if slo is None else slo[k])
+            for k in range(i, j) if not too_long[k])
 
 
 class ExecutorBase:
@@ -120,6 +136,8 @@ class ExecutorBase:
     # -- plan bookkeeping at the plan's start ----------------------------------------
     def apply_plan(self, plan: StepPlan, now: float) -> int:
         """Releases, rejections, preemptions and directives of a plan; returns requests completed."""
+        if not (plan.release or plan.reject or plan.preempt or plan.directives):
+            return 0
         rec = self.rec
         for r in plan.release:
             if self.remaining[r] != 0 or self.pending[r] != 0:
@@ -201,16 +219,17 @@ class ExecutorBase:
         kv, rec = self.kv, self.rec
         chunks = []
         for ch in plan.prefill:
-            i = ch.request_id
-            if ch.num_tokens < 1 or ch.num_tokens > self.pending[i]:
-                raise PlanError(f"prefill chunk of {ch.num_tokens} tokens for request {i}, "
-                                f"which has {int(self.pending[i])} tokens left to prefill")
+            i, c = ch.request_id, ch.num_tokens
+            pending = int(self.pending[i])
+            if c < 1 or c > pending:
+                raise PlanError(f"prefill chunk of {c} tokens for request {i}, "
+                                f"which has {pending} tokens left to prefill")
             held = kv.tokens_of(i) if kv.holds(i) else 0
-            done_before = self.prompt_tokens[i] + rec.generated[i] - self.pending[i]
-            if held != done_before + ch.num_tokens:
-                raise PlanError(f"request {i}: KV holds {held} tokens but prefill needs {done_before + ch.num_tokens}; "
+            done_before = int(self.prompt_tokens[i]) + int(rec.generated[i]) - pending
+            if held != done_before + c:
+                raise PlanError(f"request {i}: KV holds {held} tokens but prefill needs {done_before + c}; "
                                 f"the policy must allocate KV for a chunk before planning it")
-            chunks.append((ch.num_tokens, int(done_before)))
+            chunks.append((c, done_before))
             if not self.started[i]:
                 self.started[i] = True
                 rec.admitted_s[i] = now

@@ -26,6 +26,7 @@ COMMANDS = [
     "syncintellects.cmd_reproduce",
     "syncintellects.cmd_trace",
     "syncintellects.cmd_sweep",
+    "syncintellects.cmd_capacity",
     "syncintellects.cmd_runner",
     "syncintellects.cmd_profiles",
 ]

@@ -54,7 +54,34 @@ def spec_from_args(args) -> RunSpec:
                    length_control=args.length_control == "on", kv_blocks=getattr(args, "kv_blocks", None),
                    policy_params=parse_params(args.param),
                    trace_options=tuple(sorted(load_options(args, default_seed=args.seed).items())),
-                   length_scale=getattr(args, "length_scale", 1.0), tile=args.tile))
+                   length_scale=getattr(args, "length_scale", 1.0), tile=args.tile, **cluster_fields(args)))
+
+
+def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
+    """--slo, --replicas, --router, --replica-profiles (simulate, sweep and capacity)."""
+    from policies.routers import ROUTERS
+
+    p.add_argument("--slo", action="append", default=None, metavar="[CLASS:]ttft=S,tpot=S,e2e=S",
+                   help="SLO targets in seconds (repeatable; CLASS: per slo_class of the trace); adds slo_attainment "
+                        "and goodput_requests_per_s to summary.json and slo_met to requests.parquet")
+    p.add_argument("--replicas", type=int, default=1, help="replicas behind a router (default 1)")
+    p.add_argument("--router", default="round-robin", choices=tuple(ROUTERS), help="how requests are sent to replicas")
+    p.add_argument("--replica-profiles", default=None, metavar="P1,P2,...",
+                   help="one calibration profile per replica (a heterogeneous cluster; sets --replicas)")
+
+
+def cluster_fields(args) -> dict:
+    from simulator.slo import format_slo, parse_slo
+
+    slo = getattr(args, "slo", None)
+    profiles = tuple(p.strip() for p in (getattr(args, "replica_profiles", None) or "").split(",") if p.strip())
+    replicas = getattr(args, "replicas", 1)
+    if replicas < 1:
+        raise ValueError(f"--replicas must be >= 1, got {replicas}")
+    if profiles and replicas not in (1, len(profiles)):
+        raise ValueError(f"--replicas {replicas} but --replica-profiles lists {len(profiles)} profiles")
+    return {"slo": format_slo(parse_slo(slo)) if slo else None, "replicas": len(profiles) or replicas,
+            "router": getattr(args, "router", "round-robin"), "replica_profiles": profiles}
 
 
 def register(sub) -> None:
@@ -63,8 +90,9 @@ def register(sub) -> None:
                                    "requests.parquet, steps.parquet and config.json to --out.")
     add_run_arguments(p)
     p.add_argument("--profile", default=None, help="calibration profile: bundled name or a profile .json path "
-                   "(default: a100-llama-2-7b-fp16)")
+                   "(default: a100-llama-2-7b)")
     p.add_argument("--kv-blocks", type=int, default=None, help="override the KV-cache size in blocks")
+    add_cluster_arguments(p)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
     p.set_defaults(func=run)

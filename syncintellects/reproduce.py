@@ -6,13 +6,16 @@ prediction + grouping + length control). :func:`run_reproduction` runs that comp
 the policy's parts alone, and the same ideas on continuous batching, on the default
 A100 / Llama-2-7B profile and a chat workload from real data: windows of the Azure LLM
 inference conversation trace (real arrivals, prompt and output lengths), rescaled to
-several load levels; each seed takes a different window of the trace (and seeds the
-predictors and the length-response model). Runs go to a process pool with a progress bar.
+several load levels; seed k takes the k-th window of ``num_requests`` consecutive requests
+(and seeds the predictors and the length-response model); a seed past the trace's last
+window is an error, never a repeat of another window. Runs go to a process pool with a
+progress bar; with an output directory each finished run is written at once to
+``OUT/runs/<run key>.json``, so an interrupted reproduction resumes where it stopped.
 """
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
+import sys
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from syncintellects.spec import RunSpec, build_policy, length_response_model
+from syncintellects.workers import RowStore, parallel, slug
 from simulator.engine import SimConfig, simulate
 
 PAPER = {"mean_latency_reduction_pct": 17.76, "throughput_gain_pct": 9.34}
@@ -59,7 +63,7 @@ class ReproductionConfig:
     rates: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
     seeds: tuple[int, ...] = (0, 1, 2)
     num_requests: int = 1000
-    profile: str = "a100-llama-2-7b-fp16"
+    profile: str = "a100-llama-2-7b"
     batch_size: int = 16
     workers: int = 2
 
@@ -75,19 +79,36 @@ def _full_trace(name: str):
     return load_trace(name)
 
 
-def workload(cfg: ReproductionConfig, rate: float, seed: int):
-    """The ``seed``-th window of ``num_requests`` consecutive requests, starting at 0, at ``rate`` req/s."""
-    from traces import rescale_rate
+def windows(cfg: ReproductionConfig) -> int:
+    """How many disjoint windows of ``num_requests`` requests the trace holds (seeds 0 .. windows-1)."""
+    return len(_full_trace(cfg.trace)) // cfg.num_requests
 
-    full = _full_trace(cfg.trace)
-    n = cfg.num_requests
-    windows = len(full) // n
-    if windows < 1:
-        raise ValueError(f"trace {cfg.trace!r} has {len(full)} requests, fewer than --num-requests {n}")
-    start = (seed % windows) * n
-    part = full.take(slice(start, start + n))
-    part = part.with_arrivals(part.arrival_s - part.arrival_s[0], note=f"reproduce: window {start}..{start + n}")
-    return rescale_rate(part, rate)
+
+def check_config(cfg: ReproductionConfig) -> None:
+    """Refuse, before any run, settings that make no sense or seeds that would repeat a window."""
+    if cfg.num_requests < 2 or not cfg.rates or any(not r > 0 for r in cfg.rates) or cfg.workers < 1 or not cfg.seeds:
+        raise ValueError(f"reproduce paper: need --num-requests >= 2, rates > 0, --seeds >= 1 and --workers >= 1, "
+                         f"got num_requests={cfg.num_requests}, rates={list(cfg.rates)}, seeds={len(cfg.seeds)}, "
+                         f"workers={cfg.workers}")
+    from simulator.profile import load_profile
+
+    load_profile(cfg.profile)  # an unknown profile is reported before any run starts
+    w = windows(cfg)
+    if w < 1:
+        raise ValueError(f"--num-requests {cfg.num_requests}: trace {cfg.trace!r} has only "
+                         f"{len(_full_trace(cfg.trace))} requests")
+    if min(cfg.seeds) < 0 or max(cfg.seeds) >= w:
+        raise ValueError(f"--seeds {len(cfg.seeds)}: trace {cfg.trace!r} holds {w} windows of {cfg.num_requests} "
+                         f"requests (seeds 0..{w - 1}); use at most {w} seeds or a smaller --num-requests")
+
+
+def workload(cfg: ReproductionConfig, rate: float, seed: int):
+    """The ``seed``-th window of ``num_requests`` consecutive requests, starting at 0, at ``rate`` req/s:
+    the selection every command shares (:func:`traces.select_requests`); a seed past the last window
+    is an error."""
+    from traces import select_requests
+
+    return select_requests(_full_trace(cfg.trace), cfg.num_requests, seed, rate)
 
 
 def run_one(job: tuple[ReproductionConfig, Arm, float, int]) -> dict:
@@ -106,6 +127,7 @@ def run_one(job: tuple[ReproductionConfig, Arm, float, int]) -> dict:
             "p99_e2e_s": s["e2e_latency_s"]["p99"], "mean_ttft_s": s["ttft_s"]["mean"],
             "throughput_output_tokens_per_s": s["throughput_output_tokens_per_s"],
             "throughput_requests_per_s": s["throughput_requests_per_s"], "mean_qos": s["qos_mean"],
+            "offered_rate_requests_per_s": s.get("offered_rate_requests_per_s"),
             "preemptions": s["preemptions"], "mean_batch_size": s["mean_batch_size"],
             "padding_waste": s["padding_waste"]}
 
@@ -113,30 +135,42 @@ def run_one(job: tuple[ReproductionConfig, Arm, float, int]) -> dict:
 CONTINUOUS = ("continuous", "sjf", "srpt", "syncintellects-continuous")
 
 
-def run_reproduction(cfg: ReproductionConfig, arms=ARMS, progress: bool = True) -> list[dict]:
-    """Every arm at every rate and seed, in a pool of ``cfg.workers`` processes; rows in a fixed order."""
+def run_key(label: str, rate: float, seed: int) -> str:
+    return f"{slug(label)}_r{rate:g}_s{seed}"
+
+
+def _row_key(row: dict) -> str:
+    return run_key(row["label"], row["rate"], row["seed"])
+
+
+def run_reproduction(cfg: ReproductionConfig, arms=ARMS, progress: bool = True, out: str | Path | None = None,
+                     fresh: bool = False) -> list[dict]:
+    """Every arm at every rate and seed, in a pool of ``cfg.workers`` processes; rows in a fixed order.
+
+    With ``out``, runs already in ``out/runs/`` are not run again and each new one is written
+    as it finishes; an exception (Ctrl-C, SIGTERM: :class:`~syncintellects.workers.Interrupted`)
+    stops the workers at once and keeps what is written.
+    """
+    check_config(cfg)
+    study = {**{k: v for k, v in asdict(cfg).items() if k != "workers"}, "arms": [asdict(a) for a in arms]}
+    store = RowStore(out, study, _row_key, fresh, what="reproduction") if out is not None else None
     jobs = [(cfg, a, r, s) for a in arms for r in cfg.rates for s in cfg.seeds]
-    bar = tqdm(total=len(jobs), desc="reproduce paper", unit="run", disable=not progress)
-    rows = []
-    if cfg.workers > 1:
-        # spawn: workers start clean (no copied simulator state); close + join, not terminate,
-        # so the pool's own semaphores are released before exit
-        pool = mp.get_context("spawn").Pool(cfg.workers)
-        try:
-            for row in pool.imap_unordered(run_one, jobs):
-                rows.append(row)
-                bar.update()
-            pool.close()
-        except BaseException:
-            pool.terminate()
-            raise
-        finally:
-            pool.join()
-    else:
-        for job in jobs:
-            rows.append(run_one(job))
+    done = store.begin() if store is not None else {}
+    rows = [done[k] for k in (run_key(a.label, r, s) for _, a, r, s in jobs) if k in done]
+    todo = [j for j in jobs if run_key(j[1].label, j[2], j[3]) not in done]
+    if rows and progress:
+        print(f"resuming: {len(rows)} of {len(jobs)} runs already done in {store.dir}", file=sys.stderr)
+    bar = tqdm(total=len(jobs), initial=len(rows), desc="reproduce paper", unit="run", disable=not progress)
+    results = parallel(run_one, todo, cfg.workers)
+    try:
+        for row in results:
+            if store is not None:
+                store.write(row)
+            rows.append(row)
             bar.update()
-    bar.close()
+    finally:
+        results.close()
+        bar.close()
     order = {a.label: i for i, a in enumerate(arms)}
     return sorted(rows, key=lambda r: (order[r["label"]], r["rate"], r["seed"]))
 
@@ -227,36 +261,19 @@ def write_csv(rows: list[dict], path: Path) -> None:
     pl.DataFrame(rows).write_csv(path)
 
 
-def write_html(rows: list[dict], path: Path) -> None:
-    """Mean latency and throughput against load, one line per arm (mean over seeds, min–max band as error bars)."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
+def write_html(rows: list[dict], path: Path, cfg: ReproductionConfig | None = None) -> None:
+    """Every figure against load, one line per arm (mean over seeds, min–max band): the sweep dashboard's page."""
+    import polars as pl
 
-    from syncintellects.dashboard import PALETTE
+    from syncintellects.dashboard import render
 
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("mean end-to-end latency (s)", "output tokens/s"))
-    labels = list(dict.fromkeys(r["label"] for r in rows))
-    for i, label in enumerate(labels):
-        rs = [r for r in rows if r["label"] == label]
-        rates = sorted({r["rate"] for r in rs})
-        for col, key in ((1, "mean_e2e_s"), (2, "throughput_output_tokens_per_s")):
-            vals = [[r[key] for r in rs if r["rate"] == x] for x in rates]
-            mean = [float(np.mean(v)) for v in vals]
-            fig.add_trace(go.Scatter(x=rates, y=mean, mode="lines+markers", name=label, legendgroup=label,
-                                     showlegend=col == 1, line={"dash": "dot" if label in CONTINUOUS_LABELS else "solid",
-                                                                 "color": PALETTE[i % len(PALETTE)]},
-                                     error_y={"type": "data", "symmetric": False,
-                                              "array": [max(v) - m for v, m in zip(vals, mean)],
-                                              "arrayminus": [m - min(v) for v, m in zip(vals, mean)]}),
-                          row=1, col=col)
-    fig.update_xaxes(title_text="arrival rate (req/s)")
-    fig.update_yaxes(type="log", row=1, col=1)
-    fig.update_layout(title="SyncIntellects reproduction: latency and throughput vs load (simulated A100, Llama-2-7B, "
-                            "Azure conversation trace)", height=560)
-    fig.write_html(path, include_plotlyjs=True)  # self-contained: opens offline
-
-
-CONTINUOUS_LABELS = tuple(a.label for a in ARMS if a.policy in CONTINUOUS)
+    cfg = cfg or ReproductionConfig()
+    names = {"mean_e2e_s": "e2e_latency_s_mean", "p99_e2e_s": "e2e_latency_s_p99", "mean_ttft_s": "ttft_s_mean",
+             "mean_qos": "qos_mean"}
+    df = pl.DataFrame([{"series": r["label"], "trace": cfg.trace, "profile": cfg.profile,
+                        **{names.get(k, k): v for k, v in r.items()}} for r in rows], infer_schema_length=None)
+    title = f"SyncIntellects reproduction: {HEADLINE} vs {BASELINE} and the other arms, {cfg.trace}, simulated"
+    Path(path).write_text(render(df, title), encoding="utf-8")  # self-contained: opens offline
 
 
 def write_outputs(rows: list[dict], cfg: ReproductionConfig, out: str | Path) -> Path:
@@ -269,7 +286,7 @@ def write_outputs(rows: list[dict], cfg: ReproductionConfig, out: str | Path) ->
 
     (out / "reproduction.md").write_text(markdown(rows, cfg) + "\n" + reproduce_extras(cfg, rows, out))
     write_csv(rows, out / "reproduction.csv")
-    write_html(rows, out / "reproduction.html")
+    write_html(rows, out / "reproduction.html", cfg)
     return out
 
 

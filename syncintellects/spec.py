@@ -29,7 +29,7 @@ class RunSpec:
     rate: float | None = None            # requests/s of the served requests; None keeps the trace's own arrivals
     num_requests: int | None = None      # N: seed k serves requests k*N .. (k+1)*N-1; None: the whole trace
     seed: int = 0                        # the window (with num_requests), and every random draw of the run
-    profile: str = "a100-llama-2-7b-fp16"
+    profile: str = "a100-llama-2-7b"
     batch_size: int | None = None        # static / length-grouped batching
     predictor: str | None = None         # oracle | noisy | prompt | progressive
     predictor_model: str | None = None   # trained predictor directory (prompt / progressive)
@@ -39,6 +39,10 @@ class RunSpec:
     policy_params: tuple = field(default_factory=tuple)  # extra (name, value) pairs for the policy
     trace_options: tuple = field(default_factory=tuple)  # (name, value) pairs for traces.load_trace
     length_scale: float = 1.0            # multiply prompt and output lengths (fit a small model's context)
+    slo: str | None = None               # SLO targets, e.g. "ttft=2,tpot=0.1" (simulator/slo.py)
+    replicas: int = 1                    # replicas behind a router (simulator/cluster.py)
+    router: str = "round-robin"          # policies/routers
+    replica_profiles: tuple = ()         # one profile per replica (heterogeneous cluster); default: profile
     tile: bool = False                   # repeat the trace back to back when the window runs past its end
 
     def to_dict(self) -> dict:
@@ -65,8 +69,29 @@ _CHECKS = {
     "trace": ("--trace", lambda v: isinstance(v, str) and v != "", "a bundled trace name or a file path"),
     "policy": ("--policy", lambda v: isinstance(v, str) and v != "", "a policy name"),
     "profile": ("--profile", lambda v: isinstance(v, str) and v != "", "a profile name or .json path"),
+    "replicas": ("--replicas", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "router": ("--router", lambda v: v in _routers(), "one of round-robin, least-loaded, jsq, length-aware"),
+    "slo": ("--slo", lambda v: isinstance(v, str) and _slo_ok(v), "[CLASS:]ttft=S,tpot=S,e2e=S (seconds > 0)"),
 }
 _integer = lambda v: isinstance(v, int) and not isinstance(v, bool)
+
+
+def _routers():
+    from policies.routers import ROUTERS
+
+    return ROUTERS
+
+
+def _slo_ok(text: str) -> bool:
+    from simulator.slo import parse_slo
+
+    try:
+        parse_slo(text)
+    except ValueError:
+        return False
+    return True
+
+
 _number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
@@ -187,12 +212,42 @@ def prepare(spec: RunSpec) -> tuple[Trace, object, SimConfig]:
 
 
 def run_simulation(spec: RunSpec, progress: bool = False) -> RunResult:
+    from simulator.slo import apply_slo, parse_slo
+
+    slo = parse_slo(spec.slo) if spec.slo else None  # a bad --slo fails before the run
     trace, policy, cfg = prepare(spec)
     cfg = replace(cfg, progress=progress)
-    result = simulate(trace, policy, cfg, length_response=length_response_model(spec))
+    if spec.replicas != 1 or spec.replica_profiles:
+        result = run_cluster(spec, trace, policy, cfg)
+    else:
+        result = simulate(trace, policy, cfg, length_response=length_response_model(spec))
+    if slo is not None:
+        result.requests = apply_slo(result.requests, result.summary, slo, trace.slo_class)
     result.config["spec"] = spec.to_dict()
     add_warnings(result.summary, seed_warnings(spec, trace))
     return result
+
+
+def run_cluster(spec: RunSpec, trace: Trace, policy, cfg: SimConfig) -> RunResult:
+    """``spec.replicas`` replicas (each its own policy instance and profile) behind ``spec.router``."""
+    from policies.routers import make_router
+    from simulator.cluster import simulate_cluster
+    from simulator.profile import load_profile
+
+    names = list(spec.replica_profiles) or [spec.profile] * spec.replicas
+    if spec.replicas < 1 or len(names) != spec.replicas:
+        raise ValueError(f"--replicas {spec.replicas}: needs >= 1 and one --replica-profiles entry per replica "
+                         f"(got {len(spec.replica_profiles)})")
+    router = make_router(spec.router, spec.replicas)
+    predictor = None
+    if router.needs_prediction:  # the router's own predictor: the run's kind, or a model of a real one
+        from policies.predictors import make_predictor
+
+        predictor = make_predictor(spec.predictor or "noisy", trace=trace, seed=spec.seed,
+                                   model_dir=spec.predictor_model)
+    policies = [policy] + [build_policy(spec, trace) for _ in range(spec.replicas - 1)]
+    return simulate_cluster(trace, policies, router, cfg, profiles=[load_profile(p) for p in names],
+                            length_response=length_response_model(spec), predictor=predictor)
 
 
 def add_warnings(summary: dict, lines: list[str]) -> None:

@@ -1,29 +1,42 @@
-"""Sweeps: many simulations in parallel, one flat result row per run.
+"""Sweeps: many simulations in parallel, one flat result row per run, resumable.
 
 A sweep is a list of :class:`~syncintellects.spec.RunSpec` (usually the cartesian product
 of a base spec and a grid). Runs execute in worker processes on this machine
-(``backend="local"``) or as tasks on a Ray cluster (``backend="ray"``, when one machine
-is not enough); the rows come back in spec order whatever the completion order, so the
-same sweep always writes the same ``results.parquet`` (all but ``sim_wall_s``, the wall-clock
-seconds each run took, kept as a measurement).
+(``backend="local"``), in this process (``"serial"``) or as tasks on a Ray cluster
+(``"ray"``). With an output directory ``OUT``:
+
+- every spec is checked before the first run (a bad arm stops the sweep with nothing run);
+- ``OUT/sweep.json`` records the sweep; a different sweep into the same ``OUT`` is refused
+  (``fresh=True`` removes the old runs first);
+- each finished run is written at once to ``OUT/runs/<run key>/`` (``summary.json`` last,
+  atomically), so a rerun of the same sweep runs only what is missing, after a crash, a
+  ``kill -9`` or a Ctrl-C;
+- ``results.parquet`` is rebuilt from the completed runs, in spec order, so the same sweep
+  always writes the same table (all but ``sim_wall_s``, the wall-clock seconds of each run).
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import shutil
+import sys
+import tempfile
+import traceback
 from dataclasses import fields
-from multiprocessing import get_context
 from pathlib import Path
 
 import polars as pl
 from tqdm import tqdm
 
-from syncintellects.spec import RunSpec, run_simulation
+from syncintellects.spec import RunSpec, prepare, run_simulation
+from syncintellects.errors import check_out_dir
+from syncintellects.workers import parallel, write_atomic
 
 SPEC_FIELDS = tuple(f.name for f in fields(RunSpec))
 BACKENDS = ("local", "serial", "ray")
+SWEEP_FILE = "sweep.json"
 
 
 def expand(base: RunSpec, grid: dict[str, list]) -> list[RunSpec]:
@@ -31,8 +44,8 @@ def expand(base: RunSpec, grid: dict[str, list]) -> list[RunSpec]:
     for key in grid:
         if key not in SPEC_FIELDS:
             raise ValueError(f"sweep grid: unknown field {key!r}; RunSpec fields are {', '.join(SPEC_FIELDS)}")
-        if not grid[key]:
-            raise ValueError(f"sweep grid: field {key!r} has no values")
+        if not isinstance(grid[key], (list, tuple)) or not grid[key]:
+            raise ValueError(f"sweep grid: field {key!r} needs a non-empty list of values")
     keys = list(grid)
     return [base.with_(**dict(zip(keys, combo))) for combo in itertools.product(*(grid[k] for k in keys))]
 
@@ -48,65 +61,229 @@ def flatten(summary: dict, prefix: str = "") -> dict:
     return out
 
 
-def run_one(spec: RunSpec, runs_dir: str | None = None, index: int = 0) -> dict:
-    """One simulation -> one flat row (spec fields + summary figures)."""
-    result = run_simulation(spec)
-    if runs_dir is not None:
-        result.write(Path(runs_dir) / f"{index:04d}")
+def run_key(spec: RunSpec) -> str:
+    """A directory name that is a function of the spec alone: readable parts and a short hash."""
+    d = spec.to_dict()
+    digest = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    rate = "trace" if spec.rate is None else f"{spec.rate:g}"
+    policy = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(spec.policy))[:40]
+    return f"{policy}_r{rate}_s{spec.seed}_{digest}"
+
+
+def describe(spec: RunSpec) -> str:
+    return ", ".join(f"{k}={v}" for k, v in spec.to_dict().items()
+                     if v not in (None, {}, ()) and v != getattr(RunSpec, k, object()))
+
+
+def check_spec(spec: RunSpec) -> None:
+    """Build everything a run needs (trace selection, policy, predictor, profile) without running it;
+    a ValueError names the arm."""
+    from simulator.profile import load_profile
+
+    try:  # prepare() checks every field first (spec.check_spec), then reads the trace and builds the policy
+        load_profile(spec.profile)
+        prepare(spec)
+    except (ValueError, TypeError, KeyError, FileNotFoundError, OSError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"sweep arm ({describe(spec) or 'defaults'}): {msg}; nothing was run") from None
+
+
+def row_of(spec: RunSpec, key: str, index: int, summary: dict) -> dict:
     row = spec.to_dict()
     for k in ("policy_params", "trace_options"):  # nested settings as JSON text columns
         row[k] = json.dumps(row[k], sort_keys=True)
     row["run_index"] = index
-    summary = dict(result.summary)
+    row["run_key"] = key
+    summary = dict(summary)
     summary.pop("reject_reasons", None)
+    warnings = summary.pop("warnings", None)
     row.update(flatten(summary))
+    if isinstance(warnings, list):
+        row["warnings"] = "; ".join(map(str, warnings))
     return row
 
 
+def execute(job: tuple[int, RunSpec, bool]) -> tuple[int, dict | None, str | None]:
+    """One run in a worker: ``(index, {file name: bytes}, None)``, or ``(index, None, error)``.
+    The files are the run's ``summary.json`` and ``config.json`` (and with ``keep_runs`` its
+    ``requests.parquet`` / ``steps.parquet``), serialised exactly as ``simulate`` writes them."""
+    index, spec, keep_runs = job
+    try:
+        result = run_simulation(spec)
+    except (ValueError, FileNotFoundError) as e:
+        return index, None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    except Exception:  # a bug: keep the worker's traceback
+        return index, None, traceback.format_exc()
+    with tempfile.TemporaryDirectory(prefix="sweep-run-") as tmp:
+        result.write(tmp)
+        names = ("summary.json", "config.json") + (("requests.parquet", "steps.parquet") if keep_runs else ())
+        files = {n: (Path(tmp) / n).read_bytes() for n in names if (Path(tmp) / n).exists()}
+    return index, files, None
+
+
+class RunStore:
+    """``OUT/sweep.json`` and ``OUT/runs/<key>/``: what is done, and writing what gets done."""
+
+    def __init__(self, out: str | Path, specs: list[RunSpec], keys: list[str], fresh: bool):
+        self.out = check_out_dir(out)
+        self.runs = self.out / "runs"
+        record = {"version": 1, "runs": [{"key": k, "spec": s.to_dict()} for k, s in zip(keys, specs)]}
+        text = json.dumps(record, indent=1, sort_keys=True, default=str) + "\n"
+        old_file = self.out / SWEEP_FILE
+        self.fresh = fresh
+        if fresh:
+            pass
+        elif old_file.exists():
+            try:
+                old = json.loads(old_file.read_text())
+                old_keys = [r["key"] for r in old["runs"]]
+            except (ValueError, KeyError, TypeError):
+                old_keys = None
+            if old_keys != keys:
+                common = len(set(old_keys or ()) & set(keys))
+                raise ValueError(f"--out {self.out} holds a different sweep ({len(old_keys or ())} runs, {common} in "
+                                 f"common with this one); use another --out, or --fresh to delete its runs")
+        elif self.runs.exists() or (self.out / "results.parquet").exists():
+            raise ValueError(f"--out {self.out} holds results of an earlier sweep that this one cannot check "
+                             f"(no {SWEEP_FILE}); use another --out, or --fresh to delete them")
+        self.record_text = text
+
+    def begin(self) -> None:
+        """Record the sweep in ``OUT`` (after every arm passed its check); ``fresh``: remove the old runs first."""
+        if self.fresh:
+            for name in ("runs", "results.parquet", "dashboard.html", SWEEP_FILE):
+                p = self.out / name
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        self.runs.mkdir(exist_ok=True)
+        write_atomic(self.out / SWEEP_FILE, self.record_text)
+
+    def summary(self, key: str) -> dict | None:
+        """The finished run's summary, or None (an unfinished run's directory is removed)."""
+        d = self.runs / key
+        if (d / "summary.json").exists():
+            return json.loads((d / "summary.json").read_text())
+        if d.exists():
+            shutil.rmtree(d)
+        return None
+
+    def write(self, key: str, files: dict[str, bytes]) -> None:
+        d = self.runs / key
+        d.mkdir(exist_ok=True)
+        for name, data in files.items():
+            if name != "summary.json":
+                (d / name).write_bytes(data)
+        write_atomic(d / "summary.json", files["summary.json"])  # last: its presence means "done"
+
+
 def run_sweep(specs: list[RunSpec], *, backend: str = "local", workers: int | None = None, out: str | Path | None = None,
-              keep_runs: bool = False, progress: bool = True, ray_address: str | None = None) -> pl.DataFrame:
+              keep_runs: bool = False, fresh: bool = False, progress: bool = True,
+              ray_address: str | None = None) -> pl.DataFrame:
+    """Run every spec not already done in ``out``; return (and write) the table of all completed runs.
+
+    An exception (including :class:`~syncintellects.workers.Interrupted`) stops the workers at
+    once; the runs finished before it stay in ``out`` and ``results.parquet`` is rebuilt from them.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown sweep backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
     if not specs:
         raise ValueError("the sweep has no runs")
-    runs_dir = str(Path(out) / "runs") if (out is not None and keep_runs) else None
-    bar = tqdm(total=len(specs), desc="sweep", unit="run", disable=not progress)
-    rows: list[dict | None] = [None] * len(specs)
-    if backend == "serial" or (backend == "local" and (workers or os.cpu_count() or 1) == 1):
-        for i, s in enumerate(specs):
-            rows[i] = run_one(s, runs_dir, i)
-            bar.update()
-    elif backend == "local":
-        with ProcessPoolExecutor(max_workers=workers or os.cpu_count(), mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(run_one, s, runs_dir, i): i for i, s in enumerate(specs)}
-            for fut in as_completed(futures):
-                rows[futures[fut]] = fut.result()
-                bar.update()
+    keys = [run_key(s) for s in specs]
+    if len(set(keys)) < len(keys):
+        dup = next(s for s, k in zip(specs, keys) if keys.count(k) > 1)
+        raise ValueError(f"the sweep lists the same run twice ({describe(dup)}); remove the repeated value")
+    if backend == "ray" and ray_address:
+        check_ray_address(ray_address)
+    store = RunStore(out, specs, keys, fresh) if out is not None else None
+    for spec in specs:
+        check_spec(spec)
+    summaries: dict[int, dict] = {}
+    if store is not None:
+        store.begin()
+        for i, k in enumerate(keys):
+            s = store.summary(k)
+            if s is not None:
+                summaries[i] = s
+    todo = [i for i in range(len(specs)) if i not in summaries]
+    if summaries and progress:
+        print(f"resuming: {len(summaries)} of {len(specs)} runs already done in {store.out}", file=sys.stderr)
+    bar = tqdm(total=len(specs), initial=len(summaries), desc="sweep", unit="run", disable=not progress)
+    jobs = [(i, specs[i], keep_runs) for i in todo]
+    if backend == "ray":
+        results = _run_ray(jobs, ray_address)
     else:
-        rows = _run_ray(specs, runs_dir, bar, ray_address)
-    bar.close()
-    df = pl.DataFrame(rows, infer_schema_length=None)
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        df.write_parquet(out / "results.parquet", statistics=False)
-        (out / "sweep.json").write_text(json.dumps({"backend": backend, "runs": [s.to_dict() for s in specs]},
-                                                   indent=1, sort_keys=True) + "\n")
+        n = 1 if backend == "serial" else (workers or os.cpu_count() or 1)
+        results = parallel(execute, jobs, n)
+    try:
+        for i, files, error in results:
+            if error is not None:
+                head = error if "\n" not in error.strip() else error.strip().splitlines()[-1]
+                if error.startswith(("ValueError", "FileNotFoundError")):
+                    raise ValueError(f"run {keys[i]} failed: {head}")
+                raise RuntimeError(f"run {keys[i]} failed in its worker:\n{error}")
+            if store is not None:
+                store.write(keys[i], files)
+            summaries[i] = json.loads(files["summary.json"])
+            bar.update()
+    finally:
+        results.close()
+        bar.close()
+        df = table(specs, keys, summaries)
+        if store is not None:
+            df.write_parquet(store.out / ".results.parquet.tmp", statistics=False)
+            os.replace(store.out / ".results.parquet.tmp", store.out / "results.parquet")
     return df
 
 
-def _run_ray(specs, runs_dir, bar, address):
+def table(specs: list[RunSpec], keys: list[str], summaries: dict[int, dict]) -> pl.DataFrame:
+    rows = [row_of(specs[i], keys[i], i, summaries[i]) for i in sorted(summaries)]
+    if not rows:
+        return pl.DataFrame({"run_index": [], "run_key": []}, schema={"run_index": pl.Int64, "run_key": pl.Utf8})
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def check_ray_address(address: str, timeout_s: float = 3.0) -> None:
+    """Fail within seconds, with one line, when nothing answers at a Ray address (``ray.init`` would wait minutes)."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--ray-address {address!r}: expected HOST:PORT (or ray://HOST:PORT, auto, local)")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ValueError(f"--ray-address {address}: nothing answers there ({e.strerror or e})") from None
+
+
+def _run_ray(jobs, address):
+    """Yield results as Ray tasks finish; closing the generator cancels the rest."""
     try:
         import ray
     except ImportError:
         raise ValueError("the ray backend needs Ray: pip install -e '.[ray]' (or use --backend local)") from None
-    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-    remote = ray.remote(run_one)
-    pending = {remote.remote(s, runs_dir, i): i for i, s in enumerate(specs)}
-    rows: list[dict | None] = [None] * len(specs)
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        for ref in done:
-            rows[pending.pop(ref)] = ray.get(ref)
-            bar.update()
-    return rows
+    import logging
+    import signal
+    import threading
+
+    started = not ray.is_initialized()
+    main = threading.current_thread() is threading.main_thread()
+    ours = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, logging_level=logging.WARNING)
+    for s, h in ours.items():  # Ray installs its own handlers; Ctrl-C / SIGTERM must still stop the sweep cleanly
+        signal.signal(s, h)
+    remote = ray.remote(execute)
+    pending = [remote.remote(job) for job in jobs]
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                yield ray.get(ref)
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        if started and pending:
+            ray.shutdown()

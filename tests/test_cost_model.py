@@ -1,5 +1,4 @@
 import pytest
-from hypothesis import given, settings, strategies as st
 
 from simulator.cost_model import CostModel
 from simulator.profile import ProfileError, load_profile
@@ -36,26 +35,6 @@ def test_costs_grow_with_batch_context_and_prompt(cost):
     assert cost.step_s(0, 0, [(2000, 0)]) > cost.step_s(0, 0, [(500, 0)])
     assert cost.step_s(0, 0, [(500, 0)], pad_to=2000) == pytest.approx(cost.step_s(0, 0, [(2000, 0)]))
     assert cost.step_s(0, 0, []) == 0.0
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.integers(1, 256), st.integers(0, 500_000), st.integers(1, 400))
-def test_decode_run_equals_sum_of_steps(batch, sum_ctx, n):
-    cost = CostModel(load_profile())
-    total = sum(cost.step_s(batch, sum_ctx + k * batch) for k in range(n))
-    assert cost.decode_run_s(batch, sum_ctx, n) == pytest.approx(total, rel=1e-9)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.integers(1, 256), st.integers(0, 500_000), st.floats(1e-4, 30.0), st.integers(1, 2000))
-def test_decode_steps_until_is_the_smallest_covering_run(batch, sum_ctx, budget, limit):
-    cost = CostModel(load_profile())
-    n = cost.decode_steps_until(batch, sum_ctx, budget, limit)
-    assert 1 <= n <= limit
-    if n < limit:
-        assert cost.decode_run_s(batch, sum_ctx, n) >= budget
-    if n > 1:
-        assert cost.decode_run_s(batch, sum_ctx, n - 1) < budget
 
 
 def test_bad_profiles_are_reported(tmp_path):

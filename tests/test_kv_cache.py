@@ -71,3 +71,43 @@ def test_unknown_requests_are_named():
     for call in (lambda: kv.free(1), lambda: kv.tokens_of(7), lambda: kv.grow(7, 1), lambda: kv.slots((1,))):
         with pytest.raises(KeyError, match="request [17] holds no KV blocks"):
             call()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 8), st.lists(st.tuples(st.sampled_from(["alloc", "free", "grow", "append", "query", "batch"]),
+                                             st.integers(0, 11), st.integers(1, 40)), max_size=120))
+def test_incremental_decode_batch_matches_recounting(block_size, ops):
+    """The decode group's O(1) aggregates equal a recount over the per-request tokens, whatever the
+    sequence of allocations, frees, chunk growths and batch changes (including a repeated slot)."""
+    kv = KVCache(num_blocks=60, block_size=block_size)
+    held: dict[int, int] = {}
+    batch: tuple = ()
+    blocks = lambda t: -(-t // block_size)
+    for op, rid, n in ops:
+        if op == "alloc" and rid not in held and kv.allocate(rid, n):
+            held[rid] = n
+        elif op == "free" and rid in held:
+            kv.free(rid)
+            del held[rid]
+            batch = tuple(r for r in batch if r != rid)
+        elif op == "grow" and rid in held and kv.grow(rid, n):
+            held[rid] += n
+        elif op == "batch":  # a new decode batch: a few held requests, sometimes one twice
+            ids = sorted(held)[rid % 3: rid % 3 + n % 6]
+            batch = tuple(ids + ids[:1]) if n % 7 == 0 else tuple(ids)
+        elif op in ("append", "query") and batch:
+            slots = kv.slots(batch)
+            uniq = set(batch)
+            assert kv.sum_tokens(slots) == sum(held[r] for r in batch)
+            k = n % 20
+            assert kv.growth_blocks(slots, k) == sum(blocks(held[r] + k) - blocks(held[r]) for r in batch)
+            s = kv.max_decode_steps(slots, n)
+            fits = lambda m: sum(blocks(held[r] + m) for r in batch) - sum(blocks(held[r]) for r in batch) <= kv.free_blocks
+            assert fits(s) and (s == n or not fits(s + 1))
+            if op == "append" and s > 0 and len(uniq) == len(batch):
+                kv.append(slots, s)
+                for r in batch:
+                    held[r] += s
+        assert kv.used_blocks == sum(blocks(t) for t in held.values()) <= kv.num_blocks
+        assert all(kv.tokens_of(r) == t for r, t in held.items())
+    assert all(int(kv._tokens[kv.slots((r,))][0]) == t for r, t in held.items())

@@ -71,3 +71,113 @@ def test_quick_cli_writes_the_table_and_the_plot(tmp_path):
     html = (out / "reproduction.html").read_text()
     assert "plotly" in html.lower() and HEADLINE in html
     assert (out / "reproduction.csv").read_text().splitlines()[0].startswith("label,policy")
+
+
+def test_a_seed_past_the_last_window_is_an_error_not_a_repeat(capsys):
+    from syncintellects.cli import main
+    from syncintellects.reproduce import check_config, windows
+
+    cfg = ReproductionConfig(num_requests=1000)
+    assert windows(cfg) == 19  # 19,366 azure-conv requests
+    check_config(ReproductionConfig(num_requests=1000, seeds=tuple(range(19))))
+    with pytest.raises(ValueError, match=r"19 window\(s\) of 1000 \(seeds 0..18\)"):
+        workload(cfg, 1.0, 19)  # was: window 0 again
+    assert main(["reproduce", "paper", "--seeds", "20", "--num-requests", "1000", "--out", "/nonexistent/x"]) == 2
+    err = capsys.readouterr().err
+    assert "--seeds 20" in err and "use at most 19 seeds" in err and len(err.strip().splitlines()) == 1
+
+
+def test_reproduction_resumes_runs_only_what_is_missing_and_refuses_another_study(tmp_path, monkeypatch, capsys):
+    from syncintellects import reproduce
+    from syncintellects.cli import main
+
+    out = tmp_path / "r"
+    args = ["reproduce", "paper", "--quick", "--num-requests", "40", "--rates", "2", "--workers", "1", "--quiet"]
+    assert main([*args, "--out", str(out)]) == 0
+    first = (out / "reproduction.json").read_text()
+    runs = sorted(p for p in (out / "runs").glob("*.json") if p.name != "study.json")
+    assert len(runs) == len(ARMS) * 2
+    lost = runs[::3]
+    for p in lost:
+        p.unlink()
+    kept = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in runs if p not in lost}
+    ran = []
+    real = reproduce.run_one
+    monkeypatch.setattr(reproduce, "run_one", lambda job: ran.append(job) or real(job))
+    assert main([*args, "--out", str(out)]) == 0
+    assert len(ran) == len(lost) and {reproduce.run_key(a.label, r, s) for _, a, r, s in ran} == {p.stem for p in lost}
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in kept} == kept
+    assert (out / "reproduction.json").read_text() == first  # same rows, same order, same figures
+    capsys.readouterr()
+    assert main([*args, "--seeds", "1", "--out", str(out)]) == 2
+    assert "holds the runs of a different reproduction" in capsys.readouterr().err
+    assert main([*args, "--seeds", "1", "--fresh", "--out", str(out)]) == 0
+    assert len(json.loads((out / "reproduction.json").read_text())) == len(ARMS)
+
+
+def test_sigterm_stops_a_reproduction_and_keeps_its_finished_runs(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-m", "syncintellects.cli", "reproduce", "paper", "--num-requests", "300",
+                             "--rates", "2", "4", "--seeds", "2", "--workers", "2", "--out", str(out)],
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    t0 = time.monotonic()
+    while not [p for p in (out / "runs").glob("*.json") if p.name != "study.json"]:
+        assert proc.poll() is None and time.monotonic() - t0 < 180, proc.communicate()
+        time.sleep(0.05)
+    kids = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat")
+            if _ppid(p) == proc.pid]
+    assert kids
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143
+    deadline = time.monotonic() + 10
+    while any(_running(k) for k in kids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_running(k) for k in kids), "a worker outlived the interrupted reproduction"
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip() and not ln.startswith("reproduce paper")]
+    assert len(lines) == 1 and lines[0].startswith("interrupted by SIGTERM") and "Traceback" not in err, err
+    done = [p for p in (out / "runs").glob("*.json") if p.name != "study.json"]
+    assert 1 <= len(done) < len(ARMS) * 4 and f"{len(done)} runs done" in lines[0]
+    assert all(json.loads(p.read_text())["num_requests"] == 300 for p in done)
+
+
+def _stat(path) -> list[str]:
+    try:
+        return path.read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _ppid(stat_path) -> int:
+    fields = _stat(stat_path)
+    return int(fields[1]) if fields else -1
+
+
+def _running(pid: int) -> bool:
+    from pathlib import Path
+
+    fields = _stat(Path(f"/proc/{pid}/stat"))
+    return bool(fields) and fields[0] != "Z"  # a zombie has exited (only its reaper is missing)
+
+
+def test_reproduce_mistakes_are_one_line_before_any_run(tmp_path, capsys, monkeypatch):
+    from syncintellects import reproduce
+    from syncintellects.cli import main
+
+    monkeypatch.setattr(reproduce, "run_one", lambda job: pytest.fail("a run started"))
+    afile = tmp_path / "f"
+    afile.write_text("x")
+    for args, needle in [(["--out", str(afile)], "is a file"), (["--out", ""], "empty path"),
+                         (["--workers", "0", "--out", str(tmp_path / "a")], "--workers >= 1"),
+                         (["--rates", "0", "--out", str(tmp_path / "a")], "rates > 0"),
+                         (["--seeds", "0", "--out", str(tmp_path / "a")], "--seeds must be >= 1")]:
+        assert main(["reproduce", "paper", "--quick", "--quiet", *args]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err

@@ -11,7 +11,7 @@ def test_expand_is_the_ordered_cartesian_product():
     assert all(s.num_requests == 10 for s in specs)
     with pytest.raises(ValueError, match="unknown field 'rates'"):
         expand(RunSpec(), {"rates": [1]})
-    with pytest.raises(ValueError, match="no values"):
+    with pytest.raises(ValueError, match="non-empty list of values"):
         expand(RunSpec(), {"rate": []})
 
 
@@ -53,5 +53,5 @@ def test_sweep_spec_file_and_grid_flags_do_not_mix(tmp_path, capsys):
     spec = tmp_path / "sweep.json"
     spec.write_text(json.dumps({"base": {"num_requests": 50}, "grid": {"policy": ["static"], "rate": [1.0]}}))
     assert main(["sweep", "--spec", str(spec), "--rate", "2", "--out", str(tmp_path / "a")]) == 2
-    assert "put --rate in its grid" in capsys.readouterr().err
+    assert "put --rate in its base or grid" in capsys.readouterr().err
     assert main(["sweep", "--spec", str(spec), "--backend", "serial", "--out", str(tmp_path / "b")]) == 0

@@ -99,7 +99,7 @@ class ContinuousBatching:
                 del self.views[r], self.context[r], self.pending[r]
                 self.admitted.discard(r)
             self.running = [r for r in self.running if r not in gone]
-            self._set_decode(tuple(r for r in self._decode if r not in gone))
+            self._set_decode(tuple([r for r in self._decode if r not in gone]))
         return release
 
     def observe(self, result: StepResult) -> None:
@@ -107,11 +107,11 @@ class ContinuousBatching:
             done = set(result.prefilled)
             self.prefilling = [r for r in self.prefilling if r not in done]
             fin = set(result.finished)
-            self._set_decode(self._decode + tuple(r for r in result.prefilled if r not in fin))
+            self._set_decode(self._decode + tuple([r for r in result.prefilled if r not in fin]))
         if result.finished:
             self._finished.extend(result.finished)
             fin = set(result.finished)
-            self._set_decode(tuple(r for r in self._decode if r not in fin))
+            self._set_decode(tuple([r for r in self._decode if r not in fin]))
 
     # -- helpers -----------------------------------------------------------------
     def _set_decode(self, decode: tuple[int, ...]) -> None:
