@@ -18,7 +18,7 @@ $(VENV)/.full: $(VENV)/.core
 	touch $@
 
 demo: $(VENV)/.core
-	$(VENV)/bin/syncintellects demo --out $(OUT)
+	$(VENV)/bin/syncintellects demo --out $(OUT) --fresh
 
 test: $(VENV)/.full
 	$(PY) -m pytest -x -p no:cacheprovider

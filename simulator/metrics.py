@@ -218,10 +218,11 @@ def _prediction_and_batch_figures(done: pl.DataFrame) -> dict:
                .agg(pl.len().alias("n"), pl.col("generated_tokens").sum().alias("made"),
                     pl.col("generated_tokens").max().alias("longest"))
                .filter(pl.col("n") > 1))
-    if batches.height:
-        waste = (1.0 - batches["made"] / (batches["n"] * batches["longest"])).to_numpy()
-        out["batch_padding_waste"] = _stats(waste)
-        out["num_batches"] = batches.height
+    # Always present (null stats when no two requests shared a batch), so a summary's keys do not
+    # depend on whether two requests happened to start and end together.
+    waste = (1.0 - batches["made"] / (batches["n"] * batches["longest"])).to_numpy()
+    out["batch_padding_waste"] = _stats(waste)
+    out["num_batches"] = batches.height
     return out
 
 

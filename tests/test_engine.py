@@ -24,6 +24,14 @@ def test_lone_request_latency_is_prefill_plus_decode_steps():
     assert r["queue_s"] == 0.0 and r["generated_tokens"] == n
 
 
+def test_summary_keys_do_not_depend_on_whether_requests_shared_a_batch():
+    alone = simulate(make_trace("one", [1.0], [300], [50]), ContinuousBatching()).summary
+    together = simulate(make_trace("two", [0.0, 0.0], [300, 300], [50, 50]), StaticBatching(batch_size=2)).summary
+    assert set(alone) == set(together)
+    assert alone["num_batches"] == 0 and alone["batch_padding_waste"]["mean"] is None
+    assert together["num_batches"] == 1 and together["batch_padding_waste"]["mean"] == 0.0
+
+
 def test_identical_requests_in_a_static_batch_finish_together():
     b, p, n = 8, 200, 40
     trace = make_trace("same", [0.0] * b, [p] * b, [n] * b)
