@@ -82,12 +82,14 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", default=None, help="embedding cache (.npz) to read and extend")
     ap.add_argument("--features", default="minilm+cues", choices=("minilm+cues", "minilm+ln_len"))
     ap.add_argument("--no-balance", action="store_true", help="do not weight source families equally")
+    ap.add_argument("--head", default="ridge", choices=("ridge", "ridge+boost"),
+                    help="ridge, or the mean of ridge and gradient-boosted trees (policies/predictors/boost.py)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     a = ap.parse_args(argv)
     t = time.process_time()
-    rows = run(a.data, Encoder(a.cache), a.seed, features=a.features, balance=not a.no_balance)
-    print(f"data {a.data}, features {a.features}, balanced {not a.no_balance}, seed {a.seed} "
+    rows = run(a.data, Encoder(a.cache), a.seed, features=a.features, balance=not a.no_balance, head=a.head)
+    print(f"data {a.data}, features {a.features}, head {a.head}, balanced {not a.no_balance}, seed {a.seed} "
           f"(CPU {time.process_time() - t:.0f} s)")
     print(markdown(rows))
     if a.out:

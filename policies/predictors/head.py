@@ -38,7 +38,12 @@ class RidgeHead:
         x = np.atleast_2d(np.asarray(x, dtype=np.float64))
         if x.shape[1] != len(self.w):
             raise ValueError(f"predictor head expects {len(self.w)} features, got {x.shape[1]}")
-        return ((x - self.x_mean) / self.x_std) @ self.w + self.b
+        lin = ((x - self.x_mean) / self.x_std) @ self.w + self.b
+        if "tree_roots" in self.arrays:  # a ridge+boost prompt head: the mean of ridge and trees
+            from policies.predictors.boost import predict_trees
+
+            return 0.5 * lin + 0.5 * predict_trees(self.arrays, x)
+        return lin
 
     def save(self, model_dir: str | Path) -> None:
         d = Path(model_dir)

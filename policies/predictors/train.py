@@ -150,8 +150,16 @@ def train(kind: str, train_records: list[dict], test_records: list[dict] | None,
     if kind == "prompt":
         prompts = [r["instruction"] for r in train_records]
         y_tok = target_tokens(train_records)
-        head = fit_ridge(prompt_features(enc, prompts, progress, features), np.log(y_tok), prompt_ids(prompts), seed,
-                         weights=source_weights(train_records) if balance else None)
+        if head_type not in ("ridge", "ridge+boost"):
+            raise ValueError(f"prompt head {head_type!r}: expected 'ridge' or 'ridge+boost'")
+        x = prompt_features(enc, prompts, progress, features)
+        wts = source_weights(train_records) if balance else None
+        head = fit_ridge(x, np.log(y_tok), prompt_ids(prompts), seed, weights=wts)
+        if head_type == "ridge+boost":
+            from policies.predictors.boost import fit_trees
+
+            head.arrays = fit_trees(x, np.log(y_tok), wts, seed)
+        head.meta["head"] = head_type
         head.meta["features"] = features
         head.meta["balanced_sources"] = bool(balance)
         mu = float(np.log(y_tok).mean())
