@@ -20,7 +20,7 @@ def register(sub) -> None:
                    help="comma-separated sources: alpaca-eval (bundled Llama-2-7b-chat answers), alpaca-eval-multi "
                         "(same prompts, 12 models' verbosity as the target), sharegpt (needs the 'data' extra), or "
                         "JSON(.gz) files of {instruction, output}; default: the recommended mix "
-                        "(sharegpt:6000,alpaca-eval; docs/predictors.md)")
+                        "(sharegpt,alpaca-eval; docs/predictors.md)")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--holdout", type=int, default=200, help="prompts held out for evaluation (0: train on all)")
     p.add_argument("--holdout-source", default=None,
@@ -31,6 +31,9 @@ def register(sub) -> None:
                    help="prompt: ridge (default) or ridge+boost (mean of ridge and gradient-boosted trees); "
                         "progressive: ridge on the latest text embedding (default; measured best, docs/predictors.md) "
                         "or a transformer over the states every 32 tokens (the default with --record-hidden)")
+    p.add_argument("--clip-tokens", default="none", metavar="LO,HI",
+                   help="prompt: learn ln(clip(answer tokens, LO, HI)) instead of ln(tokens) (the recommended "
+                        "recipe: 64,1024; docs/predictors.md); none (default) for no clipping")
     p.add_argument("--max-answers", type=int, default=None,
                    help="progressive: train the sequence head on at most this many answers (seeded subsample; "
                         "embedding every 32 tokens is the cost)")
@@ -67,10 +70,13 @@ def _states(args, enc):
 def train_cmd(args) -> int:
     import numpy as np
 
-    from policies.predictors.sources import load_mix, split_by_source
+    from policies.predictors.sources import load_mix, parse_clip, split_by_source
     from policies.predictors.text import Encoder, split_by_prompt
     from policies.predictors.train import train, write_model
 
+    clip = parse_clip(args.clip_tokens)
+    if clip is not None and args.kind != "prompt":
+        raise ValueError("--clip-tokens is for --kind prompt")
     records = load_mix(args.data)
     head_type = args.head or ("transformer" if args.record_hidden else "ridge")
     if args.kind == "prompt" and args.head not in (None, "ridge", "ridge+boost"):
@@ -107,7 +113,7 @@ def train_cmd(args) -> int:
     enc = Encoder(out / "embeddings.npz")
     model = train(args.kind, fit_recs, test_recs, seed=args.seed, encoder=enc, progress=not args.quiet,
                   source=args.data or "recommended", head=head_type, states=_states(args, enc),
-                  log=None if args.quiet else print)
+                  log=None if args.quiet else print, **({"clip_tokens": clip} if clip else {}))
     model.meta["split"] = {**split, "n_train": len(fit_recs), "n_heldout": len(test_recs)}
     write_model(model, out)
     if test_recs:

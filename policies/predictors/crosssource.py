@@ -1,6 +1,6 @@
 """Per-source and cross-source scores of a prompt-predictor recipe (the tables of docs/predictors.md).
 
-    python -m policies.predictors.crosssource --data sharegpt:6000,alpaca-eval --cache /tmp/emb.npz
+    python -m policies.predictors.crosssource --data sharegpt,alpaca-eval --head ridge+boost --clip-tokens 64,1024 --cache /tmp/emb.npz
 
 For one recipe (features, source balancing, data mix) it trains the prompt head on:
 
@@ -20,8 +20,9 @@ import time
 
 import numpy as np
 
-from policies.predictors.sources import load_mix, split_by_source
-from policies.predictors.text import Encoder
+from policies.predictors.head import shrinkage_fit
+from policies.predictors.sources import load_mix, parse_clip, split_by_source
+from policies.predictors.text import Encoder, token_counts
 from policies.predictors.train import evaluate, train
 
 HOLDOUT = {"alpaca-eval": 200}
@@ -41,8 +42,15 @@ def _heldout_by_prompt(records: list[dict], seed: int) -> tuple[list[dict], list
 
 def _score(head, recs, enc) -> dict:
     m = evaluate(head, recs, encoder=enc)
-    return {k: m[k] for k in ("n", "mae_tokens", "kendall_tau", "bucket_accuracy", "mean_true_tokens",
-                              "mean_pred_tokens", "error_model")}
+    out = {k: m[k] for k in ("n", "mae_tokens", "kendall_tau", "bucket_accuracy", "mean_true_tokens",
+                             "mean_pred_tokens", "error_model")}
+    # The same shrinkage fit centred on the test workload's mean ln length (what errors.py ships):
+    # c + (1 - b)(mu_train - mu_test).
+    em = m["error_model"]
+    mu_test = float(np.log(np.maximum(token_counts([r["output"] for r in recs]), 1)).mean())
+    mu_train = float(head.meta.get("mu_log_tokens", 0.0))
+    out["error_model_workload"] = {**em, "c": em["c"] + (1 - em["b"]) * (mu_train - mu_test), "mu_test": mu_test}
+    return out
 
 
 def run(data: str, enc: Encoder, seed: int = 0, **recipe) -> list[dict]:
@@ -84,12 +92,16 @@ def main(argv=None) -> int:
     ap.add_argument("--no-balance", action="store_true", help="do not weight source families equally")
     ap.add_argument("--head", default="ridge", choices=("ridge", "ridge+boost"),
                     help="ridge, or the mean of ridge and gradient-boosted trees (policies/predictors/boost.py)")
+    ap.add_argument("--clip-tokens", default="none",
+                    help="LO,HI: learn ln(clip(tokens, LO, HI)) (the recommended recipe: 64,1024), or none")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     a = ap.parse_args(argv)
     t = time.process_time()
-    rows = run(a.data, Encoder(a.cache), a.seed, features=a.features, balance=not a.no_balance, head=a.head)
-    print(f"data {a.data}, features {a.features}, head {a.head}, balanced {not a.no_balance}, seed {a.seed} "
+    clip = parse_clip(a.clip_tokens)
+    rows = run(a.data, Encoder(a.cache), a.seed, features=a.features, balance=not a.no_balance, head=a.head,
+               clip_tokens=clip)
+    print(f"data {a.data}, features {a.features}, head {a.head}, balanced {not a.no_balance}, clip {clip}, seed {a.seed} "
           f"(CPU {time.process_time() - t:.0f} s)")
     print(markdown(rows))
     if a.out:

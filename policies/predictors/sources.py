@@ -33,8 +33,10 @@ from policies.predictors.text import BUNDLED, DATA_DIR, load_records
 
 LENGTHS_BY_MODEL = DATA_DIR / "alpaca_eval" / "lengths_by_model.csv.gz"
 NAMED = ("alpaca-eval", "alpaca-eval-multi", "sharegpt")
-# The default training mix (see docs/predictors.md, "Choosing the mix").
-RECOMMENDED = "sharegpt:6000,alpaca-eval"
+# The default training mix (see docs/predictors.md, "Choosing the recipe").
+RECOMMENDED = "sharegpt,alpaca-eval"
+# The recommended prompt-head target: ln(tokens) clipped to [64, 1024] tokens (same section).
+RECOMMENDED_CLIP = (64, 1024)
 SHAREGPT_SEED = 0
 
 
@@ -113,6 +115,19 @@ def split_by_source(records: list[dict], test_sources: set[str]) -> tuple[list[d
     seen = {r["instruction"] for r in train}
     test = [r for r in records if r["source"] in test_sources and r["instruction"] not in seen]
     return train, test
+
+
+def parse_clip(spec: str | None, flag: str = "--clip-tokens") -> tuple[int, int] | None:
+    """``"LO,HI"`` -> (LO, HI) token bounds for the prompt head's target; ``"none"``/None -> no clipping."""
+    if spec is None or spec.strip().lower() == "none":
+        return None
+    try:
+        lo, hi = (int(v) for v in spec.split(","))
+    except ValueError:
+        raise ValueError(f"{flag} {spec!r}: expected LO,HI (two integers, e.g. 64,1024) or none") from None
+    if not 1 <= lo < hi:
+        raise ValueError(f"{flag} {spec!r}: expected 1 <= LO < HI")
+    return lo, hi
 
 
 def source_of(name: str) -> str:

@@ -123,9 +123,12 @@ def _data_id(records: list[dict]) -> str:
 
 def train(kind: str, train_records: list[dict], test_records: list[dict] | None, *, seed: int = 0,
           encoder: Encoder | None = None, progress: bool = False, source: str = "", head: str = "ridge",
-          states=None, log=None, features: str = FEATURES, balance: bool = True, **fit):
+          states=None, log=None, features: str = FEATURES, balance: bool = True,
+          clip_tokens: tuple[int, int] | None = None, **fit):
     """Fit a ``prompt`` or ``progressive`` model; measure held-out errors when test records are given.
 
+    ``clip_tokens=(lo, hi)``: a prompt head learns ln(clip(tokens, lo, hi)), so that the few very
+    short or very long answers do not dominate the fit (measured in docs/predictors.md).
     A progressive model's ``head`` is ``ridge`` (features of the latest text embedding) or
     ``transformer`` (:mod:`.sequence`, over the sequence of ``states``: an embedding source,
     MiniLM over the text so far by default).
@@ -150,6 +153,8 @@ def train(kind: str, train_records: list[dict], test_records: list[dict] | None,
     if kind == "prompt":
         prompts = [r["instruction"] for r in train_records]
         y_tok = target_tokens(train_records)
+        if clip_tokens is not None:
+            y_tok = np.clip(y_tok, *clip_tokens)
         if head_type not in ("ridge", "ridge+boost"):
             raise ValueError(f"prompt head {head_type!r}: expected 'ridge' or 'ridge+boost'")
         x = prompt_features(enc, prompts, progress, features)
@@ -162,6 +167,8 @@ def train(kind: str, train_records: list[dict], test_records: list[dict] | None,
         head.meta["head"] = head_type
         head.meta["features"] = features
         head.meta["balanced_sources"] = bool(balance)
+        if clip_tokens is not None:
+            head.meta["target_clip_tokens"] = [int(c) for c in clip_tokens]
         mu = float(np.log(y_tok).mean())
     elif kind == "progressive":
         stage0 = train("prompt", train_records, None, seed=seed, encoder=enc, progress=progress, source=source)
