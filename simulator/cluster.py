@@ -23,7 +23,6 @@ replicas: each request lives on one replica only. Per-step records are per repli
 """
 from __future__ import annotations
 
-import copy
 import heapq
 import time
 
@@ -31,15 +30,16 @@ import numpy as np
 import polars as pl
 from tqdm import tqdm
 
-from policies.contract import SchedulerView
+from policies.contract import RequestView, SchedulerView
 from policies.kv_cache import KVCache
 from policies.routers import ReplicaLoads
 from simulator.cost_model import CostModel
-from simulator.engine import SimConfig, _policy_config, bind_truth, run_settings
+from simulator.engine import SimConfig, _policy_config, bind_truth, run_settings, use_fast
 from simulator.executor import SimExecutor
+from simulator.fast_continuous import Shared, replica as fast_replica
 from simulator.metrics import RunResult, Recorder, summarize
 from simulator.profile import Profile, load_profile
-from simulator.serving import PlanError, edge_checks, request_views
+from simulator.serving import PlanError, edge_checks
 from traces.schema import Trace
 
 INF = float("inf")
@@ -49,11 +49,12 @@ AT, IDLE, DECODE = 0, 1, 2  # what a replica waits for: a time, a routed request
 class Inbox:
     """The requests routed to one replica, in arrival order; ``deliver`` hands out those that have arrived."""
 
-    __slots__ = ("views", "next")
+    __slots__ = ("views", "next", "rids")
 
     def __init__(self):
         self.views: list = []
         self.next = 0
+        self.rids: list[int] = []  # the fast engine's inbox: request ids, in arrival order
 
     @property
     def pending(self) -> bool:
@@ -94,11 +95,13 @@ def simulate_cluster(trace: Trace, policies: list, router, config: SimConfig = S
                       for p, kv in zip(profiles, kvs))
     max_output, too_long, output = edge_checks(trace, shared, max_context)
     recs, exs = [], []
+    fast = all(use_fast(p, config) for p in policies)
     for k in range(n_rep):
-        rec = copy.copy(shared)  # shares the per-request arrays; its own per-step lists
-        rec.kv_blocks = blocks[k]
-        for name in [a for a in vars(rec) if a.startswith("seg_")]:
-            setattr(rec, name, [])
+        rec = shared.replica_copy(blocks[k])  # shares the per-request arrays; its own per-step columns
+        if fast:  # the truth is output: what the executors would set
+            shared.output_tokens[:] = output
+            recs.append(rec)
+            continue
         ex = SimExecutor(output, CostModel(profiles[k]), kvs[k], rec, trace.prompt_tokens,
                          length_response=length_response,
                          rng=np.random.default_rng(config.seed if k == 0 else [config.seed, k]))
@@ -113,12 +116,12 @@ def simulate_cluster(trace: Trace, policies: list, router, config: SimConfig = S
         if predictor is None:
             raise ValueError(f"router {router.name!r} needs a length predictor")
         if hasattr(predictor, "bind_truth"):
-            predictor.bind_truth(exs[0].true_output)
+            predictor.bind_truth(exs[0].true_output if exs else lambda r: int(shared.output_tokens[r]))
 
     n = len(trace)
-    views = request_views(trace, max_output)
     order = np.flatnonzero(~too_long).tolist()
     arrival = trace.arrival_s.tolist()
+    prompt, max_out, texts, slo = trace.prompt_tokens.tolist(), max_output.tolist(), trace.prompt, trace.slo_class
     replica_of = np.full(n, -1, dtype=np.int64)
     work_of = np.zeros(n, dtype=np.int64)
     loads = ReplicaLoads(requests=[0] * n_rep, work=[0] * n_rep)
@@ -170,7 +173,13 @@ def simulate_cluster(trace: Trace, policies: list, router, config: SimConfig = S
             now = yield AT, now + (result.end_s - now)
             policy.observe(result)
 
-    gens = [replica(k) for k in range(n_rep)]
+    if fast:
+        sh = Shared(shared, output)
+        gens = [fast_replica(policies[k], blocks[k], config.block_size, CostModel(profiles[k]), sh, recs[k],
+                             inboxes[k].rids, more, loads, k, work_of, bar if config.progress else None)
+                for k in range(n_rep)]
+    else:
+        gens = [replica(k) for k in range(n_rep)]
     waiting = [AT] * n_rep       # what each replica waits for
     token = [0] * n_rep          # heap entries of a replica with an older token are stale
     heap: list[tuple[float, int, int, int]] = []
@@ -205,7 +214,8 @@ def simulate_cluster(trace: Trace, policies: list, router, config: SimConfig = S
         if ta <= tw:  # route the request (arrivals at t go before any replica plans at t)
             i = order[state["next"]]
             state["next"] += 1
-            view = views[i]
+            view = RequestView(request_id=i, arrival_s=arrival[i], prompt_tokens=prompt[i], max_output_tokens=max_out[i],
+                               prompt=None if texts is None else texts[i], slo_class=None if slo is None else slo[i])
             predicted = predict(view) if predict else 0.0
             k = int(router.choose(view, predicted, loads))
             if not 0 <= k < n_rep:
@@ -214,7 +224,10 @@ def simulate_cluster(trace: Trace, policies: list, router, config: SimConfig = S
             work_of[i] = int(view.prompt_tokens + round(predicted))
             loads.requests[k] += 1
             loads.work[k] += int(work_of[i])
-            inboxes[k].views.append(view)
+            if fast:
+                inboxes[k].rids.append(i)
+            else:
+                inboxes[k].views.append(view)
             if waiting[k] == IDLE or waiting[k] == DECODE:  # wake it: its run stops at this arrival
                 resume(k, ta)
             if not more():  # the last arrival: idle replicas learn that nothing more comes
@@ -231,6 +244,8 @@ def simulate_cluster(trace: Trace, policies: list, router, config: SimConfig = S
         else:
             resume(k, t)
     bar.close()
+    if fast:
+        sh.write_back()
     if any(w is not None for w in waiting):
         stuck = [k for k, w in enumerate(waiting) if w is not None]
         raise PlanError(f"replicas {stuck} still wait for work after the last request")
