@@ -33,10 +33,11 @@ from tqdm import tqdm
 from policies.contract import RequestView, SchedulerView
 from policies.kv_cache import KVCache
 from policies.routers import ReplicaLoads
+from policies.routers.round_robin import RoundRobin
 from simulator.cost_model import CostModel
 from simulator.engine import SimConfig, _policy_config, bind_truth, run_settings, use_fast
 from simulator.executor import SimExecutor
-from simulator.fast_continuous import Shared, replica as fast_replica
+from simulator.fast_continuous import Shared, replica as fast_replica, run_single
 from simulator.metrics import RunResult, Recorder, summarize
 from simulator.profile import Profile, load_profile
 from simulator.serving import PlanError, edge_checks
@@ -173,6 +174,20 @@ def simulate_cluster(trace: Trace, policies: list, router, config: SimConfig = S
             now = yield AT, now + (result.end_s - now)
             policy.observe(result)
 
+    if fast and type(router) is RoundRobin and router._next == 0:
+        # Round-robin routing ignores the replicas' state: request order[j] goes to replica j mod N
+        # whatever happens, so each replica is exactly a single replica serving its share, and they
+        # run one after another (no shared clock needed; same records as the interleaved loop).
+        sh = Shared(shared, output)
+        for k in range(n_rep):
+            rids = order[k::n_rep]
+            replica_of[rids] = k
+            run_single(policies[k], blocks[k], config.block_size, CostModel(profiles[k]), sh, rids,
+                       bar if config.progress else None, recs[k])
+        router._next = len(order) % n_rep
+        bar.close()
+        sh.write_back()
+        return _collect(trace, shared, recs, policies, blocks, replica_of, router, profiles, config, wall0)
     if fast:
         sh = Shared(shared, output)
         gens = [fast_replica(policies[k], blocks[k], config.block_size, CostModel(profiles[k]), sh, recs[k],

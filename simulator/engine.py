@@ -60,8 +60,10 @@ def simulate(trace: Trace, policy: Policy, config: SimConfig = SimConfig(), *, p
     bar = tqdm(total=n, desc=f"simulate {getattr(policy, 'name', 'policy')}", unit="req", disable=not config.progress,
                mininterval=0.5)
     if use_fast(policy, config):  # the fused loop: the same decisions, no plan/result objects, no SimPy
-        run_single(policy, blocks, config.block_size, cost, Shared(rec, output), np.flatnonzero(~too_long).tolist(),
+        sh = Shared(rec, output)
+        run_single(policy, blocks, config.block_size, cost, sh, np.flatnonzero(~too_long).tolist(),
                    bar if config.progress else None)
+        sh.write_back()
     else:
         _run_python(trace, policy, ex, kv, max_output, too_long, bar)
     bar.close()

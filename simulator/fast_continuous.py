@@ -61,9 +61,10 @@ class Shared:
         self.rec.preemptions[:] = self.preemptions
 
 
-def run_single(policy, num_blocks: int, block_size: int, cost, sh: Shared, rids: list, bar=None) -> None:
-    """One replica serving ``rids`` (every request, in arrival order) on its own clock."""
-    gen = replica(policy, num_blocks, block_size, cost, sh, sh.rec, rids, bar=bar)
+def run_single(policy, num_blocks: int, block_size: int, cost, sh: Shared, rids: list, bar=None, rec=None) -> None:
+    """One replica serving ``rids`` (all its requests, in arrival order) on its own clock; ``rec``: the
+    recorder for its per-step records (default: the shared one). Call ``sh.write_back()`` after."""
+    gen = replica(policy, num_blocks, block_size, cost, sh, sh.rec if rec is None else rec, rids, bar=bar)
     send = gen.send
     try:
         _, t = next(gen)
@@ -71,7 +72,6 @@ def run_single(policy, num_blocks: int, block_size: int, cost, sh: Shared, rids:
             _, t = send(t)
     except StopIteration:
         pass
-    sh.write_back()
 
 
 def replica(policy, num_blocks, bs, cost, sh: Shared, rec, rids: list, more=None, loads=None, k: int = 0,
