@@ -27,6 +27,7 @@ from heapq import heappop, heappush
 
 from policies.schedulers.continuous import ContinuousBatching
 from policies.schedulers.sarathi import SarathiServe
+from simulator.fast_cost import decode_functions
 from simulator.serving import PlanError
 
 INF = float("inf")
@@ -90,7 +91,7 @@ def replica(policy, num_blocks, bs, cost, sh: Shared, rec, rids: list, more=None
     s_start, s_end, s_steps, s_batch = rec.seg_start.append, rec.seg_end.append, rec.seg_steps.append, rec.seg_batch.append
     s_pad, s_pre, s_out, s_kv = (rec.seg_padded.append, rec.seg_prefill_tokens.append, rec.seg_output_tokens.append,
                                  rec.seg_kv_blocks.append)
-    step_s, decode_run_s, steps_until = cost.step_s, cost.decode_run_s, cost.decode_steps_until
+    decode_run_s, steps_until, step_s = decode_functions(cost)
     # the policy's state (ContinuousBatching's fields)
     queue: list = []                  # heap of (key, seq, request); key: arrival time, -1.0 for the preempted
     seq = 0
@@ -233,7 +234,7 @@ def replica(policy, num_blocks, bs, cost, sh: Shared, rec, rids: list, more=None
             continue
         if chunks:  # -- a mixed step: decode rows plus prefill chunks, one step ----------------
             rows = nd
-            end = now + step_s(rows, sumkey + rows * clock if rows else 0, [(c, h) for _, c, h in chunks], 0)
+            end = now + step_s(rows, sumkey + rows * clock if rows else 0, [(c, h) for _, c, h in chunks])
             if rows:
                 delta = hist[-clock % bs]
                 if used + delta > num_blocks:
@@ -314,7 +315,10 @@ def replica(policy, num_blocks, bs, cost, sh: Shared, rec, rids: list, more=None
                 nxt = yield DECODE, now + decode_run_s(batch, sum_ctx, limit)
             else:
                 nxt = INF
-            n = steps_until(batch, sum_ctx, nxt - now, limit) if nxt < INF else limit
+            if nxt < INF:
+                n, dur = steps_until(batch, sum_ctx, nxt - now, limit)
+            else:
+                n, dur = limit, decode_run_s(batch, sum_ctx, limit)
             q, r = divmod(n, bs)
             a = -clock % bs
             lo = a - r + 1
@@ -323,7 +327,7 @@ def replica(policy, num_blocks, bs, cost, sh: Shared, rec, rids: list, more=None
                 raise PlanError(f"growing {batch} requests by {n} tokens needs {delta} more blocks")
             used += delta
             clock += n
-            end = now + decode_run_s(batch, sum_ctx, n)
+            end = now + dur
             while heap and heap[0][0] <= clock:
                 f, r = heappop(heap)
                 if fin_of.get(r) == f:
