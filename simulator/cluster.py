@@ -37,7 +37,8 @@ from policies.routers.round_robin import RoundRobin
 from simulator.cost_model import CostModel
 from simulator.engine import SimConfig, _policy_config, bind_truth, run_settings, use_fast
 from simulator.executor import SimExecutor
-from simulator.fast_continuous import Shared, replica as fast_replica, run_single
+from simulator.fast_continuous import replica as fast_replica
+from simulator.fast_engine import Shared, run_single
 from simulator.metrics import RunResult, Recorder, summarize
 from simulator.profile import Profile, load_profile
 from simulator.serving import PlanError, edge_checks

@@ -18,7 +18,7 @@ from policies.contract import Policy, SchedulerView
 from policies.kv_cache import KVCache
 from simulator.cost_model import CostModel
 from simulator.executor import SimExecutor
-from simulator.fast_continuous import FAST_POLICIES, Shared, run_single, supports
+from simulator.fast_engine import FAST_POLICIES, Shared, run_single, supports
 from simulator.metrics import Recorder, RunResult
 from simulator.profile import Profile, load_profile
 from simulator.serving import ArrivalFeed, PlanError, collect, edge_checks

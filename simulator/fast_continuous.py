@@ -9,7 +9,7 @@ sequence limit, chunked prefill), recompute preemption of the newest request, bl
 accounting and the decode group (members stored as ``tokens - clock``, with a histogram of
 ``key mod block_size`` and a heap of finish clocks, as :mod:`policies.kv_group` and
 :class:`simulator.executor.SimExecutor` keep them), timed by the same :class:`CostModel`
-calls with the same arguments. Its outputs are byte-identical to the Python engine's
+calls with the same arguments (:mod:`simulator.fast_cost`). Its outputs are byte-identical to the Python engine's
 (``benchmarks/check_identical.py --engines``, ``tests/test_fast_engine.py``).
 
 It is chosen automatically when the policy is exactly one of those classes (a subclass or
@@ -19,63 +19,20 @@ object's logic, so it must never run a policy it does not reproduce.
 :func:`replica` is a generator speaking the cluster's protocol (``simulator.cluster``): it
 yields ``(AT, t)`` to sleep until ``t``, ``(IDLE, None)`` to wait for a routed request and
 ``(DECODE, horizon)`` for a deferred decode run; the single engine drives it with every
-request in its inbox from the start (:func:`run_single`).
+request in its inbox from the start (:func:`simulator.fast_engine.run_single`).
 """
 from __future__ import annotations
 
 from heapq import heappop, heappush
 
-from policies.schedulers.continuous import ContinuousBatching
-from policies.schedulers.sarathi import SarathiServe
 from simulator.fast_cost import decode_functions
 from simulator.serving import PlanError
 
 INF = float("inf")
 AT, IDLE, DECODE = 0, 1, 2
 UNBOUNDED = 1 << 30
-FAST_POLICIES = (ContinuousBatching, SarathiServe)
 
-
-def supports(policy) -> bool:
-    """Whether the fast engine reproduces ``policy`` exactly: one of the built-in continuous-batching
-    classes themselves (not a subclass, which may override a hook), untouched since construction."""
-    return (type(policy) in FAST_POLICIES and not policy._queue and not policy.running and not policy.views
-            and not policy._finished)
-
-
-class Shared:
-    """Per-request truth and counters as Python lists (shared by a cluster's replicas: each request
-    lives on one); written into the recorder's arrays by :meth:`write_back` after the run."""
-
-    def __init__(self, rec, output):
-        t = rec.trace
-        self.rec = rec
-        self.arrival = t.arrival_s.tolist()
-        self.prompt = t.prompt_tokens.tolist()
-        self.remaining = [int(x) for x in output.tolist()]
-        self.generated = [0] * len(self.prompt)
-        self.preemptions = [0] * len(self.prompt)
-        rec.output_tokens[:] = output
-
-    def write_back(self) -> None:
-        self.rec.generated[:] = self.generated
-        self.rec.preemptions[:] = self.preemptions
-
-
-def run_single(policy, num_blocks: int, block_size: int, cost, sh: Shared, rids: list, bar=None, rec=None) -> None:
-    """One replica serving ``rids`` (all its requests, in arrival order) on its own clock; ``rec``: the
-    recorder for its per-step records (default: the shared one). Call ``sh.write_back()`` after."""
-    gen = replica(policy, num_blocks, block_size, cost, sh, sh.rec if rec is None else rec, rids, bar=bar)
-    send = gen.send
-    try:
-        _, t = next(gen)
-        while True:
-            _, t = send(t)
-    except StopIteration:
-        pass
-
-
-def replica(policy, num_blocks, bs, cost, sh: Shared, rec, rids: list, more=None, loads=None, k: int = 0,
+def replica(policy, num_blocks, bs, cost, sh, rec, rids: list, more=None, loads=None, k: int = 0,
             work_of=None, bar=None):
     """The continuous-batching replica loop (see the module docstring); ``rec``: this replica's recorder
     (its per-step columns), ``rids``: its inbox (appended to by the cluster's router), ``more``: whether
@@ -135,8 +92,11 @@ def replica(policy, num_blocks, bs, cost, sh: Shared, rec, rids: list, more=None
                 if loads is not None:
                     loads.requests[k] -= 1
                     loads.work[k] -= int(work_of[r])
-            gone = set(finished)
-            running = [r for r in running if r not in gone]
+            if len(finished) == 1:
+                running.remove(finished[0])
+            else:
+                gone = set(finished)
+                running = [r for r in running if r not in gone]
             done = len(finished)
             finished = []
         # -- make room: preempt the newest while the decode rows cannot take one more step --
@@ -273,8 +233,11 @@ def replica(policy, num_blocks, bs, cost, sh: Shared, rec, rids: list, more=None
                         finished.append(r)
             steps, batch, out = 1, rows + len(chunks), tokens
             if prefilled:  # observe: prefilled requests leave the prefilling list and join the decode rows
-                done_set = set(prefilled)
-                prefilling = [r for r in prefilling if r not in done_set]
+                if len(prefilled) == 1:
+                    prefilling.remove(prefilled[0])
+                else:
+                    done_set = set(prefilled)
+                    prefilling = [r for r in prefilling if r not in done_set]
                 for r in prefilled:
                     rem = remaining[r]
                     if rem:

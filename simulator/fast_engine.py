@@ -1,0 +1,53 @@
+"""The fast engine's glue: which policies it runs, the per-request state its replicas share, and the
+single-replica driver. The loop itself is :func:`simulator.fast_continuous.replica`.
+
+``SimConfig.engine`` (``simulate --engine``): ``auto`` runs the fast engine exactly when
+:func:`supports` says it reproduces the policy, ``fast`` refuses any other policy, ``python``
+always runs the contract's loop. Both engines write the same bytes.
+"""
+from __future__ import annotations
+
+from policies.schedulers.continuous import ContinuousBatching
+from policies.schedulers.sarathi import SarathiServe
+from simulator.fast_continuous import replica
+
+FAST_POLICIES = (ContinuousBatching, SarathiServe)
+
+
+def supports(policy) -> bool:
+    """Whether the fast engine reproduces ``policy`` exactly: one of the built-in continuous-batching
+    classes themselves (not a subclass, which may override a hook), untouched since construction."""
+    return (type(policy) in FAST_POLICIES and not policy._queue and not policy.running and not policy.views
+            and not policy._finished)
+
+
+class Shared:
+    """Per-request truth and counters as Python lists (shared by a cluster's replicas: each request
+    lives on one); written into the recorder's arrays by :meth:`write_back` after the run."""
+
+    def __init__(self, rec, output):
+        t = rec.trace
+        self.rec = rec
+        self.arrival = t.arrival_s.tolist()
+        self.prompt = t.prompt_tokens.tolist()
+        self.remaining = [int(x) for x in output.tolist()]
+        self.generated = [0] * len(self.prompt)
+        self.preemptions = [0] * len(self.prompt)
+        rec.output_tokens[:] = output
+
+    def write_back(self) -> None:
+        self.rec.generated[:] = self.generated
+        self.rec.preemptions[:] = self.preemptions
+
+
+def run_single(policy, num_blocks: int, block_size: int, cost, sh: Shared, rids: list, bar=None, rec=None) -> None:
+    """One replica serving ``rids`` (all its requests, in arrival order) on its own clock; ``rec``: the
+    recorder for its per-step records (default: the shared one). Call ``sh.write_back()`` after."""
+    gen = replica(policy, num_blocks, block_size, cost, sh, sh.rec if rec is None else rec, rids, bar=bar)
+    send = gen.send
+    try:
+        _, t = next(gen)
+        while True:
+            _, t = send(t)
+    except StopIteration:
+        pass
