@@ -274,13 +274,13 @@ def _collect(trace, shared, recs, policies, blocks, replica_of, router, profiles
             shared.predicted_tokens[r] = v
     n_rep = len(policies)
     requests = shared.requests_frame()
-    steps = [r.steps_frame() for r in recs]
     if n_rep == 1:  # exactly the single engine's tables and summary
-        summary = summarize(requests, steps[0], blocks[0])
-        all_steps = steps[0]
+        all_steps = recs[0].steps_frame()
+        summary = summarize(requests, all_steps, blocks[0])
     else:
         rep = pl.Series("replica", replica_of, dtype=pl.Int64)
         requests = requests.with_columns(replica=pl.when(rep >= 0).then(rep).otherwise(None))
+        steps = [r.steps_frame() for r in recs]  # views of the records (no copy); concatenated as chunks
         all_steps = pl.concat([s.with_columns(replica=pl.lit(k, dtype=pl.Int64)) for k, s in enumerate(steps)])
         per = [summarize(requests.filter(pl.col("replica") == k), steps[k], blocks[k]) for k in range(n_rep)]
         summary = summarize(requests, all_steps, sum(blocks))
