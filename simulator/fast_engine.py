@@ -7,18 +7,23 @@ always runs the contract's loop. Both engines write the same bytes.
 """
 from __future__ import annotations
 
-from policies.schedulers.continuous import ContinuousBatching
-from policies.schedulers.sarathi import SarathiServe
+from policies.schedulers.continuous import ContinuousBatching, ContinuousConfig
+from policies.schedulers.sarathi import SarathiConfig, SarathiServe
 from simulator.fast_continuous import replica
 
 FAST_POLICIES = (ContinuousBatching, SarathiServe)
 
 
+_FIELDS = set(vars(ContinuousBatching()))  # what the constructor sets: anything more is a change
+
+
 def supports(policy) -> bool:
     """Whether the fast engine reproduces ``policy`` exactly: one of the built-in continuous-batching
-    classes themselves (not a subclass, which may override a hook), untouched since construction."""
-    return (type(policy) in FAST_POLICIES and not policy._queue and not policy.running and not policy.views
-            and not policy._finished)
+    classes themselves (not a subclass, which may override a hook), with their own config class, no
+    attribute set on the instance (a patched ``plan``, say), untouched since construction."""
+    return (type(policy) in FAST_POLICIES and set(vars(policy)) == _FIELDS
+            and type(policy.config) in (ContinuousConfig, SarathiConfig)
+            and not policy._queue and not policy.running and not policy.views and not policy._finished)
 
 
 class Shared:

@@ -100,6 +100,9 @@ def test_engine_choice():
     assert use_fast(make_policy("continuous"), SimConfig())
     assert use_fast(make_policy("sarathi"), SimConfig())
     assert not use_fast(Tweaked(), SimConfig())
+    patched = make_policy("continuous")
+    patched.plan = lambda view: None  # an instance whose plan was replaced (a spy in a test, say)
+    assert not use_fast(patched, SimConfig())
     assert not use_fast(make_policy("static"), SimConfig())
     assert not use_fast(make_policy("continuous"), SimConfig(engine="python"))
     with pytest.raises(ValueError, match="--engine fast"):
