@@ -7,6 +7,10 @@ always runs the contract's loop. Both engines write the same bytes.
 """
 from __future__ import annotations
 
+from array import array
+
+import numpy as np
+
 from policies.schedulers.continuous import ContinuousBatching, ContinuousConfig
 from policies.schedulers.sarathi import SarathiConfig, SarathiServe
 from simulator.fast_continuous import replica
@@ -27,22 +31,24 @@ def supports(policy) -> bool:
 
 
 class Shared:
-    """Per-request truth and counters as Python lists (shared by a cluster's replicas: each request
+    """Per-request truth and counters as typed arrays (shared by a cluster's replicas: each request
     lives on one); written into the recorder's arrays by :meth:`write_back` after the run."""
 
     def __init__(self, rec, output):
         t = rec.trace
         self.rec = rec
-        self.arrival = t.arrival_s.tolist()
-        self.prompt = t.prompt_tokens.tolist()
-        self.remaining = [int(x) for x in output.tolist()]
-        self.generated = [0] * len(self.prompt)
-        self.preemptions = [0] * len(self.prompt)
+        n = len(t)
+        # typed arrays: Python numbers on access, as lists give, at 8 bytes a value instead of ~36
+        self.arrival = array("d", t.arrival_s.astype(np.float64).tobytes())
+        self.prompt = array("q", t.prompt_tokens.astype(np.int64).tobytes())
+        self.remaining = array("q", np.asarray(output, dtype=np.int64).tobytes())
+        self.generated = array("q", bytes(8 * n))
+        self.preemptions = array("q", bytes(8 * n))
         rec.output_tokens[:] = output
 
     def write_back(self) -> None:
-        self.rec.generated[:] = self.generated
-        self.rec.preemptions[:] = self.preemptions
+        self.rec.generated[:] = np.frombuffer(self.generated, dtype=np.int64)
+        self.rec.preemptions[:] = np.frombuffer(self.preemptions, dtype=np.int64)
 
 
 def run_single(policy, num_blocks: int, block_size: int, cost, sh: Shared, rids: list, bar=None, rec=None) -> None:
