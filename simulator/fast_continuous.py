@@ -23,9 +23,13 @@ request in its inbox from the start (:func:`simulator.fast_engine.run_single`).
 """
 from __future__ import annotations
 
+from array import array
 from heapq import heappop, heappush
 
+import numpy as np
+
 from simulator.fast_cost import decode_functions
+from simulator.metrics import STEP_COLUMNS
 from simulator.serving import PlanError
 
 INF = float("inf")
@@ -45,9 +49,8 @@ def replica(policy, num_blocks, bs, cost, sh, rec, rids: list, more=None, loads=
     admitted_s, first_s, last_s, finish_s, released = (rec.admitted_s, rec.first_token_s, rec.last_token_s,
                                                        rec.finish_s, rec.released)
     reject_reason = rec.reject_reason
-    s_start, s_end, s_steps, s_batch = rec.seg_start.append, rec.seg_end.append, rec.seg_steps.append, rec.seg_batch.append
-    s_pad, s_pre, s_out, s_kv = (rec.seg_padded.append, rec.seg_prefill_tokens.append, rec.seg_output_tokens.append,
-                                 rec.seg_kv_blocks.append)
+    segs = array("d")  # the per-step records, 8 values a segment (exact: counts < 2**53), unpacked at the end
+    record = segs.extend
     decode_run_s, steps_until, step_s = decode_functions(cost)
     # the policy's state (ContinuousBatching's fields)
     queue: list = []                  # heap of (key, seq, request); key: arrival time, -1.0 for the preempted
@@ -190,6 +193,7 @@ def replica(policy, num_blocks, bs, cost, sh, rec, rids: list, more=None, loads=
                 raise PlanError(f"policy {name!r} returned an idle plan at t={now:.3f}s with requests outstanding "
                                 f"and no arrivals left")
             else:
+                _unpack(segs, rec)
                 return
             continue
         if chunks:  # -- a mixed step: decode rows plus prefill chunks, one step ----------------
@@ -304,12 +308,12 @@ def replica(policy, num_blocks, bs, cost, sh, rec, rids: list, more=None, loads=
                     ktok[r] = key + clock
                     finished.append(r)
             steps, out, prefill_tokens = n, n * batch, 0
-        s_start(now)
-        s_end(end)
-        s_steps(steps)
-        s_batch(batch)
-        s_pad(0)
-        s_pre(prefill_tokens)
-        s_out(out)
-        s_kv(used)
+        record((now, end, steps, batch, 0, prefill_tokens, out, used))
         now = yield AT, now + (end - now)
+
+
+def _unpack(segs: array, rec) -> None:
+    """Append the packed per-step records to the recorder's columns, one column at a time."""
+    m = np.frombuffer(segs, dtype=np.float64).reshape(-1, len(STEP_COLUMNS))
+    for j, (attr, _, dtype) in enumerate(STEP_COLUMNS):
+        getattr(rec, attr).frombytes(m[:, j].astype(dtype).tobytes())
