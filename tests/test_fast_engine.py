@@ -9,6 +9,7 @@ import hashlib
 import json
 
 import numpy as np
+import polars as pl
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -119,3 +120,19 @@ def test_cli_engine_flag(tmp_path, capsys):
     for f in ("requests.parquet", "steps.parquet", "config.json"):
         assert (tmp_path / "python" / f).read_bytes() == (tmp_path / "fast" / f).read_bytes()
     assert "engine" not in json.loads((tmp_path / "fast" / "config.json").read_text())["sim"]
+
+
+def test_policy_rejections_while_decoding(tmp_path):
+    """Prompts the edge accepts but the policy turns away (they need the watermark's block), arriving
+    while others decode: the plan that rejects also decodes, for one step (max_steps=1)."""
+    n = 40
+    prompt = np.where(np.arange(n) % 5 == 3, 1590, 60)  # 1,591 tokens need 100 blocks; 99 are above the watermark
+    trace = Trace(name="rejections", request_id=np.arange(n), arrival_s=np.arange(n) * 0.05,
+                  prompt_tokens=prompt, output_tokens=np.full(n, 80))
+    got = {}
+    for engine in ("python", "fast"):
+        res = simulate(trace, make_policy("continuous"), SimConfig(kv_blocks=100, engine=engine))
+        got[engine] = digests(res, tmp_path, engine)
+        assert res.requests["rejected"].sum() == 8
+        assert res.requests.filter(pl.col("rejected"))["reject_reason"].str.contains("watermark").all()
+    assert got["fast"] == got["python"]
