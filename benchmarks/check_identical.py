@@ -41,6 +41,7 @@ CASES = {
 
 ENGINE_CASES = {
     "sarathi-small-kv": dict(policy="sarathi", rate=4.0, kv_blocks=600),
+    "vllm-v0-small-kv": dict(policy="vllm-v0", rate=4.0, kv_blocks=600),
     "cluster-round-robin": dict(policy="continuous", rate=16.0, replicas=4, router="round-robin"),
     "cluster-least-loaded-small-kv": dict(policy="continuous", rate=12.0, replicas=3, router="least-loaded",
                                           kv_blocks=500),

@@ -1,11 +1,12 @@
-"""The fast engine: continuous batching (``continuous``, ``sarathi``), its KV accounting and the
-simulated executor fused into one loop per replica.
+"""The fast engine: continuous batching (``continuous``, ``sarathi``, ``vllm-v0``), its KV accounting
+and the simulated executor fused into one loop per replica.
 
 The Python engine drives any policy through the contract (``plan`` -> ``StepPlan`` ->
 executor -> ``StepResult`` -> ``observe``), which costs about 120 function calls and a handful
 of objects per segment. For the built-in continuous-batching policies this module runs the
 *same* decisions without the objects: the queue, admission (watermark, token budget,
-sequence limit, chunked prefill), recompute preemption of the newest request, block
+sequence limit, chunked prefill, or vllm-v0's prefill-only steps of whole prompts), recompute
+preemption of the newest request, block
 accounting and the decode group (members stored as ``tokens - clock``, with a histogram of
 ``key mod block_size`` and a heap of finish clocks, as :mod:`policies.kv_group` and
 :class:`simulator.executor.SimExecutor` keep them), timed by the same :class:`CostModel`
@@ -35,6 +36,7 @@ from simulator.serving import PlanError
 INF = float("inf")
 AT, IDLE, DECODE = 0, 1, 2
 UNBOUNDED = 1 << 30
+ROOM, ADMIT = 0, 1
 
 def replica(policy, num_blocks, bs, cost, sh, rec, rids: list, more=None, loads=None, k: int = 0,
             work_of=None, bar=None):
@@ -44,6 +46,8 @@ def replica(policy, num_blocks, bs, cost, sh, rec, rids: list, more=None, loads=
     cfg = policy.config
     max_seqs, max_tokens = cfg.max_num_seqs, cfg.max_batched_tokens
     watermark = int(cfg.watermark * num_blocks)
+    v0 = not policy.chunked_prefill  # vllm-v0: prefill-only steps first, whole prompts, then make room
+    phases = (ADMIT, ROOM) if v0 else (ROOM, ADMIT)
     name = policy.name
     arrival, prompt, remaining, generated, preempts = sh.arrival, sh.prompt, sh.remaining, sh.generated, sh.preemptions
     admitted_s, first_s, last_s, finish_s, released = (rec.admitted_s, rec.first_token_s, rec.last_token_s,
@@ -102,83 +106,102 @@ def replica(policy, num_blocks, bs, cost, sh, rec, rids: list, more=None, loads=
                 running = [r for r in running if r not in gone]
             done = len(finished)
             finished = []
-        # -- make room: preempt the newest while the decode rows cannot take one more step --
-        while members and hist[-clock % bs] > num_blocks - used:
-            victim = running.pop()
-            if victim in prefilling:
-                prefilling.remove(victim)
-                t = ktok.pop(victim)
-            else:
-                key = members.pop(victim)
-                t = key + clock
-                sumkey -= key
-                hist[key % bs] -= 1
-                context[victim] = t + 1
-                rem = fin_of.pop(victim) - clock
-                remaining[victim] = rem
-                generated[victim] = total_of.pop(victim) - rem
-            del ppend[victim]
-            used -= -(-t // bs)
-            preempts[victim] += 1
-            seq += 1
-            heappush(queue, (-1.0, seq, victim))
-        # -- admit: continue chunked prefills, then first-come-first-served -----------------
-        nd = len(members)
-        budget = max_tokens - nd
-        growth = hist[-clock % bs] if nd else 0
-        free = num_blocks - used
         chunks = []  # (request, tokens, tokens already cached)
         rejected = 0
-        stopped = False
-        for r in prefilling:
-            if budget <= 0:
-                stopped = True
-                break
-            c = min(ppend[r], budget)
-            held = ktok[r]
-            delta = -(-(held + c) // bs) + (-held) // bs  # blocks_for(held + c) - blocks_for(held)
-            if delta > free - growth:
-                stopped = True
-                break
-            ktok[r] = held + c
-            used += delta
-            free -= delta
-            ppend[r] -= c
-            chunks.append((r, c, held))
-            budget -= c
-        if not stopped:
-            while queue and budget > 0 and len(running) < max_seqs:
-                r = queue[0][2]
-                ctx = context[r]
-                wm = 0 if r in admitted else watermark
-                if -(-(ctx + 1) // bs) > num_blocks - wm:
-                    heappop(queue)
-                    if r in admitted:
-                        raise PlanError(f"request {r} rejected after it started")
-                    reject_reason[r] = (f"context of {ctx} tokens needs {-(-(ctx + 1) // bs)} KV blocks; the cache "
-                                        f"holds {num_blocks} (watermark {watermark})")
-                    del context[r]
-                    rejected += 1
-                    if loads is not None:
-                        loads.requests[k] -= 1
-                        loads.work[k] -= int(work_of[r])
+        for phase in phases:
+            if phase == ROOM:  # -- make room: preempt the newest while the decode rows cannot take one more step
+                if v0 and chunks:  # vllm-v0: a prefill-only step, the decodes wait
                     continue
-                c = ctx if ctx < budget else budget
-                b = -(-c // bs)
-                if b > free - (growth + wm):
+                while members and hist[-clock % bs] > num_blocks - used:
+                    victim = running.pop()
+                    if victim in prefilling:
+                        prefilling.remove(victim)
+                        t = ktok.pop(victim)
+                    else:
+                        key = members.pop(victim)
+                        t = key + clock
+                        sumkey -= key
+                        hist[key % bs] -= 1
+                        context[victim] = t + 1
+                        rem = fin_of.pop(victim) - clock
+                        remaining[victim] = rem
+                        generated[victim] = total_of.pop(victim) - rem
+                    del ppend[victim]
+                    used -= -(-t // bs)
+                    preempts[victim] += 1
+                    seq += 1
+                    heappush(queue, (-1.0, seq, victim))
+                continue
+            # -- admit: continue chunked prefills, then first-come-first-served ---------------
+            nd = len(members)
+            budget = max_tokens if v0 else max_tokens - nd  # vllm-v0: decodes pause for a prefill step
+            growth = hist[-clock % bs] if nd and not v0 else 0  # vllm-v0 reserves only the watermark
+            free = num_blocks - used
+            stopped = False
+            for r in prefilling:
+                if budget <= 0:
+                    stopped = True
                     break
-                heappop(queue)
-                used += b
-                free -= b
-                ktok[r] = c
-                if r not in admitted:
-                    admitted.add(r)
-                    admitted_s[r] = now
-                ppend[r] = ctx - c
-                chunks.append((r, c, 0))
-                running.append(r)
-                prefilling.append(r)
+                c = min(ppend[r], budget)
+                held = ktok[r]
+                delta = -(-(held + c) // bs) + (-held) // bs  # blocks_for(held + c) - blocks_for(held)
+                if delta > free - growth:
+                    stopped = True
+                    break
+                ktok[r] = held + c
+                used += delta
+                free -= delta
+                ppend[r] -= c
+                chunks.append((r, c, held))
                 budget -= c
+            if not stopped:
+                while queue and budget > 0 and len(running) < max_seqs:
+                    r = queue[0][2]
+                    ctx = context[r]
+                    wm = 0 if r in admitted else watermark
+                    if -(-(ctx + 1) // bs) > num_blocks - wm:
+                        heappop(queue)
+                        if r in admitted:
+                            raise PlanError(f"request {r} rejected after it started")
+                        reject_reason[r] = (f"context of {ctx} tokens needs {-(-(ctx + 1) // bs)} KV blocks; the cache "
+                                            f"holds {num_blocks} (watermark {watermark})")
+                        del context[r]
+                        rejected += 1
+                        if loads is not None:
+                            loads.requests[k] -= 1
+                            loads.work[k] -= int(work_of[r])
+                        continue
+                    if v0 and ctx > budget:  # no chunking: wait for a step with room, or never fits
+                        if ctx <= max_tokens:
+                            break
+                        heappop(queue)
+                        if r in admitted:
+                            raise PlanError(f"request {r} rejected after it started")
+                        reject_reason[r] = (f"context of {ctx} tokens exceeds max_batched_tokens {max_tokens} and "
+                                            f"{name} does not chunk prefills")
+                        del context[r]
+                        admitted.discard(r)
+                        rejected += 1
+                        if loads is not None:
+                            loads.requests[k] -= 1
+                            loads.work[k] -= int(work_of[r])
+                        continue
+                    c = ctx if ctx < budget else budget
+                    b = -(-c // bs)
+                    if b > free - (growth + wm):
+                        break
+                    heappop(queue)
+                    used += b
+                    free -= b
+                    ktok[r] = c
+                    if r not in admitted:
+                        admitted.add(r)
+                        admitted_s[r] = now
+                    ppend[r] = ctx - c
+                    chunks.append((r, c, 0))
+                    running.append(r)
+                    prefilling.append(r)
+                    budget -= c
         done += rejected
         if done and bar is not None:
             bar.update(done)
@@ -197,7 +220,7 @@ def replica(policy, num_blocks, bs, cost, sh, rec, rids: list, more=None, loads=
                 return
             continue
         if chunks:  # -- a mixed step: decode rows plus prefill chunks, one step ----------------
-            rows = nd
+            rows = 0 if v0 else nd
             end = now + step_s(rows, sumkey + rows * clock if rows else 0, [(c, h) for _, c, h in chunks])
             if rows:
                 delta = hist[-clock % bs]
@@ -254,7 +277,7 @@ def replica(policy, num_blocks, bs, cost, sh, rec, rids: list, more=None, loads=
                         total_of[r] = rem + generated[r]
                         heappush(heap, (fin, r))
         else:  # -- a decode run: up to the cache's limit, the first finish or the next arrival ---
-            batch = nd
+            batch = len(members)  # (vllm-v0 made room after admission)
             if rejected:
                 limit = 1
             else:

@@ -13,9 +13,10 @@ import numpy as np
 
 from policies.schedulers.continuous import ContinuousBatching, ContinuousConfig
 from policies.schedulers.sarathi import SarathiConfig, SarathiServe
+from policies.schedulers.vllm_v0 import VLLMv0
 from simulator.fast_continuous import replica
 
-FAST_POLICIES = (ContinuousBatching, SarathiServe)
+FAST_POLICIES = (ContinuousBatching, SarathiServe, VLLMv0)
 
 
 _FIELDS = set(vars(ContinuousBatching()))  # what the constructor sets: anything more is a change

@@ -96,7 +96,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
     p.add_argument("--engine", choices=("auto", "fast", "python"), default="auto",
-                   help="auto: the fused fast loop for continuous / sarathi, the Python loop otherwise (same "
+                   help="auto: the fused fast loop for continuous / sarathi / vllm-v0, the Python loop otherwise (same "
                         "output files); fast: refuse other policies; python: always the Python loop")
     p.set_defaults(func=run)
 
