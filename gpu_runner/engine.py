@@ -45,6 +45,7 @@ class RunnerConfig:
     seed: int = 0
     threads: int | None = 1               # torch CPU threads (recorded; 1 is steadiest on a shared machine)
     clock: str = "auto"                   # wall | cpu | auto (cpu on a CPU with one thread, else wall)
+    step_repeats: int = 1                 # each step's compute timed k times back to back, the fastest kept
     progress: bool = False
 
 
@@ -128,7 +129,7 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
                       temperature=config.temperature, length_response=length_response, rng=rng,
                       embeddings=bool(getattr(policy, "wants_embeddings", False)
                                       or getattr(getattr(policy, "predictor", None), "wants_embeddings", False)),
-                      texts=getattr(policy, "predictor", None) is not None, clock=clock)
+                      texts=getattr(policy, "predictor", None) is not None, clock=clock, repeats=config.step_repeats)
     ex.max_context = max_context
     probe = None
     if probe_profile is not None:
@@ -141,7 +142,8 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
             raise ValueError(f"profile {probe_profile.path} has no probe section: measure it again with "
                              "`syncintellects profile`")
         probe = Probe(lm, clock, every_s=probe_every_s, seed=config.seed, cases=list(ref),
-                      repeats=int(probe_profile.data["probe"].get("repeats", 3)))  # as the reference was measured
+                      repeats=int(probe_profile.data["probe"].get("repeats", 3)),  # as the reference was measured
+                      step_repeats=config.step_repeats)
         probe.measure()  # one probe before the first step: every run has at least one
         ex.on_step = probe.tick
     if forced:
@@ -193,6 +195,8 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
         "python_overhead_ms_per_step": float((step_s.sum() - ex.forward_s) / len(step_s) * 1e3) if len(step_s) else None,
         "policy_ms_per_plan": float(plan_s / max(len(rec.seg_start), 1) * 1e3),
         "virtual_clock_s": now,
+        "step_repeats": config.step_repeats,
+        "repeat_excess_s": ex.repeat_excess_s,  # the slower repeats' time, on no clock
         "policy_s": plan_s,
     }
     if probe is not None:

@@ -15,7 +15,7 @@ _MINIMA = (("--threads", "threads", 1, "an integer >= 1"), ("--block-size", "blo
            ("--max-new-tokens", "max_new_tokens", 1, "an integer >= 1"),
            ("--temperature", "temperature", 0.0, "a number >= 0 (0: greedy)"),
            ("--tolerance", "tolerance", 0.0, "a number >= 0 (a relative error, e.g. 0.1)"),
-           ("--memory-gb", "memory_gb", 1e-9, "a number > 0"))
+           ("--memory-gb", "memory_gb", 1e-9, "a number > 0"), ("--step-repeats", "step_repeats", 1, "an integer >= 1"))
 
 
 def check_runner_args(args) -> None:
@@ -58,6 +58,9 @@ def _model_arguments(p) -> None:
     p.add_argument("--model-seed", type=int, default=0, help="seed of a named shape's random weights")
     p.add_argument("--clock", choices=("auto", "wall", "cpu"), default="auto", help="what measures step time: wall "
                    "time, or the thread's CPU time (auto: cpu on a CPU with --threads 1, else wall)")
+    p.add_argument("--step-repeats", type=int, default=None, metavar="K", help="run each step's compute K times "
+                   "back to back and count the fastest (a minimum-of-K timer that filters a shared machine's "
+                   "interruptions; default 1, and for validate the profile's K); see docs/validation.md")
 
 
 def _serving_arguments(p) -> None:
@@ -139,7 +142,7 @@ def _runner_config(args, kv_blocks=None):
     return RunnerConfig(block_size=args.block_size, kv_blocks=args.kv_blocks or kv_blocks, kv_tokens=args.kv_tokens,
                         max_context=args.max_context, length_mode=args.length_mode, max_new_tokens=args.max_new_tokens,
                         temperature=args.temperature, seed=args.seed, threads=args.threads, clock=args.clock,
-                        progress=not args.quiet)
+                        step_repeats=args.step_repeats or 1, progress=not args.quiet)
 
 
 def cmd_profile(args) -> int:
@@ -151,7 +154,7 @@ def cmd_profile(args) -> int:
     lm = _load(args)
     prof = build_profile(lm, quick=args.quick, block_size=args.block_size, kv_tokens=args.kv_tokens,
                          memory_gb=args.memory_gb, threads=args.threads, name=args.name, progress=not args.quiet,
-                         clock=args.clock)
+                         clock=args.clock, step_repeats=args.step_repeats or 1)
     save_profile(prof, args.out)
     if not args.quiet:
         f = prof["fit"]
@@ -191,6 +194,17 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _profile_step_repeats(path: str, given: int | None) -> int:
+    """validate times steps as the profile's grid was timed: its K, and a different --step-repeats is refused."""
+    from simulator.profile import load_profile
+
+    k = int((load_profile(path).data.get("runner") or {}).get("step_repeats", 1))
+    if given is not None and given != k:
+        raise UsageError(f"--step-repeats {given}: the profile {path} was measured with {k}; a run compared with "
+                         f"it must time its steps the same way (omit the flag, or measure a profile with {given})")
+    return k
+
+
 def cmd_validate(args) -> int:
     from gpu_runner.validate import run_validation
 
@@ -199,6 +213,7 @@ def cmd_validate(args) -> int:
     spec = spec_from_args(args)
     check_runner_args(args)
     check_out_dir(args.out)
+    args.step_repeats = _profile_step_repeats(args.profile, args.step_repeats)
     lm = _load(args)
     doc, status = run_validation(spec, lm, _runner_config(args), args.profile, args.out,
                                  tolerance=args.tolerance, probe_every_s=args.probe_every)
