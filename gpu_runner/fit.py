@@ -95,7 +95,7 @@ def fit(samples: list[dict]) -> tuple[dict, dict]:
     sol = _nnls(a, y, m)
     d = [float(v) for v in sol[m:m + 3]]
     coeff = _coefficients(knots, sol[:m], d, [float(v) for v in sol[m + 3:]])
-    grid = decode_grid(samples, knots, sol[:m])
+    grid = decode_grid(samples, knots, np.array([v for _, v in coeff["linear_ops"]]))  # the table as stored
     if grid is not None:
         coeff["decode_attn_grid"] = grid
     cost = CostModel(Profile(data={"coefficients": coeff}, path="fit"))

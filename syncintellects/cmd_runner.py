@@ -228,6 +228,12 @@ def cmd_validate(args) -> int:
             flag = "  FAIL" if name in doc["failed"] else ""
             print(f"  {name:<34} {v['real']:>10.4g} {v['sim']:>10.4g} {err:>8}{flag}")
         print(f"  verdict on: {doc['verdict_basis']}")
+        drift, f = doc["replay"]["drift"], (doc["machine_probe"] or {}).get("factor")
+        if drift is not None:  # beside the verdict, never in it: measured on the very steps being priced
+            print(f"  the run's own replay drift (its steps' time / their price): {drift:.3f}"
+                  + ("" if not f else f", {drift / f:.3f} x the machine factor; per step kind: "
+                     + ", ".join(f"{k} {v['drift'] / f:.3f}" for k, v in doc["replay"]["by_kind"].items()
+                                 if v["drift"] is not None)))
         if not doc["conclusive"]:
             c = doc["conditioning"]
             print(f"  inconclusive: a {c['eps']:.0%} change of every step time moves "
