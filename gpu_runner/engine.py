@@ -99,12 +99,14 @@ def default_kv_blocks(lm, block_size: int, kv_tokens: int | None = None, memory_
 
 
 def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, length_response=None,
-          probe_profile=None, probe_every_s: float = 0.3) -> RunResult:
+          probe_profile=None, probe_every_s: float = 0.3, interleave: dict | None = None) -> RunResult:
     """Serve ``trace`` with the real model under ``policy``; per-request and per-step tables and a summary.
 
     With ``probe_profile``, probe steps of that profile's grid are timed every ``probe_every_s`` of
     measured step time, off the virtual clock (:mod:`gpu_runner.probe`); the summary's ``runner.probe``
-    reports the machine factor."""
+    reports the machine factor. With ``interleave`` ({sweeps, expected_steps, quick}), the profile's grid
+    is timed in between the run's steps (:mod:`gpu_runner.interleave`), off the virtual clock;
+    ``result.interleaver`` then fits it."""
     from gpu_runner.executor import RealExecutor
 
     if config.length_mode not in ("forced", "natural"):
@@ -146,6 +148,15 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
                       step_repeats=config.step_repeats)
         probe.measure()  # one probe before the first step: every run has at least one
         ex.on_step = probe.tick
+    inter = None
+    if interleave:
+        from gpu_runner.interleave import Interleaver
+
+        inter = Interleaver(lm, clock, sweeps=interleave["sweeps"], expected_steps=interleave["expected_steps"],
+                            step_repeats=config.step_repeats, quick=interleave.get("quick", False), seed=config.seed)
+        inter.warm_up()
+        hooks = [h for h in (ex.on_step, lambda dt: inter.tick(dt, ex.segment_work[-1])) if h is not None]
+        ex.on_step = hooks[0] if len(hooks) == 1 else (lambda dt: [h(dt) for h in hooks])
     if forced:
         bind_truth(policy, ex.true_output)
     controller = getattr(policy, "controller", None)
@@ -209,4 +220,5 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
            "clock": f"virtual, advanced by measured {clock_kind} time"}
     result = RunResult(requests=requests, steps=steps, summary=summary, config=cfg)
     result.executor = ex  # generated token ids, for tests and inspection (not written)
+    result.interleaver = inter
     return result

@@ -146,18 +146,13 @@ def _time_case(bench: Bench, case: tuple, slots: int) -> tuple[float, dict]:
     return t, work
 
 
-def measure(lm, grid: Grid, kv_tokens: int, block_size: int = 16, progress: bool = True, clock=None,
-            rounds: int = 1, probe=None, step_repeats: int = 1) -> list[dict]:
-    """Time every grid point; returns raw samples (all timings in ms, and their median).
+def grid_slots(grid: Grid) -> int:
+    return max(max(grid.decode_batch), max(r for r, _ in grid.padded), max(b + n for b, _, _, n in grid.mixed)) + 2
 
-    The grid is swept round-robin, one step per point per sweep (``warmup`` discarded sweeps, then
-    ``repeats x rounds`` measured ones): every measured step follows a step of another shape, as in
-    a real run where batches change from step to step, rather than a warm repeat of itself (which
-    was measured ~10-20% faster on CPU); and a point's median spans the whole profiling time, so
-    background load that comes and goes on a shared machine weighs on every point alike."""
+
+def grid_cases(lm, grid: Grid, kv_tokens: int) -> list[tuple]:
+    """The grid's points that fit the model's context and the bench's KV, as (kind, rows, context, chunk, pad)."""
     max_ctx = lm.shape["max_context"]
-    slots = max(max(grid.decode_batch), max(r for r, _ in grid.padded), max(b + n for b, _, _, n in grid.mixed)) + 2
-    bench = Bench(lm, slots, kv_tokens, block_size, clock=clock, repeats=step_repeats)
     cases = []
     for b in grid.decode_batch:
         for k in grid.decode_ctx:
@@ -167,6 +162,26 @@ def measure(lm, grid: Grid, kv_tokens: int, block_size: int = 16, progress: bool
     cases += [("prefill", 0, k0, c, 0) for c, k0 in grid.prefill_cached if c + k0 < max_ctx]
     cases += [("padded", r, 0, p, p) for r, p in grid.padded if p < max_ctx]
     cases += [("mixed", b, k, c, n) for b, k, c, n in grid.mixed if k * 1.5 + c < max_ctx]
+    return cases
+
+
+def bench_tokens(grid: Grid) -> int:
+    return max(max(grid.decode_batch) * int(max(grid.decode_ctx) * 1.5 + 64), max(r * p for r, p in grid.padded),
+               4096) + 4096
+
+
+def measure(lm, grid: Grid, kv_tokens: int, block_size: int = 16, progress: bool = True, clock=None,
+            rounds: int = 1, probe=None, step_repeats: int = 1) -> list[dict]:
+    """Time every grid point; returns raw samples (all timings in ms, and their median).
+
+    The grid is swept round-robin, one step per point per sweep (``warmup`` discarded sweeps, then
+    ``repeats x rounds`` measured ones): every measured step follows a step of another shape, as in
+    a real run where batches change from step to step, rather than a warm repeat of itself (which
+    was measured ~10-20% faster on CPU); and a point's median spans the whole profiling time, so
+    background load that comes and goes on a shared machine weighs on every point alike."""
+    slots = grid_slots(grid)
+    bench = Bench(lm, slots, kv_tokens, block_size, clock=clock, repeats=step_repeats)
+    cases = grid_cases(lm, grid, kv_tokens)
     times: list[list[float]] = [[] for _ in cases]
     works: list[dict] = [{} for _ in cases]
     sweeps = grid.warmup + grid.repeats * rounds
@@ -243,14 +258,13 @@ def build_profile(lm, *, quick: bool = False, block_size: int = 16, kv_tokens: i
     clock_kind, clock_fn = step_clock(clock, lm.device, threads)
     grid = grid or (QUICK if quick else FULL)
     memory = memory_section(lm, block_size, kv_tokens, memory_gb)
-    bench_tokens = max(max(grid.decode_batch) * int(max(grid.decode_ctx) * 1.5 + 64),
-                       max(r * p for r, p in grid.padded), 4096) + 4096
+    tokens = bench_tokens(grid)
     # With the fastest of k runs per timing (k > 1), one round of sweeps costs as much as the three of k = 1,
     # and each probe times every case once (the run's steps are single fastest-of-k timings too).
     rounds = rounds or (1 if quick or step_repeats > 1 else 3)
     probe = Probe(lm, clock_fn, every_s=0.1 if quick else 0.5, repeats=1 if step_repeats > 1 else 3,
                   step_repeats=step_repeats)
-    samples = measure(lm, grid, bench_tokens, block_size, progress, clock_fn, rounds, probe, step_repeats)
+    samples = measure(lm, grid, tokens, block_size, progress, clock_fn, rounds, probe, step_repeats)
     if not probe.times[probe.cases[0]]:
         probe.measure()
     coeff, report = fit(samples)

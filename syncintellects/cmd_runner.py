@@ -112,6 +112,10 @@ def register(sub) -> None:
     p.add_argument("--probe-every", type=float, default=0.3, metavar="SECONDS",
                    help="time the profile's probe steps every SECONDS of measured run time and price the "
                         "simulator's steps on the machine as it was during the run (0: off); see docs/validation.md")
+    p.add_argument("--interleave", type=int, default=3, metavar="SWEEPS",
+                   help="measure the profile's grid SWEEPS times in between the real run's steps and calibrate the "
+                        "verdict's simulator with that fit (default 3; 0: off, the probe's machine factor instead); "
+                        "see docs/validation.md")
     p.set_defaults(func=cmd_validate)
 
 
@@ -210,13 +214,16 @@ def cmd_validate(args) -> int:
 
     if not args.probe_every >= 0:
         raise ValueError(f"--probe-every must be >= 0 seconds (0: off), got {args.probe_every}")
+    if args.interleave < 0:
+        raise UsageError(f"--interleave: got {args.interleave}, expected an integer >= 0 (0: off)")
     spec = spec_from_args(args)
     check_runner_args(args)
     check_out_dir(args.out)
     args.step_repeats = _profile_step_repeats(args.profile, args.step_repeats)
     lm = _load(args)
     doc, status = run_validation(spec, lm, _runner_config(args), args.profile, args.out,
-                                 tolerance=args.tolerance, probe_every_s=args.probe_every)
+                                 tolerance=args.tolerance, probe_every_s=args.probe_every,
+                                 interleave_sweeps=args.interleave)
     if not args.quiet:
         print(f"{doc['policy']} on {doc['trace']} ({doc['num_requests']} requests), tolerance {args.tolerance:.0%}:")
         print(f"  {'metric':<34} {'real':>10} {'sim':>10} {'error':>8}")
@@ -228,12 +235,12 @@ def cmd_validate(args) -> int:
             flag = "  FAIL" if name in doc["failed"] else ""
             print(f"  {name:<34} {v['real']:>10.4g} {v['sim']:>10.4g} {err:>8}{flag}")
         print(f"  verdict on: {doc['verdict_basis']}")
-        drift, f = doc["replay"]["drift"], (doc["machine_probe"] or {}).get("factor")
+        drift, f = doc["replay"]["drift"], (doc["machine_probe"] or {}).get("factor") or 1.0
         if drift is not None:  # beside the verdict, never in it: measured on the very steps being priced
-            print(f"  the run's own replay drift (its steps' time / their price): {drift:.3f}"
-                  + ("" if not f else f", {drift / f:.3f} x the machine factor; per step kind: "
-                     + ", ".join(f"{k} {v['drift'] / f:.3f}" for k, v in doc["replay"]["by_kind"].items()
-                                 if v["drift"] is not None)))
+            print(f"  the run's own replay drift (its steps' time / the verdict's price{' x factor' if f != 1 else ''}): "
+                  f"{drift / f:.3f}; per step kind: "
+                  + ", ".join(f"{k} {v['drift'] / f:.3f}" for k, v in doc["replay"]["by_kind"].items()
+                              if v["drift"] is not None))
         if not doc["conclusive"]:
             c = doc["conditioning"]
             print(f"  inconclusive: a {c['eps']:.0%} change of every step time moves "
