@@ -138,3 +138,17 @@ def test_validate_refuses_step_repeats_other_than_the_profiles(tmp_path, capsys)
                    "--num-requests", "5", "--out", str(tmp_path / "v")])
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1 and "--step-repeats 2" in err[0] and "measured with 3" in err[0]
+
+
+def test_fast_engines_step_price_has_the_extra_chunk_term():
+    """The fast engine's closures price a step with the same bits as CostModel.step_s, extra chunks included."""
+    from gpu_runner.fit import fit
+    from simulator.fast_cost import decode_functions
+
+    cost = CostModel(Profile({"coefficients": TRUTH}, "<truth>"))
+    coeff, _ = fit(_synthetic_samples(cost))
+    fitted = CostModel(Profile({"coefficients": coeff}, "<fit>"))
+    assert fitted._grid is not None and fitted.p_extra > 0
+    _, _, step_s = decode_functions(fitted)
+    for rows, chunks in ((0, [(160, 0)] * 24), (40, [(200, 0)] * 10), (8, [(64, 100)]), (12, [])):
+        assert step_s(rows, rows * 300, chunks) == fitted.step_s(rows, rows * 300, chunks)
