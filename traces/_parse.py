@@ -157,12 +157,28 @@ def _line_numbers(df: pl.DataFrame) -> np.ndarray:
     """Line of each record: header is line 1; quoted fields may hold newlines, so count them."""
     n = df.height
     extra = np.zeros(n, dtype=np.int64)
-    for col in df.columns:
-        extra += df[col].str.count_matches("\n", literal=True).fill_null(0).to_numpy().astype(np.int64)
+    for col in df.columns:  # (most files have no quoted newline: count only in the columns that have one)
+        if df[col].str.contains("\n", literal=True).any():
+            extra += df[col].str.count_matches("\n", literal=True).fill_null(0).to_numpy()
     starts = 2 + np.arange(n, dtype=np.int64)
     if extra.any():
         starts[1:] += np.cumsum(extra)[:-1]
     return starts
+
+
+def strip_then(series: pl.Series, convert) -> pl.Series:
+    """``convert(series)`` (strings to numbers or times, nulls where a value does not convert), with
+    surrounding blanks ignored. A stripped copy is made only when the plain conversion leaves a value
+    unconverted: a big file's column is not copied for the blanks it rarely has."""
+    vals = convert(series)
+    if vals.null_count() > series.null_count():
+        vals = convert(series.str.strip_chars())
+    return vals
+
+
+def filled(vals: pl.Series, fill) -> np.ndarray:
+    """``vals`` as a numpy array, nulls as ``fill`` (no copy of the column when it has no null)."""
+    return (vals if vals.null_count() == 0 else vals.fill_null(fill)).to_numpy()
 
 
 class RowChecker:
@@ -183,7 +199,9 @@ class RowChecker:
         self.problems: list[tuple[int, str]] = []  # (row index, message) of each check's first new bad row
 
     def flag(self, bad: np.ndarray, column: str, values, expected: str, hint: str = "") -> None:
-        """Mark rows where ``bad`` is true (values: the raw strings, for the message).
+        """Mark rows where ``bad`` is true (values: the raw strings, for the message; a polars
+        Series, not a list: only the first bad row's value is read, and a list of a big file's
+        values would cost far more memory than the file).
 
         Nothing is raised here: :meth:`raise_if_bad` reports the problem on the earliest
         line once every column has been checked, so the first error in the file is named.
@@ -209,19 +227,19 @@ class RowChecker:
 
     def integers(self, series: pl.Series, column: str, minimum: int | None = None, hint: str = "") -> np.ndarray:
         raw = series  # indexed only for an error message (a list of every value would cost memory)
-        vals = series.str.strip_chars().cast(pl.Int64, strict=False)
+        vals = strip_then(series, lambda c: c.cast(pl.Int64, strict=False))
         missing = vals.is_null().to_numpy()
         self.flag(missing, column, raw, "an integer" + (f" >= {minimum}" if minimum is not None else ""))
-        out = vals.fill_null(0).to_numpy().astype(np.int64)
+        out = filled(vals, 0).astype(np.int64, copy=False)
         if minimum is not None:
             self.flag(~missing & (out < minimum), column, raw, f"an integer >= {minimum}", hint)
         return out
 
     def floats(self, series: pl.Series, column: str, minimum: float | None = 0.0) -> np.ndarray:
         raw = series
-        vals = series.str.strip_chars().cast(pl.Float64, strict=False)
+        vals = strip_then(series, lambda c: c.cast(pl.Float64, strict=False))
         missing = vals.is_null().to_numpy()
-        out = vals.fill_null(0.0).to_numpy().astype(np.float64)
+        out = filled(vals, 0.0).astype(np.float64, copy=False)
         expected = "a finite number" + (f" >= {minimum:g}" if minimum is not None else "")
         bad = missing | ~np.isfinite(out)
         if minimum is not None:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from traces._parse import RowChecker, open_lines, read_csv_strings, require_columns, short_columns
+from traces._parse import RowChecker, open_lines, read_csv_strings, require_columns, short_columns, filled, strip_then
 from traces.schema import Trace, TraceError
 
 FORMATS = ("azure", "vidur", "length-stats", "mooncake", "burstgpt", "alpaca", "project", "sharegpt")
@@ -118,13 +118,13 @@ def _no_opts(fmt: str, opts: dict) -> None:
 def read_azure(path: Path, df: pl.DataFrame, checker: RowChecker, **opts) -> Parsed:
     _no_opts("azure", opts)
     raw = df["TIMESTAMP"]
-    ns = raw.str.strip_chars().str.to_datetime("%Y-%m-%d %H:%M:%S%.f", time_unit="ns", strict=False).cast(pl.Int64)
-    checker.flag(ns.is_null().to_numpy(), "TIMESTAMP", raw.to_list(), "a time 'YYYY-MM-DD HH:MM:SS.fffffff'")
+    ns = strip_then(raw, lambda c: c.str.to_datetime("%Y-%m-%d %H:%M:%S%.f", time_unit="ns", strict=False)).cast(pl.Int64)
+    checker.flag(ns.is_null().to_numpy(), "TIMESTAMP", raw, "a time 'YYYY-MM-DD HH:MM:SS.fffffff'")
     return Parsed(
         "azure", checker,
         prompt_tokens=checker.integers(df["ContextTokens"], "ContextTokens", 1),
         output_tokens=checker.integers(df["GeneratedTokens"], "GeneratedTokens", 1),
-        arrival_ticks=ns.fill_null(0).to_numpy(), ticks_per_s=1e9, rebase=True, arrival_column="TIMESTAMP",
+        arrival_ticks=filled(ns, 0), ticks_per_s=1e9, rebase=True, arrival_column="TIMESTAMP",
     )
 
 
@@ -167,7 +167,7 @@ def read_burstgpt(path: Path, df: pl.DataFrame, checker: RowChecker, drop_failed
         notes["dropped_failed_requests"] = int(failed.sum())
         checker.active &= ~failed
     else:
-        checker.flag(failed, "Response tokens", df["Response tokens"].to_list(), "an integer >= 1",
+        checker.flag(failed, "Response tokens", df["Response tokens"], "an integer >= 1",
                      " (0 marks a failed request; pass drop_failed=True, or --drop-failed, to drop failed requests, "
                      "they are counted)")
     return Parsed(
@@ -186,7 +186,7 @@ def read_project(path: Path, df: pl.DataFrame, checker: RowChecker, **opts) -> P
         request_id = checker.integers(df["request_id"], "request_id")
         seen = np.zeros(len(request_id), dtype=bool)
         seen[np.unique(request_id, return_index=True)[1]] = True  # first use of each id
-        checker.flag(~seen, "request_id", df["request_id"].to_list(), "an id not used by an earlier row")
+        checker.flag(~seen, "request_id", df["request_id"], "an id not used by an earlier row")
     return Parsed(
         "project", checker,
         prompt_tokens=checker.integers(df["prompt_tokens"], "prompt_tokens", 1),
