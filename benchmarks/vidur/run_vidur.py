@@ -6,8 +6,8 @@ Runs microsoft/vidur (commit 7d47513) as its ``vidur.main`` does, configured fro
 line: one A100 replica, Llama-2-7B, TP 1, its ``vllm`` replica scheduler with its defaults
 (batch cap 128, 4,096 tokens a batch, 16-token blocks, KV blocks from its memory model), trace
 replay of --trace (max 4,096 tokens a request), its default random-forest execution-time
-predictor (models and prediction tables cached in --cache: the first run trains them, later
-runs load them), and every metric and trace output off (``--no-metrics_config_write_metrics``,
+predictor with one point of its hyper-parameter grid (250 trees, depth 32, split 2; models and
+prediction tables cached in --cache: the first run trains them, later runs load them), and every metric and trace output off (``--no-metrics_config_write_metrics``,
 no chrome trace, no plots, no request/batch/utilization series). Vidur's ``atexit`` writer is
 unregistered, so nothing is written at exit.
 
@@ -42,6 +42,12 @@ def vidur_args(trace: str, cache: str, out_dir: str) -> list[str]:
         "--trace_request_generator_config_max_tokens", "4096",
         "--execution_time_predictor_config_type", "random_forrest",
         "--random_forrest_execution_time_predictor_config_num_training_job_threads", "1",
+        # one point of Vidur's default grid (250/500/750 trees x depth 8/16/32 x split 2/5/10, 10-fold CV):
+        # the whole grid takes hours of CPU on this shared 2-core machine; the loop's speed does not
+        # depend on it (Vidur looks every prediction up in a table made before the run)
+        "--random_forrest_execution_time_predictor_config_num_estimators", "250",
+        "--random_forrest_execution_time_predictor_config_max_depth", "32",
+        "--random_forrest_execution_time_predictor_config_min_samples_split", "2",
         "--metrics_config_output_dir", out_dir,
         "--metrics_config_cache_dir", cache,
         "--no-metrics_config_write_metrics",

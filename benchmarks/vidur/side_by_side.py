@@ -68,6 +68,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ours", nargs="+", default=["vllm-v0", "continuous"])
     ap.add_argument("--python", default=sys.executable, help="our venv's python")
+    ap.add_argument("--bench-row", action="store_true",
+                    help="also run ours (continuous) on bench_simulator.py's own row (before Vidur's prompt shortening)")
     args = ap.parse_args()
     Path("/tmp/vidur-run").mkdir(exist_ok=True)
     vidur_env = dict(ENV, PYTHONPATH=str(Path(args.vidur_src).resolve()))
@@ -82,6 +84,11 @@ def main() -> None:
             row = run_child([args.python, str(HERE / "run_ours.py"), "--trace", str(Path(args.trace).resolve()),
                              "--policy", policy], ROOT, ENV)
             row.update(rep=rep, who=f"ours ({policy})")
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        if args.bench_row:
+            row = run_child([args.python, str(HERE / "run_ours.py"), "--bench-row", "--policy", "continuous"], ROOT, ENV)
+            row.update(rep=rep, who="ours (continuous, bench row)")
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(markdown(rows))
