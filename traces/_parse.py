@@ -90,11 +90,16 @@ def _decode(path: Path, data: bytes) -> str:
         raise TraceError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
 
 
-def read_csv_strings(path: Path, data: bytes | None = None, max_rows: int | None = None) -> tuple[pl.DataFrame, np.ndarray]:
+def read_csv_strings(path: Path, data: bytes | None = None, max_rows: int | None = None,
+                     typed=None) -> tuple[pl.DataFrame, np.ndarray]:
     """All columns as strings, plus each data row's 1-based line number in the file.
 
     ``max_rows``: read only the first that many data rows (a plain file is then not read to
     its end, so a few rows of a huge trace cost little memory and time).
+    ``typed``: header columns -> ``{column: dtype}`` (or None): those columns are parsed as
+    numbers while reading, so a big file's values never exist as text; when one does not
+    parse, the whole file is read as strings instead (the caller rereads it as strings too
+    when a typed value breaks a rule, so that messages quote the text as written).
     """
     if data is None:
         data = open_bytes(path) if max_rows is None or path.name.endswith(".gz") else _head_bytes(path, max_rows)
@@ -103,6 +108,13 @@ def read_csv_strings(path: Path, data: bytes | None = None, max_rows: int | None
         (head if len(head) < 4096 else head[:head.rfind(b"\n") + 1]).decode("utf-8")
     except UnicodeDecodeError:
         raise TraceError(f"{path}: not a UTF-8 text file (a binary file?), expected a CSV text file") from None
+    types = typed(_header(data)) if typed is not None else None
+    if types:
+        try:
+            df = pl.read_csv(io.BytesIO(data), infer_schema=False, schema_overrides=types, n_rows=max_rows)
+            return df, _line_numbers(df)
+        except pl.exceptions.PolarsError:
+            pass  # a value that is not a number (or a ragged row): read as text, which names the line
     try:
         df = pl.read_csv(io.BytesIO(data), infer_schema=False, n_rows=max_rows)
     except pl.exceptions.NoDataError:
@@ -111,6 +123,12 @@ def read_csv_strings(path: Path, data: bytes | None = None, max_rows: int | None
         # polars names no line for ragged rows; find it with the csv module (slow but only on error).
         raise TraceError(_locate_csv_problem(path, data) or f"{path}: cannot parse as CSV ({_first_line(e)})") from None
     return df, _line_numbers(df)
+
+
+def _header(data: bytes) -> list[str]:
+    end = data.find(b"\n")
+    line = (data if end < 0 else data[:end]).decode("utf-8", errors="replace").lstrip("\ufeff")
+    return next(csv.reader([line]), [])
 
 
 def _head_bytes(path: Path, max_rows: int) -> bytes:
@@ -157,8 +175,8 @@ def _line_numbers(df: pl.DataFrame) -> np.ndarray:
     """Line of each record: header is line 1; quoted fields may hold newlines, so count them."""
     n = df.height
     extra = np.zeros(n, dtype=np.int64)
-    for col in df.columns:  # (most files have no quoted newline: count only in the columns that have one)
-        if df[col].str.contains("\n", literal=True).any():
+    for col in df.columns:  # (most files have no quoted newline: count only in the text columns that have one)
+        if df[col].dtype == pl.String and df[col].str.contains("\n", literal=True).any():
             extra += df[col].str.count_matches("\n", literal=True).fill_null(0).to_numpy()
     starts = 2 + np.arange(n, dtype=np.int64)
     if extra.any():
@@ -265,7 +283,7 @@ class RowChecker:
 def check_non_decreasing(path, where: np.ndarray, arrival_s: np.ndarray, column: str, line_word: str = "line") -> None:
     """Arrivals must not go back in time; name the first row that does."""
     if len(arrival_s) > 1:
-        back = np.diff(arrival_s) < 0
+        back = arrival_s[1:] < arrival_s[:-1]  # (no array of differences: a big file's column each)
         if back.any():
             i = int(np.argmax(back)) + 1
             raise TraceError(f"{path}: {line_word} {where[i]}, column {column!r}: arrival {arrival_s[i]!r} is earlier "

@@ -44,6 +44,22 @@ _CSV_SIGNATURES = (
     ("burstgpt", ("Timestamp", "Request tokens", "Response tokens")),
 )
 
+# Columns parsed as numbers while a CSV is read (see read_csv_strings' ``typed``).
+_TYPED = {
+    "project": {"arrival_s": pl.Float64, "prompt_tokens": pl.Int64, "output_tokens": pl.Int64},
+    "azure": {"ContextTokens": pl.Int64, "GeneratedTokens": pl.Int64},
+    "vidur": {"arrived_at": pl.Float64, "num_prefill_tokens": pl.Int64, "num_decode_tokens": pl.Int64},
+}
+
+
+def _typed_columns(fmt: str | None, path: Path):
+    def types(columns: list[str]) -> dict | None:
+        try:
+            return _TYPED.get(fmt or detect_format(path, columns))
+        except TraceError:
+            return None  # unknown header: the string read reports it
+    return types
+
 
 @dataclass
 class Parsed:
@@ -101,13 +117,19 @@ def read_file(path: Path, fmt: str | None, skip_bad_rows: bool, max_rows: int | 
         if fmt == "mooncake":
             return read_mooncake(path, skip_bad_rows, max_rows=max_rows, **opts)
         return _read_alpaca(path, skip_bad_rows, **opts)
-    df, lines = read_csv_strings(path, max_rows=max_rows)
+    df, lines = read_csv_strings(path, max_rows=max_rows, typed=_typed_columns(fmt, path))
     fmt = fmt or detect_format(path, df.columns)
     require_columns(path, df.columns, list(dict(_CSV_SIGNATURES)[fmt]), fmt)
-    checker = RowChecker(path, lines, skip_bad_rows)
     reader = {"azure": read_azure, "vidur": read_vidur, "length-stats": read_length_stats,
               "burstgpt": read_burstgpt, "project": read_project}[fmt]
-    return reader(path, df, checker, **opts)
+    checker = RowChecker(path, lines, skip_bad_rows)
+    parsed = reader(path, df, checker, **opts)
+    if checker.problems and any(t != pl.String for t in df.dtypes):  # name (or skip) bad rows from their text
+        del df, parsed
+        df, lines = read_csv_strings(path, max_rows=max_rows)
+        checker = RowChecker(path, lines, skip_bad_rows)
+        parsed = reader(path, df, checker, **opts)
+    return parsed
 
 
 def _no_opts(fmt: str, opts: dict) -> None:

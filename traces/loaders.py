@@ -117,7 +117,10 @@ def _finish(p: Parsed, path: Path, name: str, sort: bool, arrivals, rate, cv, se
     every = bool(keep.all())  # (the usual case: no copies of a big file's columns)
     where = p.checker.where if every else p.checker.where[keep]
     prompt_tokens, output_tokens = (p.prompt_tokens, p.output_tokens) if every else (p.prompt_tokens[keep], p.output_tokens[keep])
-    request_id = p.request_id[keep] if p.request_id is not None else np.flatnonzero(keep).astype(np.int64)
+    if p.request_id is not None:
+        request_id = p.request_id if every else p.request_id[keep]
+    else:  # the row positions in the file
+        request_id = np.arange(len(keep), dtype=np.int64) if every else np.flatnonzero(keep).astype(np.int64, copy=False)
     text = {c: pick(getattr(p, c)) for c in ("prompt", "response", "slo_class")}
 
     if p.arrival_ticks is None and arrivals is None:
