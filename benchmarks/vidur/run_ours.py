@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--trace", default=None)
     ap.add_argument("--policy", default="vllm-v0")
     ap.add_argument("--bench-row", action="store_true")
+    ap.add_argument("--engine", default="auto", choices=("auto", "fast", "python"),
+                    help="simulate --engine (where main has the fast engine)")
     args = ap.parse_args()
     c0, w0 = time.process_time(), time.perf_counter()
     import polars as pl
@@ -52,13 +54,21 @@ def main() -> None:
     else:
         trace = load_trace(args.trace, format="vidur")
     policy = make_policy(args.policy)
+    try:
+        from simulator.engine import SimConfig, use_fast
+
+        config, fast = SimConfig(engine=args.engine), use_fast(policy, SimConfig(engine=args.engine))
+    except ImportError:  # before the fast engine
+        if args.engine != "auto":
+            raise SystemExit("--engine: this checkout has one engine")
+        config, fast = None, False
     c2, w2 = time.process_time(), time.perf_counter()
-    res = simulate(trace, policy)
+    res = simulate(trace, policy) if config is None else simulate(trace, policy, config)
     c3, w3 = time.process_time(), time.perf_counter()
     done = res.requests.filter(~pl.col("rejected") & pl.col("finish_s").is_not_null())
     tpot = done["tpot_s"].drop_nulls().to_numpy()
     print(json.dumps({
-        "engine": "ours", "policy": args.policy, "requests": len(trace), "finished": done.height,
+        "engine": "ours", "policy": args.policy, "fast_engine": fast, "requests": len(trace), "finished": done.height,
         "rejected": int(res.requests["rejected"].sum()), "preemptions": int(res.requests["preemptions"].sum()),
         "import_cpu_s": c1 - c0, "setup_cpu_s": c2 - c1, "setup_wall_s": w2 - w1,
         "loop_cpu_s": c3 - c2, "loop_wall_s": w3 - w2,

@@ -66,7 +66,8 @@ def main() -> None:
     ap.add_argument("--trace", required=True)
     ap.add_argument("--cache", required=True)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--ours", nargs="+", default=["vllm-v0", "continuous"])
+    ap.add_argument("--ours", nargs="+", default=["vllm-v0", "continuous"],
+                    help="policies, each optionally POLICY:ENGINE (auto, fast or python)")
     ap.add_argument("--python", default=sys.executable, help="our venv's python")
     ap.add_argument("--bench-row", action="store_true",
                     help="also run ours (continuous) on bench_simulator.py's own row (before Vidur's prompt shortening)")
@@ -80,10 +81,11 @@ def main() -> None:
         row.update(rep=rep, who="Vidur (vllm)")
         rows.append(row)
         print(json.dumps(row), flush=True)
-        for policy in args.ours:
+        for item in args.ours:
+            policy, _, engine = item.partition(":")
             row = run_child([args.python, str(HERE / "run_ours.py"), "--trace", str(Path(args.trace).resolve()),
-                             "--policy", policy], ROOT, ENV)
-            row.update(rep=rep, who=f"ours ({policy})")
+                             "--policy", policy, "--engine", engine or "auto"], ROOT, ENV)
+            row.update(rep=rep, who=f"ours ({policy}{', ' + ('fast' if row['fast_engine'] else 'Python') + ' engine' if engine else ''})")
             rows.append(row)
             print(json.dumps(row), flush=True)
         if args.bench_row:
