@@ -170,14 +170,17 @@ def replica(policy, num_blocks, bs, cost, sh, rec, rids: list, more=None, loads=
                         rejected += 1
                         continue
                     if v0 and ctx > budget:  # no chunking: wait for a step with room, or never fits
-                        if ctx <= max_tokens:
+                        if r in admitted:  # preempted: recomputed whole, alone if over the budget
+                            if budget < max_tokens:
+                                break
+                        elif ctx <= max_tokens:
                             break
-                        turn_away(r, f"context of {ctx} tokens exceeds max_batched_tokens {max_tokens} and "
-                                     f"{name} does not chunk prefills")
-                        admitted.discard(r)
-                        rejected += 1
-                        continue
-                    c = ctx if ctx < budget else budget
+                        else:
+                            turn_away(r, f"context of {ctx} tokens exceeds max_batched_tokens {max_tokens} and "
+                                         f"{name} does not chunk prefills")
+                            rejected += 1
+                            continue
+                    c = ctx if v0 or ctx < budget else budget
                     b = -(-c // bs)
                     if b > free - (growth + wm):
                         break
