@@ -91,7 +91,8 @@ def test_cue_model_trains_round_trips_and_reports_every_fraction(cue_model):
     from policies.predictors.train import evaluate
 
     again = evaluate(m, te)["by_progress"]
-    assert [round(b["mae_tokens"], 6) for b in again] == [round(b["mae_tokens"], 6) for b in by]
+    # (to float32 embedding noise: a batch embeds a prompt to within ~1e-7 of a single call)
+    assert [b["mae_tokens"] for b in again] == pytest.approx([b["mae_tokens"] for b in by], rel=1e-5)
     # Later in the answer the error of the total is smaller than before it starts.
     assert by[3]["mae_tokens"] < by[0]["mae_tokens"]
 
