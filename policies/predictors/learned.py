@@ -203,7 +203,7 @@ class ProgressivePredictor(_Learned):
             rem = self._predict_cues(request, generated, embedding)
             if rem is None:
                 return self._modelled(request, generated)
-            return float(max(rem, 1.0)) if generated == 0 else float(generated + max(rem, 1.0))
+            return float(generated + max(rem, 1.0))
         if request.prompt is not None and getattr(self.head, "seq", None) is not None:
             rem = self._predict_sequence(request, generated, embedding)
             if rem is not None:

@@ -123,6 +123,7 @@ def fit_cue_head(records: list[dict], stage0, m0_of: dict[str, float], *, seed: 
     """Fit the trees on checkpoints of ``records``' real answers; ``m0_of``: out-of-fold prompt-head ln predictions."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
+    from policies.predictors.answer_cues import NAMES as CUE_NAMES
     from policies.predictors.answer_cues import answer_features_many
 
     t0 = time.process_time()
@@ -147,7 +148,7 @@ def fit_cue_head(records: list[dict], stage0, m0_of: dict[str, float], *, seed: 
             f"prior {np.abs(y[val]).mean():.4f} -> {errs[best - 1]:.4f} with {best} trees")
     meta = {"head": "cues", "train_cpu_s": round(time.process_time() - t0, 1), "n_checkpoints": int(len(y)), "n_trees": best,
             "val_abs_ln_error": round(errs[best - 1], 4), "val_abs_ln_error_prior": round(float(np.abs(y[val]).mean()), 4),
-            "cues": list(__import__("policies.predictors.answer_cues", fromlist=["NAMES"]).NAMES)}
+            "cues": list(CUE_NAMES)}
     return CueHead(_tree_arrays(m, best), sigma, bias, stage0, meta)
 
 
