@@ -13,6 +13,10 @@ tokens, and fit a :class:`~policies.predictors.head.RidgeHead`:
   the training answers against three others (no text features, 64 components, the full
   384-d text embedding); docs/predictors.md.
 
+``train("progressive", ..., head="cues")`` (the command line's default progressive head) fits
+instead the survival prior + cue trees of :mod:`.progress_head`; ``head="transformer"`` the
+sequence model of :mod:`.sequence`.
+
 The held-out prompts' errors are measured and stored with the model (``model.json``): the
 shrinkage error model the simulator uses when there is no text (see :mod:`.errors`).
 """
