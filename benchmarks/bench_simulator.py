@@ -1,6 +1,7 @@
 """Simulator speed: wall and CPU time, simulated requests per second and peak memory.
 
-    python benchmarks/bench_simulator.py [--sizes 10000 100000 1000000] [--replicas 1 16] [--rate 4] [--markdown]
+    python benchmarks/bench_simulator.py [--sizes 10000 100000 1000000] [--replicas 1 16] [--rate 4]
+                                         [--engine auto|fast|python] [--markdown]
 
 Workload: the Azure LLM inference conversation trace (19,366 requests), tiled end to end
 as often as needed, rescaled to --rate requests/s *per replica* (4 req/s keeps one A100 /
@@ -39,28 +40,30 @@ def tiled_trace(n: int, rate: float):
     return select_requests(load_trace("azure-conv"), num_requests=n, seed=0, rate=rate, tile=True)
 
 
-def one(n: int, rate: float, policy: str, replicas: int = 1, independent: bool = False) -> dict:
+def one(n: int, rate: float, policy: str, replicas: int = 1, independent: bool = False, engine: str = "auto") -> dict:
     from policies.registry import make_policy
-    from simulator.engine import simulate
+    from simulator.engine import SimConfig, simulate, use_fast
 
     trace = tiled_trace(n, rate * replicas)
+    cfg = SimConfig(engine=engine)
     t0, c0 = time.perf_counter(), time.process_time()
     if replicas == 1:
-        results = [simulate(trace, make_policy(policy))]
+        results = [simulate(trace, make_policy(policy), cfg)]
         mode = "single"
     elif not independent and _has_cluster():
         from policies.routers import make_router
         from simulator.cluster import simulate_cluster
 
         results = [simulate_cluster(trace, [make_policy(policy) for _ in range(replicas)],
-                                    make_router("round-robin", replicas))]
+                                    make_router("round-robin", replicas), cfg)]
         mode = "cluster (round-robin)"
     else:
         results = []
         for k in range(replicas):  # one replica at a time: only its result is kept, as a summary
-            res = simulate(trace.take(np.arange(k, n, replicas)), make_policy(policy))
+            res = simulate(trace.take(np.arange(k, n, replicas)), make_policy(policy), cfg)
             results.append(_Slim(res))
         mode = "independent replicas"
+    mode += ", fast engine" if use_fast(make_policy(policy), cfg) else ", Python engine"
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     steps = sum(r.summary["num_steps"] for r in results)
     segments = sum(r.steps.height for r in results)
@@ -99,11 +102,13 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=4.0, help="requests/s per replica")
     ap.add_argument("--policy", default="continuous")
     ap.add_argument("--independent", action="store_true", help="N replicas as N separate runs, even if the cluster exists")
+    ap.add_argument("--engine", choices=("auto", "fast", "python"), default="auto",
+                    help="simulate --engine: the fast loop where it applies (auto), or the Python loop")
     ap.add_argument("--markdown", action="store_true", help="also print the rows for docs/benchmarks.md's table")
     ap.add_argument("--child", type=int, nargs=2, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
-        print(json.dumps(one(args.child[0], args.rate, args.policy, args.child[1], args.independent)))
+        print(json.dumps(one(args.child[0], args.rate, args.policy, args.child[1], args.independent, args.engine)))
         return
     env = dict(os.environ, POLARS_MAX_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
@@ -111,7 +116,7 @@ def main() -> None:
     for reps in args.replicas:
         for n in args.sizes:
             cmd = pin + [sys.executable, __file__, "--child", str(n), str(reps), "--rate", str(args.rate),
-                         "--policy", args.policy] + (["--independent"] if args.independent else [])
+                         "--policy", args.policy, "--engine", args.engine] + (["--independent"] if args.independent else [])
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=ROOT)
             row = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append(row)

@@ -23,7 +23,6 @@ replicas: each request lives on one replica only. Per-step records are per repli
 """
 from __future__ import annotations
 
-import copy
 import heapq
 import time
 
@@ -31,15 +30,18 @@ import numpy as np
 import polars as pl
 from tqdm import tqdm
 
-from policies.contract import SchedulerView
+from policies.contract import RequestView, SchedulerView
 from policies.kv_cache import KVCache
 from policies.routers import ReplicaLoads
+from policies.routers.round_robin import RoundRobin
 from simulator.cost_model import CostModel
-from simulator.engine import SimConfig, _policy_config, bind_truth, run_settings
+from simulator.engine import SimConfig, _policy_config, bind_truth, run_settings, use_fast
 from simulator.executor import SimExecutor
+from simulator.fast_continuous import replica as fast_replica
+from simulator.fast_engine import Shared, run_single
 from simulator.metrics import RunResult, Recorder, summarize
 from simulator.profile import Profile, load_profile
-from simulator.serving import PlanError, edge_checks, request_views
+from simulator.serving import PlanError, edge_checks
 from traces.schema import Trace
 
 INF = float("inf")
@@ -49,11 +51,12 @@ AT, IDLE, DECODE = 0, 1, 2  # what a replica waits for: a time, a routed request
 class Inbox:
     """The requests routed to one replica, in arrival order; ``deliver`` hands out those that have arrived."""
 
-    __slots__ = ("views", "next")
+    __slots__ = ("views", "next", "rids")
 
     def __init__(self):
         self.views: list = []
         self.next = 0
+        self.rids: list[int] = []  # the fast engine's inbox: request ids, in arrival order
 
     @property
     def pending(self) -> bool:
@@ -94,11 +97,13 @@ def simulate_cluster(trace: Trace, policies: list, router, config: SimConfig = S
                       for p, kv in zip(profiles, kvs))
     max_output, too_long, output = edge_checks(trace, shared, max_context)
     recs, exs = [], []
+    fast = all(use_fast(p, config) for p in policies)
     for k in range(n_rep):
-        rec = copy.copy(shared)  # shares the per-request arrays; its own per-step lists
-        rec.kv_blocks = blocks[k]
-        for name in [a for a in vars(rec) if a.startswith("seg_")]:
-            setattr(rec, name, [])
+        rec = shared.replica_copy(blocks[k])  # shares the per-request arrays; its own per-step columns
+        if fast:  # the truth is output: what the executors would set
+            shared.output_tokens[:] = output
+            recs.append(rec)
+            continue
         ex = SimExecutor(output, CostModel(profiles[k]), kvs[k], rec, trace.prompt_tokens,
                          length_response=length_response,
                          rng=np.random.default_rng(config.seed if k == 0 else [config.seed, k]))
@@ -113,12 +118,12 @@ def simulate_cluster(trace: Trace, policies: list, router, config: SimConfig = S
         if predictor is None:
             raise ValueError(f"router {router.name!r} needs a length predictor")
         if hasattr(predictor, "bind_truth"):
-            predictor.bind_truth(exs[0].true_output)
+            predictor.bind_truth(exs[0].true_output if exs else lambda r: int(shared.output_tokens[r]))
 
     n = len(trace)
-    views = request_views(trace, max_output)
     order = np.flatnonzero(~too_long).tolist()
     arrival = trace.arrival_s.tolist()
+    prompt, max_out, texts, slo = trace.prompt_tokens.tolist(), max_output.tolist(), trace.prompt, trace.slo_class
     replica_of = np.full(n, -1, dtype=np.int64)
     work_of = np.zeros(n, dtype=np.int64)
     loads = ReplicaLoads(requests=[0] * n_rep, work=[0] * n_rep)
@@ -170,7 +175,27 @@ def simulate_cluster(trace: Trace, policies: list, router, config: SimConfig = S
             now = yield AT, now + (result.end_s - now)
             policy.observe(result)
 
-    gens = [replica(k) for k in range(n_rep)]
+    if fast and type(router) is RoundRobin and router._next == 0:
+        # Round-robin routing ignores the replicas' state: request order[j] goes to replica j mod N
+        # whatever happens, so each replica is exactly a single replica serving its share, and they
+        # run one after another (no shared clock needed; same records as the interleaved loop).
+        sh = Shared(shared, output)
+        for k in range(n_rep):
+            rids = order[k::n_rep]
+            replica_of[rids] = k
+            run_single(policies[k], blocks[k], config.block_size, CostModel(profiles[k]), sh, rids,
+                       bar if config.progress else None, recs[k])
+        router._next = len(order) % n_rep
+        bar.close()
+        sh.write_back()
+        return _collect(trace, shared, recs, policies, blocks, replica_of, router, profiles, config, wall0)
+    if fast:
+        sh = Shared(shared, output)
+        gens = [fast_replica(policies[k], blocks[k], config.block_size, CostModel(profiles[k]), sh, recs[k],
+                             inboxes[k].rids, more, loads, k, work_of, bar if config.progress else None)
+                for k in range(n_rep)]
+    else:
+        gens = [replica(k) for k in range(n_rep)]
     waiting = [AT] * n_rep       # what each replica waits for
     token = [0] * n_rep          # heap entries of a replica with an older token are stale
     heap: list[tuple[float, int, int, int]] = []
@@ -205,7 +230,8 @@ def simulate_cluster(trace: Trace, policies: list, router, config: SimConfig = S
         if ta <= tw:  # route the request (arrivals at t go before any replica plans at t)
             i = order[state["next"]]
             state["next"] += 1
-            view = views[i]
+            view = RequestView(request_id=i, arrival_s=arrival[i], prompt_tokens=prompt[i], max_output_tokens=max_out[i],
+                               prompt=None if texts is None else texts[i], slo_class=None if slo is None else slo[i])
             predicted = predict(view) if predict else 0.0
             k = int(router.choose(view, predicted, loads))
             if not 0 <= k < n_rep:
@@ -214,7 +240,10 @@ def simulate_cluster(trace: Trace, policies: list, router, config: SimConfig = S
             work_of[i] = int(view.prompt_tokens + round(predicted))
             loads.requests[k] += 1
             loads.work[k] += int(work_of[i])
-            inboxes[k].views.append(view)
+            if fast:
+                inboxes[k].rids.append(i)
+            else:
+                inboxes[k].views.append(view)
             if waiting[k] == IDLE or waiting[k] == DECODE:  # wake it: its run stops at this arrival
                 resume(k, ta)
             if not more():  # the last arrival: idle replicas learn that nothing more comes
@@ -231,6 +260,8 @@ def simulate_cluster(trace: Trace, policies: list, router, config: SimConfig = S
         else:
             resume(k, t)
     bar.close()
+    if fast:
+        sh.write_back()
     if any(w is not None for w in waiting):
         stuck = [k for k, w in enumerate(waiting) if w is not None]
         raise PlanError(f"replicas {stuck} still wait for work after the last request")
@@ -243,13 +274,13 @@ def _collect(trace, shared, recs, policies, blocks, replica_of, router, profiles
             shared.predicted_tokens[r] = v
     n_rep = len(policies)
     requests = shared.requests_frame()
-    steps = [r.steps_frame() for r in recs]
     if n_rep == 1:  # exactly the single engine's tables and summary
-        summary = summarize(requests, steps[0], blocks[0])
-        all_steps = steps[0]
+        all_steps = recs[0].steps_frame()
+        summary = summarize(requests, all_steps, blocks[0])
     else:
         rep = pl.Series("replica", replica_of, dtype=pl.Int64)
         requests = requests.with_columns(replica=pl.when(rep >= 0).then(rep).otherwise(None))
+        steps = [r.steps_frame() for r in recs]  # views of the records (no copy); concatenated as chunks
         all_steps = pl.concat([s.with_columns(replica=pl.lit(k, dtype=pl.Int64)) for k, s in enumerate(steps)])
         per = [summarize(requests.filter(pl.col("replica") == k), steps[k], blocks[k]) for k in range(n_rep)]
         summary = summarize(requests, all_steps, sum(blocks))

@@ -18,6 +18,7 @@ from policies.contract import Policy, SchedulerView
 from policies.kv_cache import KVCache
 from simulator.cost_model import CostModel
 from simulator.executor import SimExecutor
+from simulator.fast_engine import FAST_POLICIES, Shared, run_single, supports
 from simulator.metrics import Recorder, RunResult
 from simulator.profile import Profile, load_profile
 from simulator.serving import ArrivalFeed, PlanError, collect, edge_checks
@@ -35,6 +36,7 @@ class SimConfig:
     max_context: int | None = None  # default: the profile's model context
     seed: int = 0
     progress: bool = False
+    engine: str = "auto"  # auto | fast | python (simulator/fast_continuous.py); not a run setting: same bytes
 
 
 def simulate(trace: Trace, policy: Policy, config: SimConfig = SimConfig(), *, profile: Profile | None = None,
@@ -55,10 +57,44 @@ def simulate(trace: Trace, policy: Policy, config: SimConfig = SimConfig(), *, p
                      rng=np.random.default_rng(config.seed))
     ex.max_context = max_context
     bind_truth(policy, ex.true_output)
-    feed = ArrivalFeed(trace, max_output, too_long)
-    env = simpy.Environment()
     bar = tqdm(total=n, desc=f"simulate {getattr(policy, 'name', 'policy')}", unit="req", disable=not config.progress,
                mininterval=0.5)
+    if use_fast(policy, config):  # the fused loop: the same decisions, no plan/result objects, no SimPy
+        sh = Shared(rec, output)
+        run_single(policy, blocks, config.block_size, cost, sh, np.flatnonzero(~too_long).tolist(),
+                   bar if config.progress else None)
+        sh.write_back()
+    else:
+        _run_python(trace, policy, ex, kv, max_output, too_long, bar)
+    bar.close()
+    requests, steps, summary = collect(rec, policy, blocks)
+    summary["sim_wall_s"] = time.perf_counter() - wall0
+    cfg = {"engine": "simulator", "policy": getattr(policy, "name", type(policy).__name__),
+           "policy_config": _policy_config(policy), "sim": run_settings(config), "profile": profile.name,
+           "profile_path": profile.path, "kv_blocks": blocks, "trace": trace.name, "trace_notes": trace.notes,
+           "num_requests": n}
+    return RunResult(requests=requests, steps=steps, summary=summary, config=cfg)
+
+
+def use_fast(policy, config) -> bool:
+    """Whether to run the fast engine: ``auto`` when it reproduces the policy, ``fast`` (refused for a
+    policy it does not reproduce), ``python`` never."""
+    if config.engine not in ("auto", "fast", "python"):
+        raise ValueError(f"--engine: {config.engine!r} is not one of auto, fast, python")
+    if config.engine == "python":
+        return False
+    ok = supports(policy)
+    if config.engine == "fast" and not ok:
+        raise ValueError(f"--engine fast runs only the policies {', '.join(c.name for c in FAST_POLICIES)} "
+                         f"(built in, unmodified); {getattr(policy, 'name', policy)!r} needs --engine python or auto")
+    return ok
+
+
+def _run_python(trace, policy, ex, kv, max_output, too_long, bar) -> None:
+    """The contract's loop in one SimPy process: plan, apply, run, observe."""
+    n = len(trace)
+    feed = ArrivalFeed(trace, max_output, too_long)
+    env = simpy.Environment()
 
     def loop():
         outstanding = n - int(too_long.sum())
@@ -85,15 +121,7 @@ def simulate(trace: Trace, policy: Policy, config: SimConfig = SimConfig(), *, p
 
     env.process(loop())
     env.run()
-    bar.close()
     ex.flush()
-    requests, steps, summary = collect(rec, policy, blocks)
-    summary["sim_wall_s"] = time.perf_counter() - wall0
-    cfg = {"engine": "simulator", "policy": getattr(policy, "name", type(policy).__name__),
-           "policy_config": _policy_config(policy), "sim": run_settings(config), "profile": profile.name,
-           "profile_path": profile.path, "kv_blocks": blocks, "trace": trace.name, "trace_notes": trace.notes,
-           "num_requests": n}
-    return RunResult(requests=requests, steps=steps, summary=summary, config=cfg)
 
 
 def run_settings(config) -> dict:
@@ -101,6 +129,7 @@ def run_settings(config) -> dict:
     so the same run gives the same file whether or not it was quiet."""
     d = asdict(config)
     d.pop("progress", None)
+    d.pop("engine", None)  # both engines give the same bytes
     return d
 
 

@@ -25,8 +25,12 @@ import polars as pl
 from simulator.served_load import load_warnings, offered_rate, reject_reason_counts
 
 NAN = float("nan")
-_SEGMENT_COLUMNS = ("seg_start", "seg_end", "seg_steps", "seg_batch", "seg_padded", "seg_prefill_tokens",
-                    "seg_output_tokens", "seg_kv_blocks")
+# (recorder column, steps.parquet column, dtype)
+STEP_COLUMNS = (("seg_start", "start_s", np.float64), ("seg_end", "end_s", np.float64),
+                ("seg_steps", "num_steps", np.int64), ("seg_batch", "batch_size", np.int64),
+                ("seg_padded", "padded_rows", np.int64), ("seg_prefill_tokens", "prefill_tokens", np.int64),
+                ("seg_output_tokens", "output_tokens", np.int64), ("seg_kv_blocks", "kv_blocks_used", np.int64))
+_SEGMENT_COLUMNS = tuple(attr for attr, _, _ in STEP_COLUMNS)
 
 
 class Recorder:
@@ -122,16 +126,7 @@ class Recorder:
         )
 
     def steps_frame(self) -> pl.DataFrame:
-        return pl.DataFrame({
-            "start_s": np.asarray(self.seg_start, dtype=np.float64),
-            "end_s": np.asarray(self.seg_end, dtype=np.float64),
-            "num_steps": np.asarray(self.seg_steps, dtype=np.int64),
-            "batch_size": np.asarray(self.seg_batch, dtype=np.int64),
-            "padded_rows": np.asarray(self.seg_padded, dtype=np.int64),
-            "prefill_tokens": np.asarray(self.seg_prefill_tokens, dtype=np.int64),
-            "output_tokens": np.asarray(self.seg_output_tokens, dtype=np.int64),
-            "kv_blocks_used": np.asarray(self.seg_kv_blocks, dtype=np.int64),
-        })
+        return pl.DataFrame({col: np.asarray(getattr(self, attr), dtype=dtype) for attr, col, dtype in STEP_COLUMNS})
 
 
 def _stats(x: np.ndarray) -> dict:

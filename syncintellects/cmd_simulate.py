@@ -95,6 +95,9 @@ def register(sub) -> None:
     add_cluster_arguments(p)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
+    p.add_argument("--engine", choices=("auto", "fast", "python"), default="auto",
+                   help="auto: the fused fast loop for continuous / sarathi / vllm-v0, the Python loop otherwise (same "
+                        "output files); fast: refuse other policies; python: always the Python loop")
     p.set_defaults(func=run)
 
     q = sub.add_parser("policies", help="list the scheduling policies")
@@ -106,7 +109,7 @@ def run(args) -> int:
 
     spec = spec_from_args(args)
     check_out_dir(args.out)
-    result = run_simulation(spec, progress=not args.quiet)
+    result = run_simulation(spec, progress=not args.quiet, engine=args.engine)
     out = result.write(args.out)
     print_warnings(result.summary)
     if not args.quiet:

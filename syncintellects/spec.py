@@ -211,12 +211,12 @@ def prepare(spec: RunSpec) -> tuple[Trace, object, SimConfig]:
     return trace, policy, cfg
 
 
-def run_simulation(spec: RunSpec, progress: bool = False) -> RunResult:
+def run_simulation(spec: RunSpec, progress: bool = False, engine: str = "auto") -> RunResult:
     from simulator.slo import apply_slo, parse_slo
 
     slo = parse_slo(spec.slo) if spec.slo else None  # a bad --slo fails before the run
     trace, policy, cfg = prepare(spec)
-    cfg = replace(cfg, progress=progress)
+    cfg = replace(cfg, progress=progress, engine=engine)  # engine: auto | fast | python, same output files
     if spec.replicas != 1 or spec.replica_profiles:
         result = run_cluster(spec, trace, policy, cfg)
     else:
