@@ -25,6 +25,7 @@ import numpy as np
 from simulator.fast_cost import decode_functions
 from simulator.metrics import STEP_COLUMNS
 from simulator.serving import PlanError
+from simulator.step_records import CHUNK
 
 INF = float("inf")
 AT, IDLE, DECODE = 0, 1, 2
@@ -49,6 +50,7 @@ def replica(policy, num_blocks, bs, cost, sh, rec, rids: list, more=None, loads=
     reject_reason = rec.reject_reason
     segs = array("d")  # the per-step records, 8 values a segment (exact: counts < 2**53), unpacked at the end
     record = segs.extend
+    spill_at = len(STEP_COLUMNS) * CHUNK if rec.spill is not None else INF  # stream every CHUNK segments
     decode_run_s, steps_until, step_s = decode_functions(cost)
     # the policy's state (ContinuousBatching's fields)
     queue: list = []                  # heap of (key, seq, request); key: arrival time, -1.0 for the preempted
@@ -170,14 +172,17 @@ def replica(policy, num_blocks, bs, cost, sh, rec, rids: list, more=None, loads=
                         rejected += 1
                         continue
                     if v0 and ctx > budget:  # no chunking: wait for a step with room, or never fits
-                        if ctx <= max_tokens:
+                        if r in admitted:  # preempted: recomputed whole, alone if over the budget
+                            if budget < max_tokens:
+                                break
+                        elif ctx <= max_tokens:
                             break
-                        turn_away(r, f"context of {ctx} tokens exceeds max_batched_tokens {max_tokens} and "
-                                     f"{name} does not chunk prefills")
-                        admitted.discard(r)
-                        rejected += 1
-                        continue
-                    c = ctx if ctx < budget else budget
+                        else:
+                            turn_away(r, f"context of {ctx} tokens exceeds max_batched_tokens {max_tokens} and "
+                                         f"{name} does not chunk prefills")
+                            rejected += 1
+                            continue
+                    c = ctx if v0 or ctx < budget else budget
                     b = -(-c // bs)
                     if b > free - (growth + wm):
                         break
@@ -323,6 +328,11 @@ def replica(policy, num_blocks, bs, cost, sh, rec, rids: list, more=None, loads=
                     finished.append(r)
             steps, out, prefill_tokens = n, n * batch, 0
         record((now, end, steps, batch, 0, prefill_tokens, out, used))
+        if len(segs) >= spill_at:
+            _unpack(segs, rec)
+            rec.flush_steps()
+            segs = array("d")
+            record = segs.extend
         now = yield AT, now + (end - now)
 
 
