@@ -77,16 +77,39 @@ def main(argv=None) -> int:
             doc["_cpu_s"] = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
             docs[p].append(doc)
             m = doc["metrics"]
-            print(f"  exit {status}, conclusive {doc['conclusive']}, wall {doc['_wall_s']:.0f} s, cpu {doc['_cpu_s']:.0f} s, machine factor "
-                  f"{(doc.get('machine_probe') or {}).get('factor')}, replay drift {doc['replay']['drift']:.3f}; "
+            f = (doc.get("machine_probe") or {}).get("factor") or 1.0
+            load = doc["machine_load_average_1m"]
+            print(f"  exit {status}, conclusive {doc['conclusive']}, wall {doc['_wall_s']:.0f} s, cpu {doc['_cpu_s']:.0f} s, "
+                  f"load {load['before_real_run']}-{load['after_real_run']}, machine factor {f:.3f}, replay drift / factor "
+                  f"{doc['replay']['drift'] / f:.3f} ("
+                  + ", ".join(f"{k} {v['drift'] / f:.3f}" for k, v in doc["replay"]["by_kind"].items()) + "); "
                   + ", ".join(f"{k} {v['rel_error']:+.1%}" for k, v in m.items() if v["rel_error"] is not None),
                   flush=True)
     print(table(docs))
+    print()
+    print(verdicts(docs, args.tolerance))
     (out / "summary.json").write_text(json.dumps({p: [{k: d[k] for k in ("metrics", "metrics_uncorrected", "failed", "conditioning",
                                                                           "machine_probe", "replay", "_status",
                                                                           "_wall_s", "_cpu_s") if k in d}
                                                       for d in ds] for p, ds in docs.items()}, indent=1) + "\n")
     return 0
+
+
+def verdicts(docs: dict[str, list[dict]], tolerance: float) -> str:
+    """Per policy: which runs passed (every gated metric within the tolerance), the largest |error| of each
+    run, and the verdict on the median over runs of each metric's error."""
+    import statistics
+
+    lines = ["| policy | runs passing | largest error per run | median error over runs: largest | verdict on the median |",
+             "|---|---|---|---|---|"]
+    for p, ds in docs.items():
+        worst = [max((d["metrics"][k]["rel_error"] for k, _, _ in ROWS), key=abs) for d in ds]
+        med = {k: statistics.median(d["metrics"][k]["rel_error"] for d in ds) for k, _, _ in ROWS}
+        mk = max(med, key=lambda k: abs(med[k]))
+        passing = sum(abs(w) <= tolerance for w in worst)
+        lines.append(f"| {p} | {passing}/{len(ds)} | {' / '.join(f'{w:+.1%}' for w in worst)} | "
+                     f"{med[mk]:+.1%} ({mk}) | {'pass' if abs(med[mk]) <= tolerance else 'FAIL'} |")
+    return "\n".join(lines)
 
 
 def table(docs: dict[str, list[dict]]) -> str:

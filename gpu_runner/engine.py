@@ -45,6 +45,7 @@ class RunnerConfig:
     seed: int = 0
     threads: int | None = 1               # torch CPU threads (recorded; 1 is steadiest on a shared machine)
     clock: str = "auto"                   # wall | cpu | auto (cpu on a CPU with one thread, else wall)
+    step_repeats: int = 1                 # each step's compute timed k times back to back, the fastest kept
     progress: bool = False
 
 
@@ -98,12 +99,14 @@ def default_kv_blocks(lm, block_size: int, kv_tokens: int | None = None, memory_
 
 
 def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, length_response=None,
-          probe_profile=None, probe_every_s: float = 0.3) -> RunResult:
+          probe_profile=None, probe_every_s: float = 0.3, interleave: dict | None = None) -> RunResult:
     """Serve ``trace`` with the real model under ``policy``; per-request and per-step tables and a summary.
 
     With ``probe_profile``, probe steps of that profile's grid are timed every ``probe_every_s`` of
     measured step time, off the virtual clock (:mod:`gpu_runner.probe`); the summary's ``runner.probe``
-    reports the machine factor."""
+    reports the machine factor. With ``interleave`` ({sweeps, expected_steps, quick}), the profile's grid
+    is timed in between the run's steps (:mod:`gpu_runner.interleave`), off the virtual clock;
+    ``result.interleaver`` then fits it."""
     from gpu_runner.executor import RealExecutor
 
     if config.length_mode not in ("forced", "natural"):
@@ -128,7 +131,7 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
                       temperature=config.temperature, length_response=length_response, rng=rng,
                       embeddings=bool(getattr(policy, "wants_embeddings", False)
                                       or getattr(getattr(policy, "predictor", None), "wants_embeddings", False)),
-                      texts=getattr(policy, "predictor", None) is not None, clock=clock)
+                      texts=getattr(policy, "predictor", None) is not None, clock=clock, repeats=config.step_repeats)
     ex.max_context = max_context
     probe = None
     if probe_profile is not None:
@@ -141,9 +144,19 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
             raise ValueError(f"profile {probe_profile.path} has no probe section: measure it again with "
                              "`syncintellects profile`")
         probe = Probe(lm, clock, every_s=probe_every_s, seed=config.seed, cases=list(ref),
-                      repeats=int(probe_profile.data["probe"].get("repeats", 3)))  # as the reference was measured
+                      repeats=int(probe_profile.data["probe"].get("repeats", 3)),  # as the reference was measured
+                      step_repeats=config.step_repeats)
         probe.measure()  # one probe before the first step: every run has at least one
         ex.on_step = probe.tick
+    inter = None
+    if interleave:
+        from gpu_runner.interleave import Interleaver
+
+        inter = Interleaver(lm, clock, sweeps=interleave["sweeps"], expected_steps=interleave["expected_steps"],
+                            step_repeats=config.step_repeats, quick=interleave.get("quick", False), seed=config.seed)
+        inter.warm_up()
+        hooks = [h for h in (ex.on_step, lambda dt: inter.tick(dt, ex.segment_work[-1])) if h is not None]
+        ex.on_step = hooks[0] if len(hooks) == 1 else (lambda dt: [h(dt) for h in hooks])
     if forced:
         bind_truth(policy, ex.true_output)
     controller = getattr(policy, "controller", None)
@@ -193,6 +206,8 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
         "python_overhead_ms_per_step": float((step_s.sum() - ex.forward_s) / len(step_s) * 1e3) if len(step_s) else None,
         "policy_ms_per_plan": float(plan_s / max(len(rec.seg_start), 1) * 1e3),
         "virtual_clock_s": now,
+        "step_repeats": config.step_repeats,
+        "repeat_excess_s": ex.repeat_excess_s,  # the slower repeats' time, on no clock
         "policy_s": plan_s,
     }
     if probe is not None:
@@ -205,4 +220,5 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
            "clock": f"virtual, advanced by measured {clock_kind} time"}
     result = RunResult(requests=requests, steps=steps, summary=summary, config=cfg)
     result.executor = ex  # generated token ids, for tests and inspection (not written)
+    result.interleaver = inter
     return result

@@ -8,8 +8,12 @@ coefficients plus the padded group's own quadratic term (``padded_sq_token_ms``:
 runs a left-padded group as one masked attention call, which costs more per token^2 on CPU
 than a causal call per chunk; one shared term made the table zig-zag to absorb the difference)
 and a once-per-step cost of mixing decode rows with chunks (``mixed_step_ms``: measured mixed steps
-cost 1-2 ms more than the sum of their parts; without it the fit priced them 5-12% low). Samples are dicts with ``decode_rows``, ``sum_ctx``, ``chunks`` [[C, K0], ...],
-``pad_to`` and ``median_ms``.
+cost 1-2 ms more than the sum of their parts; without it the fit priced them 5-12% low), and a cost of
+every loose chunk of a step beyond its first (``per_extra_chunk_ms``: each chunk's causal attention
+call, gathers and scatters per layer; with the per-chunk cost alone, fitted mostly on single-chunk
+points where it trades off against the table, steps of 8-16 chunks were priced 6-8% low: vllm-v0's
+prefill-only batches and a burst's mixed steps). Samples are dicts with ``decode_rows``, ``sum_ctx``,
+``chunks`` [[C, K0], ...], ``pad_to`` and ``median_ms``.
 """
 from __future__ import annotations
 
@@ -26,7 +30,8 @@ def _features(s: dict) -> tuple[int, list[float]]:
                float(sum(c * c for c, p in zip(eff, padded) if not p)),
                float(sum(c * k for c, (_, k) in zip(eff, s["chunks"]))),
                float(sum(c * c for c, p in zip(eff, padded) if p)),
-               1.0 if b and eff else 0.0]
+               1.0 if b and eff else 0.0,
+               float(max(0, sum(1 for p in padded if not p) - 1))]
 
 
 def _knots(ns: list[int]) -> list[int]:
@@ -52,33 +57,84 @@ def _interp_weights(n: int, knots: list[int]) -> np.ndarray:
     return w
 
 
-def fit(samples: list[dict]) -> tuple[dict, dict]:
-    """NNLS fit of the step-time model; returns (coefficients, fit report)."""
-    rows = [_features(s) for s in samples]
-    knots = _knots([n for n, _ in rows])
-    y = np.array([s["median_ms"] for s in samples])
-    a = np.array([np.concatenate([_interp_weights(n, knots), f]) for n, f in rows])
-    # The table is fitted as non-negative increments (y_i = d_0 + ... + d_i), i.e. non-decreasing in N:
-    # decode-only steps alone cannot tell the table (a function of N) from per-row costs, and an
-    # unconstrained table zig-zags between knots.
-    m = len(knots)
+def _nnls(a: np.ndarray, y: np.ndarray, m: int) -> np.ndarray:
+    """Relative-error NNLS; the first ``m`` columns (the table) as non-negative increments (y_i = d_0 + ... +
+    d_i), i.e. non-decreasing in N: decode-only steps alone cannot tell the table (a function of N) from
+    per-row costs, and an unconstrained table zig-zags between knots."""
     cum = np.tril(np.ones((m, m)))
     a_inc = np.hstack([a[:, :m] @ cum, a[:, m:]])
     sol, _ = nnls(a_inc / y[:, None], np.ones_like(y))
-    sol = np.concatenate([cum @ sol[:m], sol[m:]])
-    pred = a @ sol
+    return np.concatenate([cum @ sol[:m], sol[m:]])
+
+
+def _coefficients(knots, table, d, p) -> dict:
+    return {"fixed_step_ms": 0.0,
+            "linear_ops": [[int(k), float(f"{v:.6g}")] for k, v in zip(knots, table)],
+            "decode_attn": {"per_step_ms": d[0], "per_seq_ms": d[1], "per_ctx_token_ms": d[2]},
+            "prefill_attn": {"per_chunk_ms": p[0], "per_sq_token_ms": p[1], "per_ctx_token_ms": p[2],
+                             "padded_sq_token_ms": p[3], "mixed_step_ms": p[4], "per_extra_chunk_ms": p[5]}}
+
+
+def fit(samples: list[dict]) -> tuple[dict, dict]:
+    """NNLS fit of the step-time model; returns (coefficients, fit report).
+
+    Every term is fitted, decode attention as the linear term; where the decode samples form a full
+    batch x context grid, the profile also carries that grid (:func:`decode_grid`), which the cost model
+    then uses for decode attention. (Refitting the table and the prefill terms with the grid's decode
+    attention in mixed steps was tried: with a table shared by decode and prefill steps it priced
+    single-chunk prefills up to 16% off.) The report's errors are of the cost model with the final
+    coefficients (decode grid points: 0 by construction)."""
+    from simulator.cost_model import CostModel
+    from simulator.profile import Profile
+
+    rows = [_features(s) for s in samples]
+    knots = _knots([n for n, _ in rows])
+    m = len(knots)
+    y = np.array([s["median_ms"] for s in samples])
+    a = np.array([np.concatenate([_interp_weights(n, knots), f]) for n, f in rows])
+    sol = _nnls(a, y, m)
+    d = [float(v) for v in sol[m:m + 3]]
+    coeff = _coefficients(knots, sol[:m], d, [float(v) for v in sol[m + 3:]])
+    grid = decode_grid(samples, knots, np.array([v for _, v in coeff["linear_ops"]]))  # the table as stored
+    if grid is not None:
+        coeff["decode_attn_grid"] = grid
+    cost = CostModel(Profile(data={"coefficients": coeff}, path="fit"))
+    pred = np.array([cost.step_s(s["decode_rows"], s["sum_ctx"], [tuple(c) for c in s["chunks"]], s["pad_to"]) * 1e3
+                     for s in samples])
     rel = pred / y - 1
-    d_step, d_seq, d_ctx, p_chunk, p_sq, p_ctx, p_pad_sq, p_mixed = (float(v) for v in sol[m:])
-    coeff = {
-        "fixed_step_ms": 0.0,
-        "linear_ops": [[int(k), float(f"{v:.6g}")] for k, v in zip(knots, sol[:m])],
-        "decode_attn": {"per_step_ms": d_step, "per_seq_ms": d_seq, "per_ctx_token_ms": d_ctx},
-        "prefill_attn": {"per_chunk_ms": p_chunk, "per_sq_token_ms": p_sq, "per_ctx_token_ms": p_ctx,
-                         "padded_sq_token_ms": p_pad_sq, "mixed_step_ms": p_mixed},
-    }
     report = {"median_abs_rel_error": float(np.median(np.abs(rel))), "max_abs_rel_error": float(np.abs(rel).max()),
               "by_kind": {k: float(np.median(np.abs(rel[[s["kind"] == k for s in samples]])))
                           for k in sorted({s["kind"] for s in samples})}}
     for s, p in zip(samples, pred):
         s["fit_ms"] = round(float(p), 5)
     return coeff, report
+
+
+def decode_grid(samples: list[dict], knots: list[int], table: np.ndarray) -> dict | None:
+    """The measured decode steps as the cost model's ``decode_attn_grid``: at every measured (batch, mean
+    context), the step's median time less the fitted table at N = batch, so that the model prices a
+    decode step at a grid point at exactly its measured time (the linear decode term was off by up to
+    10-13% at some points: grouped attention over ragged contexts is not linear in the sum of contexts).
+    None unless the decode samples form a full batch x context rectangle (at least 2 x 2)."""
+    dec = [s for s in samples if s["kind"] == "decode" and not s["chunks"] and s["decode_rows"] > 0]
+    if not dec:
+        return None
+    ks = sorted(s["sum_ctx"] / s["decode_rows"] for s in dec)
+    centres: list[list[float]] = []
+    for k in ks:  # contexts within 3% of each other are one grid context (rounding of the rows' spread)
+        if centres and k <= centres[-1][0] * 1.03:
+            centres[-1].append(k)
+        else:
+            centres.append([k])
+    ctx = [float(np.mean(c)) for c in centres]
+    batches = sorted({s["decode_rows"] for s in dec})
+    cell: dict[tuple[int, int], float] = {}
+    for s in dec:
+        k = s["sum_ctx"] / s["decode_rows"]
+        j = min(range(len(ctx)), key=lambda i: abs(ctx[i] - k))
+        cell[(j, s["decode_rows"])] = s["median_ms"] - float(_interp_weights(s["decode_rows"], knots) @ table)
+    if len(ctx) < 2 or len(batches) < 2 or len(cell) != len(ctx) * len(batches):
+        return None
+    return {"batch": batches, "context": [round(k, 3) for k in ctx],
+            "ms": [[round(max(cell[(j, b)], 0.0), 6) for b in batches] for j in range(len(ctx))],
+            "source": "measured decode steps (median) less linear_ops at N = batch"}

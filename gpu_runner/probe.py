@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 
-# (kind, decode rows, mean context, chunk, chunks or pad): a decode, two prefill and a mixed shape
-# of the kinds the profiler measures.
-PROBE_CASES = (("decode", 16, 384, 0, 0), ("prefill", 0, 0, 128, 0), ("prefill", 0, 0, 512, 0),
-               ("mixed", 32, 256, 512, 1))
+# (kind, decode rows, mean context, chunk, chunks or pad): two decode, two prefill and a mixed shape
+# of the kinds the profiler measures. The 64-row decode is as large as a run's decode steps: under load,
+# large steps were slowed more than the small probes (a run's decode steps by 2.06x, the 16-row probe 1.5x).
+PROBE_CASES = (("decode", 16, 384, 0, 0), ("decode", 64, 384, 0, 0), ("prefill", 0, 0, 128, 0),
+               ("prefill", 0, 0, 512, 0), ("mixed", 32, 256, 512, 1))
 
 
 def profile_reference(profile) -> dict[tuple, float] | None:
@@ -38,13 +39,15 @@ class Probe:
     runs the same procedure between its grid sweeps and stores the medians of those minima
     (``profile["probe"]``), so a run's factor compares like with like."""
 
-    def __init__(self, lm, clock, every_s: float = 0.3, seed: int = 0, cases=PROBE_CASES, repeats: int = 3):
+    def __init__(self, lm, clock, every_s: float = 0.3, seed: int = 0, cases=PROBE_CASES, repeats: int = 3,
+                 step_repeats: int = 1):
         from gpu_runner.profiler import Bench
 
         self.cases = [tuple(c) for c in cases]
         slots = max(b + max(n, 1) for _, b, _, _, n in self.cases) + 2
         tokens = max(b * int(k * 1.5 + 64) + c * max(n, 1) for _, b, k, c, n in self.cases) + 4096
-        self.bench = Bench(lm, slots, tokens, seed=seed, clock=clock)
+        self.bench = Bench(lm, slots, tokens, seed=seed, clock=clock, repeats=step_repeats)
+        self.step_repeats = int(step_repeats)
         self.slots = slots
         self.every_s = float(every_s)
         self.repeats = int(repeats)
@@ -76,8 +79,9 @@ class Probe:
         """The profile's ``probe`` section: the procedure and the median time of every case."""
         return {"cases": [list(c) for c in self.cases], "median_ms": [float(np.median(self.times[c])) for c in self.cases],
                 "every_s": self.every_s, "probes": min(len(v) for v in self.times.values()),
-                "repeats": self.repeats,
-                "procedure": f"gpu_runner/probe.py: the minimum of {self.repeats} round-robin timings of each case, "
+                "repeats": self.repeats, "step_repeats": self.step_repeats,
+                "procedure": f"gpu_runner/probe.py: the minimum of {self.repeats} round-robin timings of each case "
+                             f"(each the fastest of {self.step_repeats} back-to-back runs of its compute), "
                              f"every {self.every_s} s of measured work"}
 
     def report(self, ref: dict[tuple, float]) -> dict:

@@ -49,7 +49,7 @@ class Grid:
 
 # Continuous batching with the default 256-sequence limit runs 100+ decode rows on a 32k-token
 # cache, often with several chunks admitted in one step (up to 16 when a burst of ~250-token prompts
-# fills the 4096-token budget), static batches pad 4-16 prompts to up to 1024 tokens and length-grouped
+# fills the 4096-token budget; vllm-v0 runs 10-24 whole prompts alone in one step), static batches pad 4-16 prompts to up to 1024 tokens and length-grouped
 # batches of short answers pad 40-100 (one such step takes seconds on this CPU): the grid
 # reaches there (no extrapolation), with padded groups of several sizes at the same length so that
 # the fit can tell the padded attention (r x P^2) from the linear work (r x P).
@@ -59,7 +59,8 @@ FULL = Grid(decode_batch=(1, 2, 4, 8, 16, 32, 64, 128), decode_ctx=(32, 128, 384
             padded=((4, 64), (8, 128), (16, 256), (16, 512), (4, 1024), (8, 1024), (12, 768), (16, 768),
                     (16, 1024), (40, 1024)),
             mixed=((8, 256, 64, 1), (16, 512, 256, 1), (32, 256, 512, 1), (32, 1024, 128, 1), (64, 256, 256, 2),
-                   (96, 384, 256, 3), (128, 256, 512, 2), (0, 0, 256, 16), (64, 256, 192, 12), (128, 384, 96, 8)),
+                   (96, 384, 256, 3), (128, 256, 512, 2), (0, 0, 256, 16), (64, 256, 192, 12), (128, 384, 96, 8),
+                   (0, 0, 128, 8), (0, 0, 384, 10), (0, 0, 160, 24)),
             warmup=3, repeats=7)
 QUICK = Grid(decode_batch=(1, 4, 16, 32), decode_ctx=(64, 384, 1024), prefill=(16, 128, 512, 1024),
              prefill_cached=((128, 512),), padded=((8, 128),), mixed=((16, 256, 128, 1), (32, 256, 64, 2)),
@@ -70,7 +71,7 @@ class Bench:
     """A RealExecutor whose requests are placed directly in a chosen state (contexts are never computed:
     timing does not depend on the cache's values, and skipping the prefills keeps profiling quick)."""
 
-    def __init__(self, lm, slots: int, kv_tokens: int, block_size: int = 16, seed: int = 0, clock=None):
+    def __init__(self, lm, slots: int, kv_tokens: int, block_size: int = 16, seed: int = 0, clock=None, repeats: int = 1):
         from gpu_runner.executor import RealExecutor
 
         self.kv = KVCache(max(1, kv_tokens // block_size), block_size)
@@ -78,7 +79,7 @@ class Bench:
         self.rec = Recorder(trace, self.kv.num_blocks, block_size)
         big = np.full(slots, 1 << 40, dtype=np.int64)
         self.ex = RealExecutor(lm, self.kv, self.rec, np.ones(slots, dtype=np.int64), big, forced=True, seed=seed,
-                               **({"clock": clock} if clock else {}))
+                               repeats=repeats, **({"clock": clock} if clock else {}))
         self.vocab = lm.shape["vocab"]
         self.rng = np.random.default_rng(seed)
 
@@ -145,18 +146,13 @@ def _time_case(bench: Bench, case: tuple, slots: int) -> tuple[float, dict]:
     return t, work
 
 
-def measure(lm, grid: Grid, kv_tokens: int, block_size: int = 16, progress: bool = True, clock=None,
-            rounds: int = 1, probe=None) -> list[dict]:
-    """Time every grid point; returns raw samples (all timings in ms, and their median).
+def grid_slots(grid: Grid) -> int:
+    return max(max(grid.decode_batch), max(r for r, _ in grid.padded), max(b + n for b, _, _, n in grid.mixed)) + 2
 
-    The grid is swept round-robin, one step per point per sweep (``warmup`` discarded sweeps, then
-    ``repeats x rounds`` measured ones): every measured step follows a step of another shape, as in
-    a real run where batches change from step to step, rather than a warm repeat of itself (which
-    was measured ~10-20% faster on CPU); and a point's median spans the whole profiling time, so
-    background load that comes and goes on a shared machine weighs on every point alike."""
+
+def grid_cases(lm, grid: Grid, kv_tokens: int) -> list[tuple]:
+    """The grid's points that fit the model's context and the bench's KV, as (kind, rows, context, chunk, pad)."""
     max_ctx = lm.shape["max_context"]
-    slots = max(max(grid.decode_batch), max(r for r, _ in grid.padded), max(b + n for b, _, _, n in grid.mixed)) + 2
-    bench = Bench(lm, slots, kv_tokens, block_size, clock=clock)
     cases = []
     for b in grid.decode_batch:
         for k in grid.decode_ctx:
@@ -166,6 +162,26 @@ def measure(lm, grid: Grid, kv_tokens: int, block_size: int = 16, progress: bool
     cases += [("prefill", 0, k0, c, 0) for c, k0 in grid.prefill_cached if c + k0 < max_ctx]
     cases += [("padded", r, 0, p, p) for r, p in grid.padded if p < max_ctx]
     cases += [("mixed", b, k, c, n) for b, k, c, n in grid.mixed if k * 1.5 + c < max_ctx]
+    return cases
+
+
+def bench_tokens(grid: Grid) -> int:
+    return max(max(grid.decode_batch) * int(max(grid.decode_ctx) * 1.5 + 64), max(r * p for r, p in grid.padded),
+               4096) + 4096
+
+
+def measure(lm, grid: Grid, kv_tokens: int, block_size: int = 16, progress: bool = True, clock=None,
+            rounds: int = 1, probe=None, step_repeats: int = 1) -> list[dict]:
+    """Time every grid point; returns raw samples (all timings in ms, and their median).
+
+    The grid is swept round-robin, one step per point per sweep (``warmup`` discarded sweeps, then
+    ``repeats x rounds`` measured ones): every measured step follows a step of another shape, as in
+    a real run where batches change from step to step, rather than a warm repeat of itself (which
+    was measured ~10-20% faster on CPU); and a point's median spans the whole profiling time, so
+    background load that comes and goes on a shared machine weighs on every point alike."""
+    slots = grid_slots(grid)
+    bench = Bench(lm, slots, kv_tokens, block_size, clock=clock, repeats=step_repeats)
+    cases = grid_cases(lm, grid, kv_tokens)
     times: list[list[float]] = [[] for _ in cases]
     works: list[dict] = [{} for _ in cases]
     sweeps = grid.warmup + grid.repeats * rounds
@@ -229,7 +245,8 @@ def memory_section(lm, block_size: int, kv_tokens: int | None, memory_gb: float 
 
 def build_profile(lm, *, quick: bool = False, block_size: int = 16, kv_tokens: int | None = None,
                   memory_gb: float | None = None, threads: int | None = 1, name: str | None = None,
-                  progress: bool = True, grid: Grid | None = None, clock: str = "auto", rounds: int | None = None) -> dict:
+                  progress: bool = True, grid: Grid | None = None, clock: str = "auto", rounds: int | None = None,
+                  step_repeats: int = 1) -> dict:
     """Measure, fit and return a profile dict in the simulator's schema (save with ``save_profile``)."""
     import torch
     import transformers
@@ -241,11 +258,13 @@ def build_profile(lm, *, quick: bool = False, block_size: int = 16, kv_tokens: i
     clock_kind, clock_fn = step_clock(clock, lm.device, threads)
     grid = grid or (QUICK if quick else FULL)
     memory = memory_section(lm, block_size, kv_tokens, memory_gb)
-    bench_tokens = max(max(grid.decode_batch) * int(max(grid.decode_ctx) * 1.5 + 64),
-                       max(r * p for r, p in grid.padded), 4096) + 4096
-    rounds = rounds or (1 if quick else 3)
-    probe = Probe(lm, clock_fn, every_s=0.1 if quick else 0.5)
-    samples = measure(lm, grid, bench_tokens, block_size, progress, clock_fn, rounds, probe)
+    tokens = bench_tokens(grid)
+    # With the fastest of k runs per timing (k > 1), one round of sweeps costs as much as the three of k = 1,
+    # and each probe times every case once (the run's steps are single fastest-of-k timings too).
+    rounds = rounds or (1 if quick or step_repeats > 1 else 3)
+    probe = Probe(lm, clock_fn, every_s=0.1 if quick else 0.5, repeats=1 if step_repeats > 1 else 3,
+                  step_repeats=step_repeats)
+    samples = measure(lm, grid, tokens, block_size, progress, clock_fn, rounds, probe, step_repeats)
     if not probe.times[probe.cases[0]]:
         probe.measure()
     coeff, report = fit(samples)
@@ -264,7 +283,7 @@ def build_profile(lm, *, quick: bool = False, block_size: int = 16, kv_tokens: i
         "created": created,
         "runner": {"torch_threads": threads, "block_size": block_size, "grid": "quick" if quick else "full",
                    "warmup_sweeps": grid.warmup, "measured_sweeps": grid.repeats * rounds, "clock": clock_kind,
-                   "steady_allocator": steady,
+                   "steady_allocator": steady, "step_repeats": step_repeats,
                    "timer": f"{clock_fn.__name__} around each executor step "
                             "(pack + forward + sampling + bookkeeping)"},
         "fit": report,
@@ -274,7 +293,8 @@ def build_profile(lm, *, quick: bool = False, block_size: int = 16, kv_tokens: i
             f"over batch {list(grid.decode_batch)} x context {list(grid.decode_ctx)}, prefill chunks "
             f"{list(grid.prefill)} (and on cached prefixes {list(grid.prefill_cached)}), padded prefill "
             f"{list(grid.padded)}, mixed steps {list(grid.mixed)}; grid swept round-robin one step per point, "
-            f"{grid.warmup} warm-up sweeps then {grid.repeats * rounds} measured; medians. Coefficients: one "
+            f"{grid.warmup} warm-up sweeps then {grid.repeats * rounds} measured, each timing the fastest of "
+            f"{step_repeats} back-to-back runs of the step's compute; medians. Coefficients: one "
             f"non-negative least-squares fit weighted by "
             f"relative error; linear_ops knots at the measured token counts, fixed_step_ms 0 (the table holds "
             f"the constant). Fit: median |relative error| {report['median_abs_rel_error']:.3f}, "

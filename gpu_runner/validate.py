@@ -87,14 +87,18 @@ def write_html(real: RunResult, sim: RunResult, report: dict, path: Path, title:
 
 
 def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path, *,
-                   tolerance: float = 0.10, probe_every_s: float | None = 0.3) -> tuple[dict, int]:
+                   tolerance: float = 0.10, probe_every_s: float | None = 0.3,
+                   interleave_sweeps: int = 0) -> tuple[dict, int]:
     """Run both engines, write DIR/validation.json and DIR/validation.html (and each run's files
     under DIR/real and DIR/sim); returns (report, exit status).
 
     With ``probe_every_s`` (default), the real run is interleaved with probe steps
     (:mod:`gpu_runner.probe`) and the simulator prices steps with the profile scaled by the machine
     factor they measured: the verdict compares the two engines on the machine as it was during the
-    real run. The uncorrected comparison is in ``metrics_uncorrected``."""
+    real run. The uncorrected comparison is in ``metrics_uncorrected``. With ``interleave_sweeps`` the
+    profile's grid is measured that many times in between the run's steps instead (no probe) and the
+    verdict's simulator is calibrated with that fit (:mod:`gpu_runner.interleave`), written to
+    DIR/interleaved-profile.json."""
     from dataclasses import replace
 
     from gpu_runner.engine import serve
@@ -116,9 +120,18 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
     load_before = os.getloadavg()[0]
     from gpu_runner.probe import profile_reference
 
-    probing = bool(probe_every_s) and profile_reference(profile) is not None
+    probing = bool(probe_every_s) and profile_reference(profile) is not None and not interleave_sweeps
+    interleave = None
+    if interleave_sweeps:  # pace the grid by the steps the stored profile's simulation expects
+        max_ctx = min(int(runner_cfg.max_context or lm.shape["max_context"]), lm.shape["max_context"])
+        pre = simulate(trace, build_policy(spec, trace), SimConfig(
+            profile=profile_path, block_size=runner_cfg.block_size, kv_blocks=runner_cfg.kv_blocks,
+            max_context=max_ctx, seed=spec.seed), profile=profile, length_response=length_response_model(spec))
+        interleave = {"sweeps": int(interleave_sweeps), "expected_steps": int(pre.summary["num_steps"]),
+                      "quick": (profile.data.get("runner") or {}).get("grid") == "quick"}
     real = serve(trace, policy, lm, runner_cfg, length_response=length_response_model(spec),
-                 probe_profile=profile if probing else None, probe_every_s=probe_every_s or 0.3)
+                 probe_profile=profile if probing else None, probe_every_s=probe_every_s or 0.3,
+                 interleave=interleave)
     load_after = os.getloadavg()[0]
     real.config["spec"] = spec.to_dict()
     real.write(out / "real")
@@ -128,15 +141,24 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
     probe = real.summary["runner"].get("probe") or {"factor": None}
     factor = probe["factor"]
     raw = simulate(trace, sim_policy, sim_cfg, profile=profile, length_response=length_response_model(spec))
-    sim = raw if factor is None else simulate(trace, build_policy(spec, trace), sim_cfg,
-                                              profile=scaled_profile(profile, factor),
-                                              length_response=length_response_model(spec))
+    stored, inter = profile, None
+    if real.interleaver is not None:
+        from simulator.profile import Profile, save_profile
+
+        data = real.interleaver.profile(profile)
+        save_profile(data, out / "interleaved-profile.json")
+        profile = Profile(data=data, path=str(out / "interleaved-profile.json"))
+        inter = data["interleaved"]
+        factor = None
+    sim = raw if factor is None and inter is None else simulate(
+        trace, build_policy(spec, trace), sim_cfg, profile=profile if inter else scaled_profile(profile, factor),
+        length_response=length_response_model(spec))
     sim.config["spec"] = spec.to_dict()
     sim.config["machine_factor"] = factor
     sim.write(out / "sim")
     report = compare(real.summary, sim.summary)
     bad = failures(report, tolerance)
-    replay = replay_steps(real, profile)
+    replay = replay_steps(real, profile)  # with an interleaved profile: the model's error, free of the machine
     # Diagnosis only (never gated): the simulator again, with every step time scaled by the measured
     # drift between this run's steps and the profile's prediction of those very steps.
     # (No real step, e.g. every request rejected: there is no drift to measure.)
@@ -149,12 +171,15 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
                         sim.summary, factor or 1.0)
     doc = {"metrics": report, "tolerance": tolerance, "gated": list(GATED), "failed": bad,
            "conditioning": cond, "conclusive": not cond["ill_conditioned"],
-           "verdict_basis": (("uncorrected: the profile has no probe section" if probe_every_s else
+           "verdict_basis": (f"simulator calibrated with the profile's grid re-measured {inter['sweeps']} times "
+                             f"interleaved with the real run ({out / 'interleaved-profile.json'})" if inter else
+                             ("uncorrected: the profile has no probe section" if probe_every_s else
                               "uncorrected: --probe-every 0") if factor is None else
                              f"simulator with the profile x the machine factor {factor:.3f} measured by probes"),
+           "interleaved": inter, "replay_stored_profile": replay_steps(real, stored) if inter else None,
            "machine_probe": probe, "metrics_uncorrected": compare(real.summary, raw.summary),
            "policy": real.config["policy"], "trace": trace.name, "num_requests": len(trace),
-           "length_scale": spec.length_scale, "seed": spec.seed, "profile": profile.path, "model": lm.shape,
+           "length_scale": spec.length_scale, "seed": spec.seed, "profile": stored.path, "model": lm.shape,
            "device": str(lm.device), "dtype": lm.dtype, "kv_blocks": real.config["kv_blocks"],
            "max_context": real.config["max_context"], "torch_threads": real.config["torch_threads"],
            "real_summary": {k: real.summary[k] for k in ("num_finished", "num_rejected", "preemptions",
@@ -172,6 +197,7 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
     write_html(real, sim, report, out / "validation.html",
                f"{real.config['policy']} on {trace.name} ({len(trace)} requests): simulator vs real {lm.name}"
                + ("" if factor is None else f" (simulator x machine factor {factor:.3f})")
+               + (" (simulator calibrated by the grid interleaved with the run)" if inter else "")
                + ("" if doc["conclusive"] else " - INCONCLUSIVE: ill-conditioned workload"))
     return doc, (1 if bad else 0)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -42,6 +43,7 @@ from simulator.fast_engine import Shared, run_single
 from simulator.metrics import RunResult, Recorder, summarize
 from simulator.profile import Profile, load_profile
 from simulator.serving import PlanError, edge_checks
+from simulator.step_records import Spill, StepRecords, StepTotals
 from traces.schema import Trace
 
 INF = float("inf")
@@ -78,11 +80,13 @@ class Inbox:
 
 
 def simulate_cluster(trace: Trace, policies: list, router, config: SimConfig = SimConfig(), *,
-                     profiles: list[Profile] | None = None, length_response=None, predictor=None) -> RunResult:
+                     profiles: list[Profile] | None = None, length_response=None, predictor=None,
+                     steps_dir: str | Path | None = None) -> RunResult:
     """Simulate ``trace`` on ``len(policies)`` replicas (policy k on replica k) behind ``router``.
 
     ``profiles``: one per replica (default: ``config.profile`` for all). ``predictor``: the
-    router's length predictor (needed by routers with ``needs_prediction``)."""
+    router's length predictor (needed by routers with ``needs_prediction``). ``steps_dir``: where
+    a long run streams its per-step records (as in :func:`simulator.engine.simulate`)."""
     wall0 = time.perf_counter()
     n_rep = len(policies)
     if n_rep < 1:
@@ -100,6 +104,8 @@ def simulate_cluster(trace: Trace, policies: list, router, config: SimConfig = S
     fast = all(use_fast(p, config) for p in policies)
     for k in range(n_rep):
         rec = shared.replica_copy(blocks[k])  # shares the per-request arrays; its own per-step columns
+        if steps_dir is not None:
+            rec.spill = Spill(Path(steps_dir) / f"r{k:04d}")
         if fast:  # the truth is output: what the executors would set
             shared.output_tokens[:] = output
             recs.append(rec)
@@ -188,7 +194,7 @@ def simulate_cluster(trace: Trace, policies: list, router, config: SimConfig = S
         router._next = len(order) % n_rep
         bar.close()
         sh.write_back()
-        return _collect(trace, shared, recs, policies, blocks, replica_of, router, profiles, config, wall0)
+        return _collect(trace, shared, recs, policies, blocks, replica_of, router, profiles, config, wall0, steps_dir)
     if fast:
         sh = Shared(shared, output)
         gens = [fast_replica(policies[k], blocks[k], config.block_size, CostModel(profiles[k]), sh, recs[k],
@@ -265,28 +271,28 @@ def simulate_cluster(trace: Trace, policies: list, router, config: SimConfig = S
     if any(w is not None for w in waiting):
         stuck = [k for k, w in enumerate(waiting) if w is not None]
         raise PlanError(f"replicas {stuck} still wait for work after the last request")
-    return _collect(trace, shared, recs, policies, blocks, replica_of, router, profiles, config, wall0)
+    return _collect(trace, shared, recs, policies, blocks, replica_of, router, profiles, config, wall0, steps_dir)
 
 
-def _collect(trace, shared, recs, policies, blocks, replica_of, router, profiles, config, wall0) -> RunResult:
+def _collect(trace, shared, recs, policies, blocks, replica_of, router, profiles, config, wall0, steps_dir) -> RunResult:
     for policy in policies:
         for r, v in getattr(policy, "initial_predictions", {}).items():
             shared.predicted_tokens[r] = v
     n_rep = len(policies)
     requests = shared.requests_frame()
+    pieces, totals = zip(*[r.step_piece() for r in recs])  # tables (views of the records) or part files
+    all_steps = StepRecords(list(pieces), list(totals), replica_column=n_rep > 1,
+                            spill_dirs=[Path(steps_dir)] if steps_dir else [])
     if n_rep == 1:  # exactly the single engine's tables and summary
-        all_steps = recs[0].steps_frame()
-        summary = summarize(requests, all_steps, blocks[0])
+        summary = summarize(requests, totals[0], blocks[0])
     else:
         rep = pl.Series("replica", replica_of, dtype=pl.Int64)
         requests = requests.with_columns(replica=pl.when(rep >= 0).then(rep).otherwise(None))
-        steps = [r.steps_frame() for r in recs]  # views of the records (no copy); concatenated as chunks
-        all_steps = pl.concat([s.with_columns(replica=pl.lit(k, dtype=pl.Int64)) for k, s in enumerate(steps)])
-        per = [summarize(requests.filter(pl.col("replica") == k), steps[k], blocks[k]) for k in range(n_rep)]
-        summary = summarize(requests, all_steps, sum(blocks))
+        per = [summarize(requests.filter(pl.col("replica") == k), totals[k], blocks[k]) for k in range(n_rep)]
+        whole = StepTotals.merge(list(totals))
+        summary = summarize(requests, whole, sum(blocks))
         span = summary["makespan_s"]
-        busy = float((all_steps["end_s"] - all_steps["start_s"]).sum()) if all_steps.height else 0.0
-        summary["gpu_busy_fraction"] = busy / (span * n_rep) if summary["num_finished"] else 0.0  # mean over replicas
+        summary["gpu_busy_fraction"] = whole.busy_s / (span * n_rep) if summary["num_finished"] else 0.0  # mean over replicas
         summary["kv_utilization_mean"] = sum(p["kv_utilization_mean"] * b for p, b in zip(per, blocks)) / sum(blocks)
         summary["kv_blocks_peak"] = sum(p["kv_blocks_peak"] for p in per)  # sum of the replicas' own peaks
         summary["router"] = router.name

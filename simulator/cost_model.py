@@ -28,6 +28,7 @@ class CostModel:
         # a left-padded prefill group's attention (one masked call), when the profile measured it apart
         self.p_pad_sq = float(c["prefill_attn"].get("padded_sq_token_ms", c["prefill_attn"]["per_sq_token_ms"]))
         self.p_mixed = float(c["prefill_attn"].get("mixed_step_ms", 0.0))  # a step with decode rows and chunks
+        self.p_extra = float(c["prefill_attn"].get("per_extra_chunk_ms", 0.0))  # each loose chunk after a step's first
         self.profile = profile
         self._xs = [float(p[0]) for p in c["linear_ops"]]
         self._ys = [float(p[1]) for p in c["linear_ops"]]
@@ -119,6 +120,7 @@ class CostModel:
         ms = self.fixed_ms + self.decode_attn_ms(decode_rows, decode_sum_ctx)
         if decode_rows > 0 and chunks:
             ms += self.p_mixed
+        loose = 0
         for c, k in chunks:
             c = max(c, pad_to)
             n_tokens += c
@@ -126,6 +128,9 @@ class CostModel:
                 ms += self.p_chunk + self.p_pad_sq * c * c
             else:
                 ms += self.prefill_attn_ms(c, k)
+                loose += 1
+        if loose > 1:
+            ms += self.p_extra * (loose - 1)
         if n_tokens == 0:
             return 0.0
         return (ms + self.linear_ms(n_tokens)) / 1000.0

@@ -8,6 +8,7 @@ metrics: those live in the executor, the accountant and the recorder.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -19,9 +20,10 @@ from policies.kv_cache import KVCache
 from simulator.cost_model import CostModel
 from simulator.executor import SimExecutor
 from simulator.fast_engine import FAST_POLICIES, Shared, run_single, supports
-from simulator.metrics import Recorder, RunResult
+from simulator.metrics import Recorder, RunResult, summarize
 from simulator.profile import Profile, load_profile
-from simulator.serving import ArrivalFeed, PlanError, collect, edge_checks
+from simulator.serving import ArrivalFeed, PlanError, edge_checks
+from simulator.step_records import Spill, StepRecords
 from traces.schema import Trace
 
 
@@ -40,14 +42,20 @@ class SimConfig:
 
 
 def simulate(trace: Trace, policy: Policy, config: SimConfig = SimConfig(), *, profile: Profile | None = None,
-             length_response=None) -> RunResult:
-    """Simulate ``trace`` under ``policy``; returns per-request and per-step tables and a summary."""
+             length_response=None, steps_dir: str | Path | None = None) -> RunResult:
+    """Simulate ``trace`` under ``policy``; returns per-request and per-step tables and a summary.
+
+    ``steps_dir``: a scratch directory (e.g. under the run's output directory) where a long run
+    streams its per-step records in part files rather than keeping them in memory
+    (:mod:`simulator.step_records`); removed once ``RunResult.write`` has assembled steps.parquet."""
     wall0 = time.perf_counter()
     profile = profile or load_profile(config.profile)
     cost = CostModel(profile)
     blocks = config.kv_blocks or profile.kv_blocks(config.block_size, config.gpu_memory_utilization)
     kv = KVCache(blocks, config.block_size)
     rec = Recorder(trace, blocks, config.block_size)
+    if steps_dir is not None:
+        rec.spill = Spill(Path(steps_dir))
     n = len(trace)
 
     # Edge checks a real server makes before queueing: context length and cache size.
@@ -67,7 +75,12 @@ def simulate(trace: Trace, policy: Policy, config: SimConfig = SimConfig(), *, p
     else:
         _run_python(trace, policy, ex, kv, max_output, too_long, bar)
     bar.close()
-    requests, steps, summary = collect(rec, policy, blocks)
+    for r, v in getattr(policy, "initial_predictions", {}).items():
+        rec.predicted_tokens[r] = v
+    requests = rec.requests_frame()
+    piece, totals = rec.step_piece()
+    summary = summarize(requests, totals, blocks)
+    steps = StepRecords([piece], [totals], replica_column=False, spill_dirs=[Path(steps_dir)] if steps_dir else [])
     summary["sim_wall_s"] = time.perf_counter() - wall0
     cfg = {"engine": "simulator", "policy": getattr(policy, "name", type(policy).__name__),
            "policy_config": _policy_config(policy), "sim": run_settings(config), "profile": profile.name,

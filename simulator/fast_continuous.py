@@ -1,26 +1,19 @@
 """The fast engine: continuous batching (``continuous``, ``sarathi``, ``vllm-v0``), its KV accounting
 and the simulated executor fused into one loop per replica.
 
-The Python engine drives any policy through the contract (``plan`` -> ``StepPlan`` ->
-executor -> ``StepResult`` -> ``observe``), which costs about 120 function calls and a handful
-of objects per segment. For the built-in continuous-batching policies this module runs the
-*same* decisions without the objects: the queue, admission (watermark, token budget,
-sequence limit, chunked prefill, or vllm-v0's prefill-only steps of whole prompts), recompute
-preemption of the newest request, block
-accounting and the decode group (members stored as ``tokens - clock``, with a histogram of
-``key mod block_size`` and a heap of finish clocks, as :mod:`policies.kv_group` and
-:class:`simulator.executor.SimExecutor` keep them), timed by the same :class:`CostModel`
-calls with the same arguments (:mod:`simulator.fast_cost`). Its outputs are byte-identical to the Python engine's
-(``benchmarks/check_identical.py --engines``, ``tests/test_fast_engine.py``).
+The Python engine drives any policy through the contract (``plan`` -> ``StepPlan`` -> executor ->
+``StepResult`` -> ``observe``): about 120 function calls and a handful of objects per segment. For
+the built-in continuous-batching policies this loop makes the *same* decisions without them: the
+queue, admission (watermark, token budget, sequence limit, chunked prefill, or vllm-v0's
+prefill-only steps of whole prompts), recompute preemption of the newest request, block accounting
+and the decode group (keys ``tokens - clock``, a histogram of ``key mod block_size``, a heap of
+finish clocks, as :mod:`policies.kv_group` and :class:`simulator.executor.SimExecutor` keep them),
+timed by the same cost-model arithmetic (:mod:`simulator.fast_cost`). Same output bytes as the
+Python engine (``benchmarks/check_identical.py --engines``, ``tests/test_fast_engine.py``).
 
-It is chosen automatically when the policy is exactly one of those classes (a subclass or
-any other policy, or ``--engine python``, runs the Python engine): it replaces the policy
-object's logic, so it must never run a policy it does not reproduce.
-
-:func:`replica` is a generator speaking the cluster's protocol (``simulator.cluster``): it
-yields ``(AT, t)`` to sleep until ``t``, ``(IDLE, None)`` to wait for a routed request and
-``(DECODE, horizon)`` for a deferred decode run; the single engine drives it with every
-request in its inbox from the start (:func:`simulator.fast_engine.run_single`).
+Which policies it runs and how it is chosen: :mod:`simulator.fast_engine`. :func:`replica` is a
+generator speaking the cluster's protocol (``simulator.cluster``): ``(AT, t)`` sleeps until ``t``,
+``(IDLE, None)`` waits for a routed request, ``(DECODE, horizon)`` defers a decode run.
 """
 from __future__ import annotations
 
@@ -32,11 +25,13 @@ import numpy as np
 from simulator.fast_cost import decode_functions
 from simulator.metrics import STEP_COLUMNS
 from simulator.serving import PlanError
+from simulator.step_records import CHUNK
 
 INF = float("inf")
 AT, IDLE, DECODE = 0, 1, 2
 UNBOUNDED = 1 << 30
 ROOM, ADMIT = 0, 1
+
 
 def replica(policy, num_blocks, bs, cost, sh, rec, rids: list, more=None, loads=None, k: int = 0,
             work_of=None, bar=None):
@@ -55,6 +50,7 @@ def replica(policy, num_blocks, bs, cost, sh, rec, rids: list, more=None, loads=
     reject_reason = rec.reject_reason
     segs = array("d")  # the per-step records, 8 values a segment (exact: counts < 2**53), unpacked at the end
     record = segs.extend
+    spill_at = len(STEP_COLUMNS) * CHUNK if rec.spill is not None else INF  # stream every CHUNK segments
     decode_run_s, steps_until, step_s = decode_functions(cost)
     # the policy's state (ContinuousBatching's fields)
     queue: list = []                  # heap of (key, seq, request); key: arrival time, -1.0 for the preempted
@@ -78,6 +74,17 @@ def replica(policy, num_blocks, bs, cost, sh, rec, rids: list, more=None, loads=
     clock = 0
     ptr = 0
     now = 0.0
+
+    def turn_away(r, why):  # a rejection: the request leaves the queue with its reason
+        heappop(queue)
+        if r in admitted:
+            raise PlanError(f"request {r} rejected after it started")
+        reject_reason[r] = why
+        del context[r]
+        if loads is not None:
+            loads.requests[k] -= 1
+            loads.work[k] -= int(work_of[r])
+
     while True:
         # -- intake: deliver arrivals, release what finished last step --------------------
         n_in = len(rids)
@@ -160,33 +167,22 @@ def replica(policy, num_blocks, bs, cost, sh, rec, rids: list, more=None, loads=
                     ctx = context[r]
                     wm = 0 if r in admitted else watermark
                     if -(-(ctx + 1) // bs) > num_blocks - wm:
-                        heappop(queue)
-                        if r in admitted:
-                            raise PlanError(f"request {r} rejected after it started")
-                        reject_reason[r] = (f"context of {ctx} tokens needs {-(-(ctx + 1) // bs)} KV blocks; the cache "
-                                            f"holds {num_blocks} (watermark {watermark})")
-                        del context[r]
+                        turn_away(r, f"context of {ctx} tokens needs {-(-(ctx + 1) // bs)} KV blocks; the cache "
+                                     f"holds {num_blocks} (watermark {watermark})")
                         rejected += 1
-                        if loads is not None:
-                            loads.requests[k] -= 1
-                            loads.work[k] -= int(work_of[r])
                         continue
                     if v0 and ctx > budget:  # no chunking: wait for a step with room, or never fits
-                        if ctx <= max_tokens:
+                        if r in admitted:  # preempted: recomputed whole, alone if over the budget
+                            if budget < max_tokens:
+                                break
+                        elif ctx <= max_tokens:
                             break
-                        heappop(queue)
-                        if r in admitted:
-                            raise PlanError(f"request {r} rejected after it started")
-                        reject_reason[r] = (f"context of {ctx} tokens exceeds max_batched_tokens {max_tokens} and "
-                                            f"{name} does not chunk prefills")
-                        del context[r]
-                        admitted.discard(r)
-                        rejected += 1
-                        if loads is not None:
-                            loads.requests[k] -= 1
-                            loads.work[k] -= int(work_of[r])
-                        continue
-                    c = ctx if ctx < budget else budget
+                        else:
+                            turn_away(r, f"context of {ctx} tokens exceeds max_batched_tokens {max_tokens} and "
+                                         f"{name} does not chunk prefills")
+                            rejected += 1
+                            continue
+                    c = ctx if v0 or ctx < budget else budget
                     b = -(-c // bs)
                     if b > free - (growth + wm):
                         break
@@ -332,6 +328,11 @@ def replica(policy, num_blocks, bs, cost, sh, rec, rids: list, more=None, loads=
                     finished.append(r)
             steps, out, prefill_tokens = n, n * batch, 0
         record((now, end, steps, batch, 0, prefill_tokens, out, used))
+        if len(segs) >= spill_at:
+            _unpack(segs, rec)
+            rec.flush_steps()
+            segs = array("d")
+            record = segs.extend
         now = yield AT, now + (end - now)
 
 

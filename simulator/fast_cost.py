@@ -27,7 +27,7 @@ def decode_functions(cost: CostModel):
 
     per_batch: dict = {}
     fixed, linear_ms, segments = cost.fixed_ms, cost.linear_ms, cost._segments
-    p_mixed, p_chunk, p_sq, p_ctx = cost.p_mixed, cost.p_chunk, cost.p_sq, cost.p_ctx
+    p_mixed, p_chunk, p_sq, p_ctx, p_extra = cost.p_mixed, cost.p_chunk, cost.p_sq, cost.p_ctx, cost.p_extra
 
     def constants(batch):
         his, a, b = segments(batch)
@@ -104,6 +104,8 @@ def decode_functions(cost: CostModel):
         for c, k in chunks:
             n_tokens += c
             ms += p_chunk + p_sq * c * c + p_ctx * c * k
+        if len(chunks) > 1:  # CostModel.step_s: every loose chunk after the first
+            ms += p_extra * (len(chunks) - 1)
         if n_tokens == 0:
             return 0.0
         return (ms + linear_ms(n_tokens)) / 1000.0

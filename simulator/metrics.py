@@ -16,13 +16,13 @@ import copy
 import json
 import math
 from array import array
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from simulator.served_load import load_warnings, offered_rate, reject_reason_counts
+from simulator.step_records import CHUNK, Spill, StepRecords, StepTotals
 
 NAN = float("nan")
 # (recorder column, steps.parquet column, dtype)
@@ -64,6 +64,7 @@ class Recorder:
         self.seg_prefill_tokens = array("q")
         self.seg_output_tokens = array("q")
         self.seg_kv_blocks = array("q")
+        self.spill: Spill | None = None  # set: every CHUNK segments go to a part file (simulator/step_records.py)
 
     def replica_copy(self, kv_blocks: int) -> "Recorder":
         """A recorder for one replica of a cluster: the per-request arrays are this one's (each
@@ -72,6 +73,7 @@ class Recorder:
         rec.kv_blocks = kv_blocks
         for name in _SEGMENT_COLUMNS:
             setattr(rec, name, array(getattr(self, name).typecode))
+        rec.spill = None
         return rec
 
     def segment(self, start: float, end: float, steps: int, batch: int, padded: int, prefill_tokens: int,
@@ -84,6 +86,23 @@ class Recorder:
         self.seg_prefill_tokens.append(prefill_tokens)
         self.seg_output_tokens.append(output_tokens)
         self.seg_kv_blocks.append(kv_blocks)
+        if self.spill is not None and len(self.seg_start) >= CHUNK:
+            self.flush_steps()
+
+    def flush_steps(self) -> None:
+        """Write the segments held to the next part file and let go of them."""
+        self.spill.write(self.steps_frame())
+        for name in _SEGMENT_COLUMNS:
+            setattr(self, name, array(getattr(self, name).typecode))
+
+    def step_piece(self) -> tuple:
+        """After the run: (this recorder's per-step table or part files, its totals)."""
+        if self.spill is not None and self.spill.parts:
+            if len(self.seg_start):
+                self.flush_steps()
+            return list(self.spill.parts), self.spill.totals
+        frame = self.steps_frame()
+        return frame, StepTotals.of(frame)
 
     # -- tables ------------------------------------------------------------------
     def requests_frame(self) -> pl.DataFrame:
@@ -129,6 +148,11 @@ class Recorder:
         return pl.DataFrame({col: np.asarray(getattr(self, attr), dtype=dtype) for attr, col, dtype in STEP_COLUMNS})
 
 
+_SUMMARY_COLUMNS = ("rejected", "admitted_s", "finish_s", "prompt_tokens", "output_tokens", "generated_tokens",
+                    "predicted_tokens", "target_tokens", "qos", "e2e_latency_s", "ttft_s", "tpot_s",
+                    "normalized_latency_s", "queue_s")
+
+
 def _stats(x: np.ndarray) -> dict:
     x = x[np.isfinite(x)]
     if len(x) == 0:
@@ -141,9 +165,11 @@ def _stats(x: np.ndarray) -> dict:
     }
 
 
-def summarize(requests: pl.DataFrame, steps: pl.DataFrame, kv_blocks: int) -> dict:
-    """The run summary, from the per-request and per-step tables only."""
-    done = requests.filter(~pl.col("rejected") & pl.col("finish_s").is_not_null() & pl.col("finish_s").is_not_nan())
+def summarize(requests: pl.DataFrame, steps: pl.DataFrame | StepTotals, kv_blocks: int) -> dict:
+    """The run summary, from the per-request table and the per-step table (or its totals) only."""
+    t = steps if isinstance(steps, StepTotals) else StepTotals.of(steps)
+    done = (requests.select(_SUMMARY_COLUMNS)  # only what the figures need: a million-row copy is not small
+            .filter(~pl.col("rejected") & pl.col("finish_s").is_not_null() & pl.col("finish_s").is_not_nan()))
     n_fin = done.height
     out_tokens = int(done["generated_tokens"].sum()) if n_fin else 0
     if n_fin:
@@ -152,15 +178,8 @@ def summarize(requests: pl.DataFrame, steps: pl.DataFrame, kv_blocks: int) -> di
         span = max(t1 - t0, 1e-12)
     else:
         span = NAN
-    busy = float((steps["end_s"] - steps["start_s"]).sum()) if steps.height else 0.0
-    step_count = int(steps["num_steps"].sum()) if steps.height else 0
-    rows = int((steps["batch_size"] * steps["num_steps"]).sum()) if steps.height else 0
-    padded = int((steps["padded_rows"] * steps["num_steps"]).sum()) if steps.height else 0
-    if steps.height:
-        dur = (steps["end_s"] - steps["start_s"]).to_numpy()
-        kv_util = float((steps["kv_blocks_used"].to_numpy() * dur).sum() / max(dur.sum(), 1e-12) / kv_blocks)
-    else:
-        kv_util = 0.0
+    busy, step_count, rows, padded = t.busy_s, t.steps, t.rows, t.padded
+    kv_util = t.kv_block_s / max(t.dur_s, 1e-12) / kv_blocks if t.rows_in_table else 0.0
     col = lambda name: done[name].cast(pl.Float64).to_numpy() if n_fin else np.array([])
     qos = col("qos")
     summary = {
@@ -184,7 +203,7 @@ def summarize(requests: pl.DataFrame, steps: pl.DataFrame, kv_blocks: int) -> di
         "mean_batch_size": rows / step_count if step_count else 0.0,
         "padding_waste": padded / rows if rows else 0.0,
         "kv_utilization_mean": kv_util,
-        "kv_blocks_peak": int(steps["kv_blocks_used"].max()) if steps.height else 0,
+        "kv_blocks_peak": t.kv_peak,
         "kv_blocks_capacity": kv_blocks,
         "qos_mean": float(qos.mean()) if len(qos) else None,
         "qos_p10": float(np.percentile(qos, 10)) if len(qos) else None,
@@ -232,19 +251,35 @@ def _clean(obj):
     return obj
 
 
-@dataclass
 class RunResult:
-    requests: pl.DataFrame
-    steps: pl.DataFrame
-    summary: dict
-    config: dict
+    """A run's tables, summary and config. ``steps`` may be held as :class:`StepRecords` (part files
+    of a run that streamed its per-step records); reading ``result.steps`` then loads the table."""
+
+    def __init__(self, requests: pl.DataFrame, steps: pl.DataFrame | StepRecords, summary: dict, config: dict):
+        self.requests, self.steps, self.summary, self.config = requests, steps, summary, config
+
+    @property
+    def steps(self) -> pl.DataFrame:
+        return self._steps.frame() if isinstance(self._steps, StepRecords) else self._steps
+
+    @steps.setter
+    def steps(self, value) -> None:
+        self._steps = value
+
+    @property
+    def num_segments(self) -> int:
+        """Rows of the per-step table, without loading it."""
+        return self._steps.height if isinstance(self._steps, StepRecords) else self._steps.height
 
     def write(self, out_dir: str | Path) -> Path:
         """Write requests.parquet, steps.parquet, summary.json and config.json (deterministic bytes)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.requests.write_parquet(out / "requests.parquet", statistics=False)
-        self.steps.write_parquet(out / "steps.parquet", statistics=False)
+        steps = self._steps
+        if not isinstance(steps, StepRecords):
+            steps = StepRecords([steps], [StepTotals(rows_in_table=steps.height)], replica_column=False)
+        steps.write(out / "steps.parquet")
         (out / "summary.json").write_text(json.dumps(_clean(self.summary), indent=2, sort_keys=True) + "\n")
         (out / "config.json").write_text(json.dumps(_clean(self.config), indent=2, sort_keys=True) + "\n")
         return out

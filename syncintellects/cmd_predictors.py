@@ -27,9 +27,10 @@ def register(sub) -> None:
                    help="hold out whole sources instead (comma-separated, e.g. sharegpt or alpaca-eval/koala; "
                         "'alpaca-eval' = all its sub-sets): train on the others, evaluate on these; a prompt "
                         "seen in training is never evaluated")
-    p.add_argument("--head", choices=("ridge", "ridge+boost", "transformer"), default=None,
+    p.add_argument("--head", choices=("ridge", "ridge+boost", "transformer", "cues"), default=None,
                    help="prompt: ridge (default) or ridge+boost (mean of ridge and gradient-boosted trees); "
-                        "progressive: ridge on the latest text embedding (default; measured best, docs/predictors.md) "
+                        "progressive: cues (default; a calibrated survival prior corrected by trees over the answer's "
+                        "structure so far; measured best, docs/predictors.md), ridge on the latest text embedding, "
                         "or a transformer over the states every 32 tokens (the default with --record-hidden)")
     p.add_argument("--clip-tokens", default="none", metavar="LO,HI",
                    help="prompt: learn ln(clip(answer tokens, LO, HI)) instead of ln(tokens) (the recommended "
@@ -78,9 +79,9 @@ def train_cmd(args) -> int:
     if clip is not None and args.kind != "prompt":
         raise ValueError("--clip-tokens is for --kind prompt")
     records = load_mix(args.data)
-    head_type = args.head or ("transformer" if args.record_hidden else "ridge")
+    head_type = args.head or ("transformer" if args.record_hidden else "cues" if args.kind == "progressive" else "ridge")
     if args.kind == "prompt" and args.head not in (None, "ridge", "ridge+boost"):
-        raise ValueError("--head transformer is for --kind progressive")
+        raise ValueError(f"--head {args.head} is for --kind progressive")
     if args.kind == "progressive" and args.head == "ridge+boost":
         raise ValueError("--head ridge+boost is for --kind prompt")
     if args.record_hidden and head_type != "transformer":

@@ -15,7 +15,7 @@ _MINIMA = (("--threads", "threads", 1, "an integer >= 1"), ("--block-size", "blo
            ("--max-new-tokens", "max_new_tokens", 1, "an integer >= 1"),
            ("--temperature", "temperature", 0.0, "a number >= 0 (0: greedy)"),
            ("--tolerance", "tolerance", 0.0, "a number >= 0 (a relative error, e.g. 0.1)"),
-           ("--memory-gb", "memory_gb", 1e-9, "a number > 0"))
+           ("--memory-gb", "memory_gb", 1e-9, "a number > 0"), ("--step-repeats", "step_repeats", 1, "an integer >= 1"))
 
 
 def check_runner_args(args) -> None:
@@ -58,6 +58,9 @@ def _model_arguments(p) -> None:
     p.add_argument("--model-seed", type=int, default=0, help="seed of a named shape's random weights")
     p.add_argument("--clock", choices=("auto", "wall", "cpu"), default="auto", help="what measures step time: wall "
                    "time, or the thread's CPU time (auto: cpu on a CPU with --threads 1, else wall)")
+    p.add_argument("--step-repeats", type=int, default=None, metavar="K", help="run each step's compute K times "
+                   "back to back and count the fastest (a minimum-of-K timer that filters a shared machine's "
+                   "interruptions; default 1, and for validate the profile's K); see docs/validation.md")
 
 
 def _serving_arguments(p) -> None:
@@ -109,6 +112,10 @@ def register(sub) -> None:
     p.add_argument("--probe-every", type=float, default=0.3, metavar="SECONDS",
                    help="time the profile's probe steps every SECONDS of measured run time and price the "
                         "simulator's steps on the machine as it was during the run (0: off); see docs/validation.md")
+    p.add_argument("--interleave", type=int, default=3, metavar="SWEEPS",
+                   help="measure the profile's grid SWEEPS times in between the real run's steps and calibrate the "
+                        "verdict's simulator with that fit (default 3; 0: off, the probe's machine factor instead); "
+                        "see docs/validation.md")
     p.set_defaults(func=cmd_validate)
 
 
@@ -139,7 +146,7 @@ def _runner_config(args, kv_blocks=None):
     return RunnerConfig(block_size=args.block_size, kv_blocks=args.kv_blocks or kv_blocks, kv_tokens=args.kv_tokens,
                         max_context=args.max_context, length_mode=args.length_mode, max_new_tokens=args.max_new_tokens,
                         temperature=args.temperature, seed=args.seed, threads=args.threads, clock=args.clock,
-                        progress=not args.quiet)
+                        step_repeats=args.step_repeats or 1, progress=not args.quiet)
 
 
 def cmd_profile(args) -> int:
@@ -151,7 +158,7 @@ def cmd_profile(args) -> int:
     lm = _load(args)
     prof = build_profile(lm, quick=args.quick, block_size=args.block_size, kv_tokens=args.kv_tokens,
                          memory_gb=args.memory_gb, threads=args.threads, name=args.name, progress=not args.quiet,
-                         clock=args.clock)
+                         clock=args.clock, step_repeats=args.step_repeats or 1)
     save_profile(prof, args.out)
     if not args.quiet:
         f = prof["fit"]
@@ -191,17 +198,32 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _profile_step_repeats(path: str, given: int | None) -> int:
+    """validate times steps as the profile's grid was timed: its K, and a different --step-repeats is refused."""
+    from simulator.profile import load_profile
+
+    k = int((load_profile(path).data.get("runner") or {}).get("step_repeats", 1))
+    if given is not None and given != k:
+        raise UsageError(f"--step-repeats {given}: the profile {path} was measured with {k}; a run compared with "
+                         f"it must time its steps the same way (omit the flag, or measure a profile with {given})")
+    return k
+
+
 def cmd_validate(args) -> int:
     from gpu_runner.validate import run_validation
 
     if not args.probe_every >= 0:
         raise ValueError(f"--probe-every must be >= 0 seconds (0: off), got {args.probe_every}")
+    if args.interleave < 0:
+        raise UsageError(f"--interleave: got {args.interleave}, expected an integer >= 0 (0: off)")
     spec = spec_from_args(args)
     check_runner_args(args)
     check_out_dir(args.out)
+    args.step_repeats = _profile_step_repeats(args.profile, args.step_repeats)
     lm = _load(args)
     doc, status = run_validation(spec, lm, _runner_config(args), args.profile, args.out,
-                                 tolerance=args.tolerance, probe_every_s=args.probe_every)
+                                 tolerance=args.tolerance, probe_every_s=args.probe_every,
+                                 interleave_sweeps=args.interleave)
     if not args.quiet:
         print(f"{doc['policy']} on {doc['trace']} ({doc['num_requests']} requests), tolerance {args.tolerance:.0%}:")
         print(f"  {'metric':<34} {'real':>10} {'sim':>10} {'error':>8}")
@@ -213,6 +235,12 @@ def cmd_validate(args) -> int:
             flag = "  FAIL" if name in doc["failed"] else ""
             print(f"  {name:<34} {v['real']:>10.4g} {v['sim']:>10.4g} {err:>8}{flag}")
         print(f"  verdict on: {doc['verdict_basis']}")
+        drift, f = doc["replay"]["drift"], (doc["machine_probe"] or {}).get("factor") or 1.0
+        if drift is not None:  # beside the verdict, never in it: measured on the very steps being priced
+            print(f"  the run's own replay drift (its steps' time / the verdict's price{' x factor' if f != 1 else ''}): "
+                  f"{drift / f:.3f}; per step kind: "
+                  + ", ".join(f"{k} {v['drift'] / f:.3f}" for k, v in doc["replay"]["by_kind"].items()
+                              if v["drift"] is not None))
         if not doc["conclusive"]:
             c = doc["conditioning"]
             print(f"  inconclusive: a {c['eps']:.0%} change of every step time moves "

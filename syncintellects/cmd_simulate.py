@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from syncintellects.cmd_trace import add_load_arguments, load_options
@@ -109,7 +110,9 @@ def run(args) -> int:
 
     spec = spec_from_args(args)
     check_out_dir(args.out)
-    result = run_simulation(spec, progress=not args.quiet, engine=args.engine)
+    # a long run streams its per-step records to part files here (removed once steps.parquet is written)
+    result = run_simulation(spec, progress=not args.quiet, engine=args.engine,
+                            steps_dir=os.path.join(args.out, ".steps-parts"))
     out = result.write(args.out)
     print_warnings(result.summary)
     if not args.quiet:

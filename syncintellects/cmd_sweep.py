@@ -177,13 +177,22 @@ def print_table(df: pl.DataFrame) -> None:
 
 
 def _stopped(e: Interrupted, out: str, total: int, dashboard: bool = False) -> int:
+    """The one line after a Ctrl-C / SIGTERM (called inside the sweep's ``interruptible`` block, so
+    no signal falls between the sweep and this). A second signal while the dashboard of the
+    finished runs is written stops that write; the line says so, and the exit status stays the
+    first signal's."""
     done = len(list((Path(out) / "runs").glob("*/summary.json")))
+    line = (f"interrupted by {e}: {done} of {total} runs done and kept in {out}/runs; "
+            f"run the same command again to finish the rest")
     if dashboard and (Path(out) / "results.parquet").exists():
         from syncintellects.dashboard import write_dashboard
 
-        write_dashboard(out)  # from the finished runs
-    print(f"interrupted by {e}: {done} of {total} runs done and kept in {out}/runs; "
-          f"run the same command again to finish the rest", file=sys.stderr)
+        try:
+            with interruptible():
+                write_dashboard(out)  # from the finished runs
+        except Interrupted:
+            line += "; the dashboard was not written (interrupted again)"
+    print(line, file=sys.stderr)
     return e.exit_status
 
 
@@ -194,12 +203,12 @@ def sweep(args) -> int:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     base, grid = grid_from_args(args)
     specs = expand(base, grid)
-    try:
-        with interruptible():
+    with interruptible():  # after the first signal, later ones are ignored until _stopped's own block
+        try:
             df = run_sweep(specs, backend=args.backend, workers=args.workers, out=args.out, keep_runs=args.keep_runs,
                            fresh=args.fresh, ray_address=args.ray_address)
-    except Interrupted as e:
-        return _stopped(e, args.out, len(specs), args.dashboard)
+        except Interrupted as e:
+            return _stopped(e, args.out, len(specs), args.dashboard)
     print_table(df)
     print(f"{len(specs)} runs -> {args.out}/results.parquet")
     if args.dashboard:
@@ -226,11 +235,11 @@ def demo(args) -> int:
     print(f"Simulating {len(specs)} runs of {args.num_requests} Azure conversation requests on one A100 "
           f"(Llama-2-7B, fp16 profile): task batching (B=16), the SyncIntellects policy (progressive prediction, "
           f"length grouping, length control) and continuous batching, at six loads.")
-    try:
-        with interruptible():
+    with interruptible():
+        try:
             df = run_sweep(specs, workers=args.workers, out=args.out, fresh=args.fresh)
-    except Interrupted as e:
-        return _stopped(e, args.out, len(specs))
+        except Interrupted as e:
+            return _stopped(e, args.out, len(specs))
     print_table(df)
     html = write_dashboard(args.out, title="Task batching vs SyncIntellects vs continuous batching, "
                                            "Azure conversation trace, A100 / Llama-2-7B")

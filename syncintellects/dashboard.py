@@ -256,11 +256,12 @@ def write_dashboard(results: str | Path, out_html: str | Path | None = None, tit
         except (ValueError, KeyError, TypeError):
             planned = None
     from syncintellects.errors import check_out_file
+    from syncintellects.workers import write_atomic
 
     out_html = check_out_file(out_html) if out_html else path.parent / "dashboard.html"
     page = render(df, title or default_title(df, path.parent.name), planned)
     try:
-        out_html.write_text(page, encoding="utf-8")
+        write_atomic(out_html, page)  # a reader (or a second Ctrl-C) never sees half a page
     except OSError as e:
         raise ValueError(f"--out {out_html}: cannot write it ({e.strerror or e})") from None
     return out_html

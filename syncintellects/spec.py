@@ -211,16 +211,17 @@ def prepare(spec: RunSpec) -> tuple[Trace, object, SimConfig]:
     return trace, policy, cfg
 
 
-def run_simulation(spec: RunSpec, progress: bool = False, engine: str = "auto") -> RunResult:
+def run_simulation(spec: RunSpec, progress: bool = False, engine: str = "auto", steps_dir=None) -> RunResult:
+    """``steps_dir``: where a long run streams its per-step records (simulator/step_records.py)."""
     from simulator.slo import apply_slo, parse_slo
 
     slo = parse_slo(spec.slo) if spec.slo else None  # a bad --slo fails before the run
     trace, policy, cfg = prepare(spec)
     cfg = replace(cfg, progress=progress, engine=engine)  # engine: auto | fast | python, same output files
     if spec.replicas != 1 or spec.replica_profiles:
-        result = run_cluster(spec, trace, policy, cfg)
+        result = run_cluster(spec, trace, policy, cfg, steps_dir)
     else:
-        result = simulate(trace, policy, cfg, length_response=length_response_model(spec))
+        result = simulate(trace, policy, cfg, length_response=length_response_model(spec), steps_dir=steps_dir)
     if slo is not None:
         result.requests = apply_slo(result.requests, result.summary, slo, trace.slo_class)
     result.config["spec"] = spec.to_dict()
@@ -228,7 +229,7 @@ def run_simulation(spec: RunSpec, progress: bool = False, engine: str = "auto") 
     return result
 
 
-def run_cluster(spec: RunSpec, trace: Trace, policy, cfg: SimConfig) -> RunResult:
+def run_cluster(spec: RunSpec, trace: Trace, policy, cfg: SimConfig, steps_dir=None) -> RunResult:
     """``spec.replicas`` replicas (each its own policy instance and profile) behind ``spec.router``."""
     from policies.routers import make_router
     from simulator.cluster import simulate_cluster
@@ -247,7 +248,7 @@ def run_cluster(spec: RunSpec, trace: Trace, policy, cfg: SimConfig) -> RunResul
                                    model_dir=spec.predictor_model)
     policies = [policy] + [build_policy(spec, trace) for _ in range(spec.replicas - 1)]
     return simulate_cluster(trace, policies, router, cfg, profiles=[load_profile(p) for p in names],
-                            length_response=length_response_model(spec), predictor=predictor)
+                            length_response=length_response_model(spec), predictor=predictor, steps_dir=steps_dir)
 
 
 def add_warnings(summary: dict, lines: list[str]) -> None:

@@ -11,6 +11,11 @@ of a base spec and a grid). Runs execute in worker processes on this machine
 - each finished run is written at once to ``OUT/runs/<run key>/`` (``summary.json`` last,
   atomically), so a rerun of the same sweep runs only what is missing, after a crash, a
   ``kill -9`` or a Ctrl-C;
+- ``keep_runs`` is not part of a run's key: it changes no figure of a run (the same spec
+  gives the same summary byte for byte), only which files are kept. A resume with
+  ``keep_runs`` reruns each done run that lacks its ``requests.parquet`` / ``steps.parquet``
+  (so every run it reports has them); a resume without it leaves the tables of earlier runs
+  where they are;
 - ``results.parquet`` is rebuilt from the completed runs, in spec order, so the same sweep
   always writes the same table (all but ``sim_wall_s``, the wall-clock seconds of each run).
 """
@@ -37,6 +42,7 @@ from syncintellects.workers import parallel, write_atomic
 SPEC_FIELDS = tuple(f.name for f in fields(RunSpec))
 BACKENDS = ("local", "serial", "ray")
 SWEEP_FILE = "sweep.json"
+TABLES = ("requests.parquet", "steps.parquet")  # what keep_runs keeps besides summary.json and config.json
 
 
 def expand(base: RunSpec, grid: dict[str, list]) -> list[RunSpec]:
@@ -116,7 +122,7 @@ def execute(job: tuple[int, RunSpec, bool]) -> tuple[int, dict | None, str | Non
         return index, None, traceback.format_exc()
     with tempfile.TemporaryDirectory(prefix="sweep-run-") as tmp:
         result.write(tmp)
-        names = ("summary.json", "config.json") + (("requests.parquet", "steps.parquet") if keep_runs else ())
+        names = ("summary.json", "config.json") + (TABLES if keep_runs else ())
         files = {n: (Path(tmp) / n).read_bytes() for n in names if (Path(tmp) / n).exists()}
     return index, files, None
 
@@ -157,10 +163,12 @@ class RunStore:
         self.runs.mkdir(exist_ok=True)
         write_atomic(self.out / SWEEP_FILE, self.record_text)
 
-    def summary(self, key: str) -> dict | None:
-        """The finished run's summary, or None (an unfinished run's directory is removed)."""
+    def summary(self, key: str, keep_runs: bool = False) -> dict | None:
+        """The finished run's summary, or None (an unfinished run's directory is removed; with
+        ``keep_runs``, so is a finished run's that lacks its tables: it is run again)."""
         d = self.runs / key
-        if (d / "summary.json").exists():
+        tables = not keep_runs or all((d / n).exists() for n in TABLES)
+        if (d / "summary.json").exists() and tables:
             return json.loads((d / "summary.json").read_text())
         if d.exists():
             shutil.rmtree(d)
@@ -202,7 +210,7 @@ def run_sweep(specs: list[RunSpec], *, backend: str = "local", workers: int | No
     if store is not None:
         store.begin()
         for i, k in enumerate(keys):
-            s = store.summary(k)
+            s = store.summary(k, keep_runs)
             if s is not None:
                 summaries[i] = s
     todo = [i for i in range(len(specs)) if i not in summaries]

@@ -19,7 +19,6 @@ from policies.routers import make_router
 from policies.schedulers.continuous import ContinuousBatching
 from simulator.cluster import simulate_cluster
 from simulator.engine import SimConfig, simulate, use_fast
-from simulator.serving import PlanError
 from syncintellects.cli import main
 from traces import load_trace, select_requests
 from traces.schema import Trace
@@ -93,17 +92,8 @@ def test_random_workloads_same_records(n, seed, kv_blocks, max_num_seqs, max_bat
         arrivals[1] = arrivals[0]  # simultaneous arrivals
     trace = Trace(name="synthetic", request_id=np.arange(n), arrival_s=arrivals,
                   prompt_tokens=rng.integers(1, 400, n), output_tokens=rng.integers(1, 300, n))
-    runs = []
-    for engine in ("python", "fast"):
-        try:
-            runs.append(simulate(trace, make_policy(policy, max_num_seqs=max_num_seqs,
-                                                    max_batched_tokens=max_batched_tokens),
-                                 SimConfig(kv_blocks=kv_blocks, engine=engine)))
-        except PlanError as e:  # vllm-v0 turning away a preempted request that outgrew the token budget
-            runs.append(str(e))
-    if isinstance(runs[0], str):
-        assert runs[1] == runs[0]
-        return
+    runs = [simulate(trace, make_policy(policy, max_num_seqs=max_num_seqs, max_batched_tokens=max_batched_tokens),
+                     SimConfig(kv_blocks=kv_blocks, engine=engine)) for engine in ("python", "fast")]
     assert runs[0].requests.equals(runs[1].requests, null_equal=True)
     assert runs[0].steps.equals(runs[1].steps)
     assert runs[0].config == runs[1].config
@@ -151,4 +141,22 @@ def test_policy_rejections_while_decoding(tmp_path):
         got[engine] = digests(res, tmp_path, engine)
         assert res.requests["rejected"].sum() == 8
         assert res.requests.filter(pl.col("rejected"))["reject_reason"].str.contains("watermark").all()
+    assert got["fast"] == got["python"]
+
+
+def test_vllm_v0_recomputes_a_preempted_request_past_its_budget(tmp_path):
+    """vllm-v0 preempts a request whose prompt + generated tokens outgrew max_batched_tokens (100):
+    it is recomputed whole, alone in an over-budget prefill-only step, and finishes (this raised
+    PlanError "rejected after it started" in both engines). Same bytes on both engines."""
+    trace = Trace(name="outgrown", request_id=np.arange(3), arrival_s=np.array([0.0, 0.0, 0.1]),
+                  prompt_tokens=np.array([90, 90, 40]), output_tokens=np.array([200, 200, 30]))
+    got = {}
+    for engine in ("python", "fast"):
+        res = simulate(trace, make_policy("vllm-v0", max_batched_tokens=100), SimConfig(kv_blocks=24, engine=engine))
+        got[engine] = digests(res, tmp_path, engine)
+        req = res.requests.sort("request_id")
+        assert not req["rejected"].any() and (req["generated_tokens"] == trace.output_tokens).all()
+        assert res.summary["preemptions"] > 0
+        over = res.steps.filter(pl.col("prefill_tokens") > 100)  # the recompute: one request, prompt + generated
+        assert over.height >= 1 and (over["batch_size"] == 1).all()
     assert got["fast"] == got["python"]

@@ -138,9 +138,18 @@ def test_validate_writes_report_and_gates_on_tolerance(quick_profile, tmp_path, 
     base = ["validate", "--model", "tiny-llama", "--device", "cpu", "--profile", str(quick_profile), "--trace",
             "azure-conv", "--policy", policy, "--rate", "40", "--num-requests", "24", "--seed", "1",
             "--length-scale", "0.1", "--out", str(out), "--quiet"]
-    status = main(base + ["--tolerance", "1e9"])
+    # continuous: the verdict on the quick grid re-measured twice in between the run's steps
+    interleave = ["--interleave", "2"] if policy == "continuous" else ["--interleave", "0"]
+    status = main(base + interleave + ["--tolerance", "1e9"])
     assert status == 0
     doc = json.loads((out / "validation.json").read_text())
+    if policy == "continuous":
+        inter = doc["interleaved"]
+        assert inter["sweeps"] == 2 and inter["kinds"] == ["decode", "loose"] and inter["timed_during_run"] > 0
+        assert (out / "interleaved-profile.json").exists() and doc["machine_probe"]["factor"] is None
+        assert "interleaved" in doc["verdict_basis"] and doc["replay_stored_profile"]["drift"] > 0
+    else:
+        assert doc["interleaved"] is None and doc["machine_probe"]["factor"] > 0
     names = ["e2e_latency_s.mean", "e2e_latency_s.p50", "e2e_latency_s.p99", "ttft_s.mean", "tpot_s.mean",
              "throughput_output_tokens_per_s"]
     for name in names:
@@ -153,4 +162,4 @@ def test_validate_writes_report_and_gates_on_tolerance(quick_profile, tmp_path, 
     # same trace, same KV, same decisions about who is served: both finish every request
     assert doc["real_summary"]["num_finished"] == doc["sim_summary"]["num_finished"] == 24
     # a zero tolerance fails unless the two engines agree to the last bit
-    assert main(base + ["--tolerance", "0"]) == 1
+    assert main(base + interleave + ["--tolerance", "0"]) == 1

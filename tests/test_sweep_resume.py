@@ -127,6 +127,32 @@ def test_signal_stops_every_worker_keeps_finished_runs_and_exits_with_one_line(t
         [k for k in map(run_key, _specs()) if k in {d.name for d in done}]
 
 
+def test_a_second_ctrl_c_while_the_dashboard_is_written_exits_130_with_the_same_one_line(tmp_path):
+    out, writing = tmp_path / "sweep", tmp_path / "writing"
+    # the dashboard write made slow (it announces itself, then sleeps), so the second SIGINT lands inside it
+    code = ("import sys, time; import syncintellects.dashboard as d; real = d.write_dashboard\n"
+            "def slow(*a, **k):\n    open(sys.argv[1], 'w').close(); time.sleep(60); return real(*a, **k)\n"
+            "d.write_dashboard = slow\nfrom syncintellects.cli import main; raise SystemExit(main(sys.argv[2:]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(writing), *ARGS, "--dashboard", "--out", str(out)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _wait_for_runs(proc, out)
+    os.kill(proc.pid, signal.SIGINT)
+    deadline = time.monotonic() + 30
+    while not writing.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGINT)
+    t0 = time.monotonic()
+    _, err = proc.communicate(timeout=30)
+    assert time.monotonic() - t0 < 15  # the second signal cut the (60 s) write short
+    assert proc.returncode == 130
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip() and not ln.startswith("sweep:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("interrupted by Ctrl-C (SIGINT): ") and "the dashboard was not written" in lines[0]
+    assert f"{len(_finished(out))} of 8 runs done" in lines[0]
+    assert not (out / "dashboard.html").exists() and not list(out.glob(".*.tmp"))
+
+
 def _small(**grid):
     return expand(RunSpec(num_requests=30), grid or {"policy": ["static", "continuous"]})
 
@@ -157,6 +183,32 @@ def test_an_unfinished_run_directory_is_run_again(tmp_path):
     df = run_sweep(specs, backend="serial", out=out, progress=False)
     assert json.loads((d / "config.json").read_text())["spec"]["policy"] == "continuous"
     assert df.height == 2 and (d / "summary.json").exists()
+
+
+def test_keep_runs_is_not_in_the_key_and_a_resume_with_it_reruns_runs_without_tables(tmp_path, monkeypatch):
+    out = tmp_path / "s"
+    specs = _small()
+    plain = run_sweep(specs, backend="serial", out=out, progress=False)
+    d0, d1 = (out / "runs" / run_key(s) for s in specs)
+    assert not (d0 / "requests.parquet").exists()
+    def figures(d):
+        return {k: v for k, v in json.loads((d / "summary.json").read_text()).items() if k != "sim_wall_s"}
+
+    summary0 = figures(d0)
+    (d1 / "requests.parquet").write_bytes(b"")  # as if a keep_runs run had died between its two tables
+    ran = []
+    real = sweep_mod.execute
+    monkeypatch.setattr(sweep_mod, "execute", lambda job: ran.append(job[0]) or real(job))
+    kept = run_sweep(specs, backend="serial", out=out, keep_runs=True, progress=False)
+    assert sorted(ran) == [0, 1]  # both lacked a table: run again, under the same keys
+    for d in (d0, d1):
+        assert pl.read_parquet(d / "requests.parquet").height == 30 and pl.read_parquet(d / "steps.parquet").height > 0
+    assert figures(d0) == summary0  # same spec, same run: keep_runs changes no figure
+    assert kept.drop("sim_wall_s").equals(plain.drop("sim_wall_s"))
+    ran.clear()
+    assert run_sweep(specs, backend="serial", out=out, keep_runs=True, progress=False).height == 2 and ran == []
+    run_sweep(specs, backend="serial", out=out, progress=False)  # without it: nothing rerun, tables left in place
+    assert ran == [] and (d0 / "requests.parquet").exists()
 
 
 def test_a_bad_arm_stops_the_sweep_before_any_run(tmp_path, monkeypatch, capsys):

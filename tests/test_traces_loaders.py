@@ -156,3 +156,41 @@ def test_bundled_load_is_fast():
     load_trace("azure-conv")
     # Measured ~0.02 s on the 2-core dev machine; the bound leaves room for slow CI runners.
     assert time.perf_counter() - t0 < 0.2 * 5
+
+
+def test_csv_columns_become_typed_arrays_without_python_lists(tmp_path, monkeypatch):
+    """A full read makes no Python list of a column (a 200 MB trace's values as Python objects cost
+    several times the file); blanks around values still read as before, and a bad value is still named."""
+    import polars as pl
+
+    clean = tmp_path / "clean.csv"
+    clean.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n"
+                     "2023-11-16 18:15:50.9951690,396,109\n2023-11-16 18:15:51.0000000,7,1\n")
+    blanks = tmp_path / "blanks.csv"
+    blanks.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n 2023-11-16 18:15:46.6805900 ,374, 44\n"
+                      "2023-11-16 18:15:50.9951690, 396 ,109\n2023-11-16 18:15:51.0000000,7,1 \n")
+    vidur = tmp_path / "v.csv"
+    vidur.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,5,6\n 1.5 ,7,8\n")
+    burst = tmp_path / "b.csv"
+    burst.write_text("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+                     "5,ChatGPT,10,0,10,Conversation log\n6,ChatGPT,11,3,14,Conversation log\n")
+
+    def no_lists(self, *a, **k):
+        raise AssertionError(f"column {self.name!r} made into a Python list")
+
+    monkeypatch.setattr(pl.Series, "to_list", no_lists)
+    a, b = load_trace(clean), load_trace(blanks)
+    assert a.prompt_tokens.tolist() == b.prompt_tokens.tolist() == [374, 396, 7]
+    assert a.output_tokens.tolist() == b.output_tokens.tolist() == [44, 109, 1]
+    np.testing.assert_array_equal(a.arrival_s, b.arrival_s)
+    assert a.arrival_s[1] == pytest.approx(4.314579)
+    assert load_trace(vidur).arrival_s.tolist() == [0.0, 1.5]
+    assert load_trace(burst, drop_failed=True).prompt_tokens.tolist() == [11]
+    monkeypatch.undo()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n"
+                   "2023-11-16 18:15:50.9951690, 3x6 ,109\n")
+    with pytest.raises(TraceError, match=r"line 3, column 'ContextTokens': got ' 3x6 ', expected an integer"):
+        load_trace(bad)
+    with pytest.raises(TraceError, match=r"line 2, column 'Response tokens': got '0', expected an integer >= 1"):
+        load_trace(burst)

@@ -90,11 +90,16 @@ def _decode(path: Path, data: bytes) -> str:
         raise TraceError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
 
 
-def read_csv_strings(path: Path, data: bytes | None = None, max_rows: int | None = None) -> tuple[pl.DataFrame, np.ndarray]:
+def read_csv_strings(path: Path, data: bytes | None = None, max_rows: int | None = None,
+                     typed=None) -> tuple[pl.DataFrame, np.ndarray]:
     """All columns as strings, plus each data row's 1-based line number in the file.
 
     ``max_rows``: read only the first that many data rows (a plain file is then not read to
     its end, so a few rows of a huge trace cost little memory and time).
+    ``typed``: header columns -> ``{column: dtype}`` (or None): those columns are parsed as
+    numbers while reading, so a big file's values never exist as text; when one does not
+    parse, the whole file is read as strings instead (the caller rereads it as strings too
+    when a typed value breaks a rule, so that messages quote the text as written).
     """
     if data is None:
         data = open_bytes(path) if max_rows is None or path.name.endswith(".gz") else _head_bytes(path, max_rows)
@@ -103,6 +108,13 @@ def read_csv_strings(path: Path, data: bytes | None = None, max_rows: int | None
         (head if len(head) < 4096 else head[:head.rfind(b"\n") + 1]).decode("utf-8")
     except UnicodeDecodeError:
         raise TraceError(f"{path}: not a UTF-8 text file (a binary file?), expected a CSV text file") from None
+    types = typed(_header(data)) if typed is not None else None
+    if types:
+        try:
+            df = pl.read_csv(io.BytesIO(data), infer_schema=False, schema_overrides=types, n_rows=max_rows)
+            return df, _line_numbers(df)
+        except pl.exceptions.PolarsError:
+            pass  # a value that is not a number (or a ragged row): read as text, which names the line
     try:
         df = pl.read_csv(io.BytesIO(data), infer_schema=False, n_rows=max_rows)
     except pl.exceptions.NoDataError:
@@ -111,6 +123,12 @@ def read_csv_strings(path: Path, data: bytes | None = None, max_rows: int | None
         # polars names no line for ragged rows; find it with the csv module (slow but only on error).
         raise TraceError(_locate_csv_problem(path, data) or f"{path}: cannot parse as CSV ({_first_line(e)})") from None
     return df, _line_numbers(df)
+
+
+def _header(data: bytes) -> list[str]:
+    end = data.find(b"\n")
+    line = (data if end < 0 else data[:end]).decode("utf-8", errors="replace").lstrip("\ufeff")
+    return next(csv.reader([line]), [])
 
 
 def _head_bytes(path: Path, max_rows: int) -> bytes:
@@ -157,12 +175,28 @@ def _line_numbers(df: pl.DataFrame) -> np.ndarray:
     """Line of each record: header is line 1; quoted fields may hold newlines, so count them."""
     n = df.height
     extra = np.zeros(n, dtype=np.int64)
-    for col in df.columns:
-        extra += df[col].str.count_matches("\n", literal=True).fill_null(0).to_numpy().astype(np.int64)
+    for col in df.columns:  # (most files have no quoted newline: count only in the text columns that have one)
+        if df[col].dtype == pl.String and df[col].str.contains("\n", literal=True).any():
+            extra += df[col].str.count_matches("\n", literal=True).fill_null(0).to_numpy()
     starts = 2 + np.arange(n, dtype=np.int64)
     if extra.any():
         starts[1:] += np.cumsum(extra)[:-1]
     return starts
+
+
+def strip_then(series: pl.Series, convert) -> pl.Series:
+    """``convert(series)`` (strings to numbers or times, nulls where a value does not convert), with
+    surrounding blanks ignored. A stripped copy is made only when the plain conversion leaves a value
+    unconverted: a big file's column is not copied for the blanks it rarely has."""
+    vals = convert(series)
+    if vals.null_count() > series.null_count():
+        vals = convert(series.str.strip_chars())
+    return vals
+
+
+def filled(vals: pl.Series, fill) -> np.ndarray:
+    """``vals`` as a numpy array, nulls as ``fill`` (no copy of the column when it has no null)."""
+    return (vals if vals.null_count() == 0 else vals.fill_null(fill)).to_numpy()
 
 
 class RowChecker:
@@ -183,7 +217,9 @@ class RowChecker:
         self.problems: list[tuple[int, str]] = []  # (row index, message) of each check's first new bad row
 
     def flag(self, bad: np.ndarray, column: str, values, expected: str, hint: str = "") -> None:
-        """Mark rows where ``bad`` is true (values: the raw strings, for the message).
+        """Mark rows where ``bad`` is true (values: the raw strings, for the message; a polars
+        Series, not a list: only the first bad row's value is read, and a list of a big file's
+        values would cost far more memory than the file).
 
         Nothing is raised here: :meth:`raise_if_bad` reports the problem on the earliest
         line once every column has been checked, so the first error in the file is named.
@@ -209,19 +245,19 @@ class RowChecker:
 
     def integers(self, series: pl.Series, column: str, minimum: int | None = None, hint: str = "") -> np.ndarray:
         raw = series  # indexed only for an error message (a list of every value would cost memory)
-        vals = series.str.strip_chars().cast(pl.Int64, strict=False)
+        vals = strip_then(series, lambda c: c.cast(pl.Int64, strict=False))
         missing = vals.is_null().to_numpy()
         self.flag(missing, column, raw, "an integer" + (f" >= {minimum}" if minimum is not None else ""))
-        out = vals.fill_null(0).to_numpy().astype(np.int64)
+        out = filled(vals, 0).astype(np.int64, copy=False)
         if minimum is not None:
             self.flag(~missing & (out < minimum), column, raw, f"an integer >= {minimum}", hint)
         return out
 
     def floats(self, series: pl.Series, column: str, minimum: float | None = 0.0) -> np.ndarray:
         raw = series
-        vals = series.str.strip_chars().cast(pl.Float64, strict=False)
+        vals = strip_then(series, lambda c: c.cast(pl.Float64, strict=False))
         missing = vals.is_null().to_numpy()
-        out = vals.fill_null(0.0).to_numpy().astype(np.float64)
+        out = filled(vals, 0.0).astype(np.float64, copy=False)
         expected = "a finite number" + (f" >= {minimum:g}" if minimum is not None else "")
         bad = missing | ~np.isfinite(out)
         if minimum is not None:
@@ -247,7 +283,7 @@ class RowChecker:
 def check_non_decreasing(path, where: np.ndarray, arrival_s: np.ndarray, column: str, line_word: str = "line") -> None:
     """Arrivals must not go back in time; name the first row that does."""
     if len(arrival_s) > 1:
-        back = np.diff(arrival_s) < 0
+        back = arrival_s[1:] < arrival_s[:-1]  # (no array of differences: a big file's column each)
         if back.any():
             i = int(np.argmax(back)) + 1
             raise TraceError(f"{path}: {line_word} {where[i]}, column {column!r}: arrival {arrival_s[i]!r} is earlier "

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from traces._parse import RowChecker, open_lines, read_csv_strings, require_columns, short_columns
+from traces._parse import RowChecker, open_lines, read_csv_strings, require_columns, short_columns, filled, strip_then
 from traces.schema import Trace, TraceError
 
 FORMATS = ("azure", "vidur", "length-stats", "mooncake", "burstgpt", "alpaca", "project", "sharegpt")
@@ -43,6 +43,22 @@ _CSV_SIGNATURES = (
     ("length-stats", ("num_prefill_tokens", "num_decode_tokens")),
     ("burstgpt", ("Timestamp", "Request tokens", "Response tokens")),
 )
+
+# Columns parsed as numbers while a CSV is read (see read_csv_strings' ``typed``).
+_TYPED = {
+    "project": {"arrival_s": pl.Float64, "prompt_tokens": pl.Int64, "output_tokens": pl.Int64},
+    "azure": {"ContextTokens": pl.Int64, "GeneratedTokens": pl.Int64},
+    "vidur": {"arrived_at": pl.Float64, "num_prefill_tokens": pl.Int64, "num_decode_tokens": pl.Int64},
+}
+
+
+def _typed_columns(fmt: str | None, path: Path):
+    def types(columns: list[str]) -> dict | None:
+        try:
+            return _TYPED.get(fmt or detect_format(path, columns))
+        except TraceError:
+            return None  # unknown header: the string read reports it
+    return types
 
 
 @dataclass
@@ -101,13 +117,19 @@ def read_file(path: Path, fmt: str | None, skip_bad_rows: bool, max_rows: int | 
         if fmt == "mooncake":
             return read_mooncake(path, skip_bad_rows, max_rows=max_rows, **opts)
         return _read_alpaca(path, skip_bad_rows, **opts)
-    df, lines = read_csv_strings(path, max_rows=max_rows)
+    df, lines = read_csv_strings(path, max_rows=max_rows, typed=_typed_columns(fmt, path))
     fmt = fmt or detect_format(path, df.columns)
     require_columns(path, df.columns, list(dict(_CSV_SIGNATURES)[fmt]), fmt)
-    checker = RowChecker(path, lines, skip_bad_rows)
     reader = {"azure": read_azure, "vidur": read_vidur, "length-stats": read_length_stats,
               "burstgpt": read_burstgpt, "project": read_project}[fmt]
-    return reader(path, df, checker, **opts)
+    checker = RowChecker(path, lines, skip_bad_rows)
+    parsed = reader(path, df, checker, **opts)
+    if checker.problems and any(t != pl.String for t in df.dtypes):  # name (or skip) bad rows from their text
+        del df, parsed
+        df, lines = read_csv_strings(path, max_rows=max_rows)
+        checker = RowChecker(path, lines, skip_bad_rows)
+        parsed = reader(path, df, checker, **opts)
+    return parsed
 
 
 def _no_opts(fmt: str, opts: dict) -> None:
@@ -118,13 +140,13 @@ def _no_opts(fmt: str, opts: dict) -> None:
 def read_azure(path: Path, df: pl.DataFrame, checker: RowChecker, **opts) -> Parsed:
     _no_opts("azure", opts)
     raw = df["TIMESTAMP"]
-    ns = raw.str.strip_chars().str.to_datetime("%Y-%m-%d %H:%M:%S%.f", time_unit="ns", strict=False).cast(pl.Int64)
-    checker.flag(ns.is_null().to_numpy(), "TIMESTAMP", raw.to_list(), "a time 'YYYY-MM-DD HH:MM:SS.fffffff'")
+    ns = strip_then(raw, lambda c: c.str.to_datetime("%Y-%m-%d %H:%M:%S%.f", time_unit="ns", strict=False)).cast(pl.Int64)
+    checker.flag(ns.is_null().to_numpy(), "TIMESTAMP", raw, "a time 'YYYY-MM-DD HH:MM:SS.fffffff'")
     return Parsed(
         "azure", checker,
         prompt_tokens=checker.integers(df["ContextTokens"], "ContextTokens", 1),
         output_tokens=checker.integers(df["GeneratedTokens"], "GeneratedTokens", 1),
-        arrival_ticks=ns.fill_null(0).to_numpy(), ticks_per_s=1e9, rebase=True, arrival_column="TIMESTAMP",
+        arrival_ticks=filled(ns, 0), ticks_per_s=1e9, rebase=True, arrival_column="TIMESTAMP",
     )
 
 
@@ -167,7 +189,7 @@ def read_burstgpt(path: Path, df: pl.DataFrame, checker: RowChecker, drop_failed
         notes["dropped_failed_requests"] = int(failed.sum())
         checker.active &= ~failed
     else:
-        checker.flag(failed, "Response tokens", df["Response tokens"].to_list(), "an integer >= 1",
+        checker.flag(failed, "Response tokens", df["Response tokens"], "an integer >= 1",
                      " (0 marks a failed request; pass drop_failed=True, or --drop-failed, to drop failed requests, "
                      "they are counted)")
     return Parsed(
@@ -186,7 +208,7 @@ def read_project(path: Path, df: pl.DataFrame, checker: RowChecker, **opts) -> P
         request_id = checker.integers(df["request_id"], "request_id")
         seen = np.zeros(len(request_id), dtype=bool)
         seen[np.unique(request_id, return_index=True)[1]] = True  # first use of each id
-        checker.flag(~seen, "request_id", df["request_id"].to_list(), "an id not used by an earlier row")
+        checker.flag(~seen, "request_id", df["request_id"], "an id not used by an earlier row")
     return Parsed(
         "project", checker,
         prompt_tokens=checker.integers(df["prompt_tokens"], "prompt_tokens", 1),

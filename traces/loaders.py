@@ -114,9 +114,13 @@ def _finish(p: Parsed, path: Path, name: str, sort: bool, arrivals, rate, cv, se
     if not keep.any():
         raise TraceError(f"{path}: no usable rows (format {p.fmt}, {len(keep)} data rows)")
     pick = (lambda col: None if col is None else [v for v, k in zip(col, keep) if k])
-    where = p.checker.where[keep]
-    prompt_tokens, output_tokens = p.prompt_tokens[keep], p.output_tokens[keep]
-    request_id = p.request_id[keep] if p.request_id is not None else np.flatnonzero(keep).astype(np.int64)
+    every = bool(keep.all())  # (the usual case: no copies of a big file's columns)
+    where = p.checker.where if every else p.checker.where[keep]
+    prompt_tokens, output_tokens = (p.prompt_tokens, p.output_tokens) if every else (p.prompt_tokens[keep], p.output_tokens[keep])
+    if p.request_id is not None:
+        request_id = p.request_id if every else p.request_id[keep]
+    else:  # the row positions in the file
+        request_id = np.arange(len(keep), dtype=np.int64) if every else np.flatnonzero(keep).astype(np.int64, copy=False)
     text = {c: pick(getattr(p, c)) for c in ("prompt", "response", "slo_class")}
 
     if p.arrival_ticks is None and arrivals is None:
@@ -125,7 +129,7 @@ def _finish(p: Parsed, path: Path, name: str, sort: bool, arrivals, rate, cv, se
                          f"--synthetic-arrivals, --synthetic-rate, --synthetic-seed)")
     order = None
     if p.arrival_ticks is not None:
-        ticks = p.arrival_ticks[keep]
+        ticks = p.arrival_ticks if every else p.arrival_ticks[keep]
         if p.rebase:
             ticks = ticks - ticks[0] if not sort else ticks - ticks.min()
         arrival_s = ticks / p.ticks_per_s if p.ticks_per_s != 1.0 else ticks.astype(np.float64)

@@ -186,7 +186,24 @@ class ProgressivePredictor(_Learned):
         states = np.stack([hist[g] for g in cuts]).astype(np.float32)
         return float(np.exp(model.seq.predict_log([states], m0, [cuts])[0]))
 
+    def _predict_cues(self, request: RequestView, generated: int, embedding) -> float | None:
+        """The ``cues`` head (progress_head.py): reads the answer's text so far; None without it."""
+        m0 = self._prompt_log(self.head.stage0, request.prompt)
+        if generated == 0:
+            return float(np.exp(m0[0]))
+        if not isinstance(embedding, str):
+            return None
+        from policies.predictors.answer_cues import answer_features_many
+
+        cues = answer_features_many([request.prompt], [embedding], [generated])
+        return float(np.exp(self.head.predict_remaining_log(m0, [generated], cues)[0]))
+
     def predict(self, request: RequestView, generated: int = 0, embedding=None) -> float:
+        if request.prompt is not None and self.head.meta.get("head") == "cues":
+            rem = self._predict_cues(request, generated, embedding)
+            if rem is None:
+                return self._modelled(request, generated)
+            return float(generated + max(rem, 1.0))
         if request.prompt is not None and getattr(self.head, "seq", None) is not None:
             rem = self._predict_sequence(request, generated, embedding)
             if rem is not None:

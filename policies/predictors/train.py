@@ -13,6 +13,10 @@ tokens, and fit a :class:`~policies.predictors.head.RidgeHead`:
   the training answers against three others (no text features, 64 components, the full
   384-d text embedding); docs/predictors.md.
 
+``train("progressive", ..., head="cues")`` (the command line's default progressive head) fits
+instead the survival prior + cue trees of :mod:`.progress_head`; ``head="transformer"`` the
+sequence model of :mod:`.sequence`.
+
 The held-out prompts' errors are measured and stored with the model (``model.json``): the
 shrinkage error model the simulator uses when there is no text (see :mod:`.errors`).
 """
@@ -150,6 +154,16 @@ def train(kind: str, train_records: list[dict], test_records: list[dict] | None,
             model.meta["heldout"] = evaluate(model, test_records, encoder=enc, progress=progress, states=src)
             model.meta["n_test"] = len(test_records)
         return model
+    if kind == "progressive" and head_type == "cues":  # the default progressive head (progress_head.py)
+        from policies.predictors.progress_head import fit_cue_head
+
+        stage0 = train("prompt", train_records, None, seed=seed, encoder=enc, progress=progress, source=source)
+        model = fit_cue_head(train_records, stage0, _oof_stage0(enc, train_records, seed), seed=seed, log=log, **fit)
+        model.meta.update(_meta(kind, seed, source, train_records, stage0.meta["mu_log_tokens"]))
+        if test_records:
+            model.meta["heldout"] = evaluate(model, test_records, encoder=enc, progress=progress)
+            model.meta["n_test"] = len(test_records)
+        return model
     if kind == "prompt":
         prompts = [r["instruction"] for r in train_records]
         y_tok = target_tokens(train_records)
@@ -212,6 +226,10 @@ def load_model(model_dir):
         from policies.predictors.sequence import SequenceModel
 
         return SequenceModel.load(model_dir)
+    if (Path(model_dir) / "model.json").exists() and '"head": "cues"' in (Path(model_dir) / "model.json").read_text():
+        from policies.predictors.progress_head import CueHead
+
+        return CueHead.load(model_dir)
     return RidgeHead.load(model_dir)
 
 
@@ -261,6 +279,10 @@ def evaluate(head, records: list[dict], *, encoder: Encoder | None = None, progr
             from policies.predictors.sequence import predict_after
 
             t, pred, g = predict_after(head, records, f, states, encoder=encoder, progress=progress)
+        elif head.meta.get("head") == "cues":
+            from policies.predictors.progress_head import predict_after as cue_predict_after
+
+            t, pred, g = cue_predict_after(head, records, f, encoder=encoder, progress=progress)
         else:
             t, pred, g = predict_records(head, records, f, encoder=encoder, progress=progress)
         m = length_metrics(t, pred)

@@ -186,15 +186,18 @@ class ContinuousBatching:
                 del self.views[r], self.context[r]
                 continue
             if not self.chunked_prefill and ctx > budget:
-                if ctx > cfg.max_batched_tokens:  # would never fit a step: turned away, as vLLM v0 does
+                if r in self.admitted:  # a preempted request is recomputed whole, alone if over the budget
+                    if budget < cfg.max_batched_tokens:
+                        break
+                elif ctx > cfg.max_batched_tokens:  # a prompt that never fits a step: turned away, as vLLM v0 does
                     heapq.heappop(self._queue)
                     rejected.append((r, f"context of {ctx} tokens exceeds max_batched_tokens {cfg.max_batched_tokens} "
                                         f"and {self.name} does not chunk prefills"))
                     del self.views[r], self.context[r]
-                    self.admitted.discard(r)
                     continue
-                break
-            c = min(ctx, budget)
+                else:
+                    break
+            c = ctx if not self.chunked_prefill else min(ctx, budget)
             if kv.blocks_for(c) > kv.free_blocks - (reserve - watermark + wm):
                 break
             heapq.heappop(self._queue)

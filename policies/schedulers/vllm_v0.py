@@ -8,6 +8,13 @@ requests; if the cache cannot hold one more decode step, the newest request is p
 later recomputed. A prompt is never split across steps: one larger than ``max_batched_tokens``
 is turned away with a reason (vLLM v0 refuses such prompts too).
 
+A preempted request is recomputed as one prefill of its prompt and the tokens generated so far.
+That context may have outgrown ``max_batched_tokens``; vLLM v0 never meets this case because it
+requires ``max_num_batched_tokens >= max_model_len`` without chunked prefill, so every sequence
+fits one step. Here (no model length limit) such a request is recomputed anyway, alone in a
+prefill-only step over the budget, once it heads the queue: a request that started is finished,
+never turned away half-way through its answer.
+
 It differs from :class:`~policies.schedulers.continuous.ContinuousBatching` (chunked prefill
 mixed into decode steps, Sarathi-style) only in how a step is composed, so it reuses that
 class's queue, admission, preemption and bookkeeping.
