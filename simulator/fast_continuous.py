@@ -314,6 +314,8 @@ def replica(policy, num_blocks, bs, cost, sh, rec, rids: list, more=None, loads=
             used += delta
             clock += n
             end = now + dur
+            # retire the finished rows: the same block as after a mixed step above, written out
+            # twice on purpose (this is the hot loop; a call with its nine names costs more)
             while heap and heap[0][0] <= clock:
                 f, r = heappop(heap)
                 if fin_of.get(r) == f:
