@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 
 import numpy as np
 import pytest
 
 from traces.schema import make_trace
+
+# A shell starts a background job (`nohup make test &`) with SIGINT ignored, and a child process
+# keeps an ignored signal: the tests that send Ctrl-C to a real command would then see it ignored.
+# Restore Python's own handler so every child starts with SIGINT at its default, as in a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def small_trace(n=50, rate=2.0, seed=0, prompt=(20, 400), output=(1, 200), name="synthetic-test"):
