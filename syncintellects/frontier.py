@@ -154,6 +154,22 @@ def markdown(summary: list[dict], rates, seeds, error_model: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _sparse_labels(front: list[dict], summary: list[dict], gap: float = 0.05) -> list[str]:
+    """The frontier's labels, leaving out a point that sits within `gap` of the plot (both axes) from a
+    labelled one, so settings that land together do not print over each other (every point keeps its hover)."""
+    qs, es = [s["mean_qos"] for s in summary], [s["mean_e2e_s"] for s in summary]
+    dq, de = (max(qs) - min(qs)) or 1.0, (max(es) - min(es)) or 1.0
+    shown: list[dict] = []
+    labels = []
+    for s in front:
+        near = any(abs(s["mean_qos"] - t["mean_qos"]) / dq < gap and abs(s["mean_e2e_s"] - t["mean_e2e_s"]) / de < gap
+                   for t in shown)
+        labels.append("" if near else s["label"])
+        if not near:
+            shown.append(s)
+    return labels
+
+
 def write_html(summary: list[dict], path: Path, title: str) -> None:
     """Mean latency against mean QoS, one marker per setting, the frontier joined, the operating point ringed."""
     import plotly.graph_objects as go
@@ -165,7 +181,8 @@ def write_html(summary: list[dict], path: Path, title: str) -> None:
                              mode="markers", hovertext=[s["label"] for s in summary], name="all settings (hover)",
                              marker={"size": 9, "color": "#4c78a8"}))
     fig.add_trace(go.Scatter(x=[s["mean_qos"] for s in front], y=[s["mean_e2e_s"] for s in front], mode="lines+text",
-                             text=[s["label"] for s in front], textposition="middle left", textfont={"size": 10},
+                             text=_sparse_labels(front, summary), hovertext=[s["label"] for s in front],
+                             textposition="middle left", textfont={"size": 10},
                              name="frontier", line={"color": "#e45756"}))
     if op is not None:
         fig.add_trace(go.Scatter(x=[op["mean_qos"]], y=[op["mean_e2e_s"]], mode="markers", name=f"operating point: {op['label']}",
