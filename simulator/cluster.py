@@ -276,8 +276,7 @@ def simulate_cluster(trace: Trace, policies: list, router, config: SimConfig = S
 
 def _collect(trace, shared, recs, policies, blocks, replica_of, router, profiles, config, wall0, steps_dir) -> RunResult:
     for policy in policies:
-        for r, v in getattr(policy, "initial_predictions", {}).items():
-            shared.predicted_tokens[r] = v
+        shared.record_predictions(policy)
     n_rep = len(policies)
     requests = shared.requests_frame()
     pieces, totals = zip(*[r.step_piece() for r in recs])  # tables (views of the records) or part files

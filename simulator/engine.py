@@ -75,8 +75,7 @@ def simulate(trace: Trace, policy: Policy, config: SimConfig = SimConfig(), *, p
     else:
         _run_python(trace, policy, ex, kv, max_output, too_long, bar)
     bar.close()
-    for r, v in getattr(policy, "initial_predictions", {}).items():
-        rec.predicted_tokens[r] = v
+    rec.record_predictions(policy)
     requests = rec.requests_frame()
     piece, totals = rec.step_piece()
     summary = summarize(requests, totals, blocks)

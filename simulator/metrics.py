@@ -89,6 +89,12 @@ class Recorder:
         if self.spill is not None and len(self.seg_start) >= CHUNK:
             self.flush_steps()
 
+    def record_predictions(self, policy) -> None:
+        """Policies that predict lengths expose their first prediction per request
+        (``initial_predictions``): it goes into the records for prediction-error metrics."""
+        for r, v in getattr(policy, "initial_predictions", {}).items():
+            self.predicted_tokens[r] = v
+
     def flush_steps(self) -> None:
         """Write the segments held to the next part file and let go of them."""
         self.spill.write(self.steps_frame())

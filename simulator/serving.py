@@ -58,12 +58,8 @@ def request_views(trace: Trace, max_output: np.ndarray) -> list[RequestView]:
 
 
 def collect(rec: Recorder, policy, kv_blocks: int) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
-    """After a run: the per-request and per-step tables and their summary.
-
-    Policies that predict lengths expose their first prediction per request
-    (``initial_predictions``), which goes into the records for prediction-error metrics."""
-    for r, v in getattr(policy, "initial_predictions", {}).items():
-        rec.predicted_tokens[r] = v
+    """After a run: the per-request and per-step tables and their summary."""
+    rec.record_predictions(policy)
     requests, steps = rec.requests_frame(), rec.steps_frame()
     return requests, steps, summarize(requests, steps, kv_blocks)
 
