@@ -66,7 +66,7 @@ def one(n: int, rate: float, policy: str, replicas: int = 1, independent: bool =
     mode += ", fast engine" if use_fast(make_policy(policy), cfg) else ", Python engine"
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     steps = sum(r.summary["num_steps"] for r in results)
-    segments = sum(r.steps.height for r in results)
+    segments = sum(r.num_segments for r in results)
     busy = [r.summary["gpu_busy_fraction"] for r in results]
     rows = sum(r.summary["mean_batch_size"] * r.summary["num_steps"] for r in results)
     return {"requests": n, "replicas": replicas, "mode": mode, "policy": policy, "rate_per_replica": rate,
@@ -81,10 +81,7 @@ class _Slim:
 
     def __init__(self, res):
         self.summary = res.summary
-
-        class _Steps:
-            height = res.steps.height
-        self.steps = _Steps
+        self.num_segments = res.num_segments
 
 
 def _has_cluster() -> bool:

@@ -63,7 +63,7 @@ def digests(n: int = N, cases: dict = CASES, engine: str = "auto", summary: bool
             out[name] = {f: hashlib.sha256((d / f).read_bytes()).hexdigest()
                          for f in FILES + (("summary.json",) if summary else ())}
             print(f"{name:<28} {out[name]['requests.parquet'][:12]} {out[name]['steps.parquet'][:12]} "
-                  f"({res.steps.height} segments)", flush=True)
+                  f"({res.num_segments} segments)", flush=True)
     return out
 
 

@@ -275,7 +275,7 @@ class RunResult:
     @property
     def num_segments(self) -> int:
         """Rows of the per-step table, without loading it."""
-        return self._steps.height if isinstance(self._steps, StepRecords) else self._steps.height
+        return self._steps.height  # StepRecords and a DataFrame both know it
 
     def write(self, out_dir: str | Path) -> Path:
         """Write requests.parquet, steps.parquet, summary.json and config.json (deterministic bytes)."""

@@ -73,7 +73,7 @@ def main() -> None:
         "import_cpu_s": c1 - c0, "setup_cpu_s": c2 - c1, "setup_wall_s": w2 - w1,
         "loop_cpu_s": c3 - c2, "loop_wall_s": w3 - w2,
         "process_cpu_s": c3, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "steps": res.summary["num_steps"], "segments": res.steps.height,
+        "steps": res.summary["num_steps"], "segments": res.num_segments,
         "end_s": float(done["finish_s"].max()),
         "e2e_s": stats(done["e2e_latency_s"].to_numpy()), "ttft_s": stats(done["ttft_s"].to_numpy()),
         "tpot_s": stats(tpot),
