@@ -150,14 +150,11 @@ PRIOR_SIGMA = 0.6  # spread of ln(length) around the prompt head's prediction (i
 
 def prior_remaining_log(m0: float, cuts) -> np.ndarray:
     """ln of the median remaining length if T ~ lognormal(m0, PRIOR_SIGMA) and T > g: what the
-    length so far alone says. The transformer learns a correction to it from the states."""
-    from scipy.stats import norm
+    length so far alone says (the closed form of :func:`progress_head.prior_remaining_log` at an
+    assumed spread). The transformer learns a correction to it from the states."""
+    from policies.predictors.progress_head import prior_remaining_log as survival_prior
 
-    g = np.maximum(np.asarray(cuts, np.float64), 0.0)
-    z = np.where(g > 0, (np.log(np.maximum(g, 1e-9)) - m0) / PRIOR_SIGMA, -np.inf)
-    q = (1.0 + norm.cdf(z)) / 2.0
-    t_med = np.exp(m0 + PRIOR_SIGMA * norm.ppf(np.minimum(q, 1 - 1e-12)))
-    return np.log(np.maximum(t_med - g, 1.0))
+    return survival_prior(m0, cuts, PRIOR_SIGMA)
 
 
 def _batch(states, m0, cuts, dim):
