@@ -74,6 +74,9 @@ def main(argv=None) -> int:
             c0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
             status = cli(argv_p)
             c1 = resource.getrusage(resource.RUSAGE_SELF)
+            if not (d / "validation.json").exists():  # refused (exit 2, its one line printed above): go on
+                print(f"  exit {status}: no verdict", flush=True)
+                continue
             doc = json.loads((d / "validation.json").read_text())
             doc["_status"], doc["_wall_s"] = status, time.perf_counter() - w0
             doc["_cpu_s"] = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
@@ -109,6 +112,9 @@ def verdicts(docs: dict[str, list[dict]], tolerance: float) -> str:
     lines = ["| policy | runs passing | largest error per run | median error over runs: largest | verdict on the median |",
              "|---|---|---|---|---|"]
     for p, ds in docs.items():
+        if not ds:
+            lines.append(f"| {p} | no verdict (refused) | - | - | - |")
+            continue
         worst = [max((d["metrics"][k]["rel_error"] for k, _, _ in ROWS), key=abs) for d in ds]
         med = {k: statistics.median(d["metrics"][k]["rel_error"] for d in ds) for k, _, _ in ROWS}
         mk = max(med, key=lambda k: abs(med[k]))

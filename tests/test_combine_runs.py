@@ -90,7 +90,7 @@ def test_runs_that_decided_differently_are_refused():
         combine_runs([a, c])
 
 
-def test_an_idle_wait_for_an_arrival_is_kept_and_a_timeline_that_changes_who_arrived_is_refused():
+def test_an_idle_wait_for_an_arrival_is_kept_and_a_request_admitted_before_it_arrives_is_refused():
     # request 1 arrives at 5 s; the server idles from the end of request 0 until then
     def run(d0, d1):
         steps = [(0.001, 0.001 + d0, 1, 1), (5.001, 5.001 + d1, 1, 1)]
@@ -99,15 +99,15 @@ def test_an_idle_wait_for_an_arrival_is_kept_and_a_timeline_that_changes_who_arr
     out = combine_runs([run(0.1, 0.2), run(0.3, 0.4), run(0.2, 0.3)])
     assert out.steps["start_s"].to_list() == pytest.approx([0.001, 5.001])
     assert out.requests["e2e_latency_s"].to_list() == pytest.approx([0.201, 0.301])
-    # step 1 started before request 1 arrived (0.5 s) in runs A and B, after it in C; the medians of the
-    # step's time (0.45 s) and of the server's own time before step 1 (0.35 s) would start it after the
-    # arrival, which would not be the runs' step: refused
+    # request 1 (arriving at 0.5 s) was admitted at 0.511 s and 0.601 s in two runs, but with the medians
+    # of step 0's time (0.1 s) and of the server's own time before step 1 (0.01 s) the combined run would
+    # admit it at 0.111 s, before it arrived: refused
     def run2(d, own):
         s1 = 0.001 + d + own
         return _run([0.0, 0.5], [(0.001, 0.001 + d, 1, 1), (s1, s1 + 0.1, 1, 1)],
                     [(0.001, 0.001 + d, 0.001 + d, 0.001 + d), (s1, s1 + 0.1, s1 + 0.1, s1 + 0.1)], [1, 1])
-    with pytest.raises(RunsDiffer, match="would not serve the same requests"):
-        combine_runs([run2(0.45, 0.01), run2(0.10, 0.35), run2(0.46, 0.36)])
+    with pytest.raises(RunsDiffer, match="request 1 arrives at 0.5000 s but the combined run would admit it"):
+        combine_runs([run2(0.5, 0.01), run2(0.1, 0.5), run2(0.1, 0.01)])
 
 
 @settings(max_examples=40, deadline=None)
