@@ -54,6 +54,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", default="1000000", help="requests/s (default: a burst)")
     ap.add_argument("--extra", nargs="*", default=[], help="more validate flags, e.g. --extra=--probe-every=0")
     ap.add_argument("--tolerance", type=float, default=0.05)
+    ap.add_argument("--real-runs", type=int, default=1,
+                    help="each verdict's real side: N runs combined, every step's median time (validate --real-runs)")
     ap.add_argument("--policies", nargs="*", default=None, help="default: every policy the registry has")
     args = ap.parse_args(argv)
     names = args.policies or [p for p in POLICIES if p in KNOWN]
@@ -67,11 +69,14 @@ def main(argv=None) -> int:
         for p in names:
             d = out / f"{p}-{run}"
             argv_p = ["validate", "--profile", args.profile, "--policy", p, "--num-requests", str(args.num_requests),
-                      "--tolerance", str(args.tolerance), *POLICIES[p], "--rate", args.rate, *args.extra, *COMMON, "--out", str(d)]
+                      "--tolerance", str(args.tolerance), *POLICIES[p], "--rate", args.rate, "--real-runs", str(args.real_runs), *args.extra, *COMMON, "--out", str(d)]
             print("syncintellects " + " ".join(argv_p), flush=True)
             c0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
             status = cli(argv_p)
             c1 = resource.getrusage(resource.RUSAGE_SELF)
+            if not (d / "validation.json").exists():  # refused (exit 2, its one line printed above): go on
+                print(f"  exit {status}: no verdict", flush=True)
+                continue
             doc = json.loads((d / "validation.json").read_text())
             doc["_status"], doc["_wall_s"] = status, time.perf_counter() - w0
             doc["_cpu_s"] = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
@@ -88,8 +93,12 @@ def main(argv=None) -> int:
     print(table(docs))
     print()
     print(verdicts(docs, args.tolerance))
+    if args.real_runs > 1:
+        print()
+        print(spread_table(docs))
     (out / "summary.json").write_text(json.dumps({p: [{k: d[k] for k in ("metrics", "metrics_uncorrected", "failed", "conditioning",
                                                                           "machine_probe", "replay", "_status",
+                                                                          "real_runs", "metrics_per_real_run",
                                                                           "_wall_s", "_cpu_s") if k in d}
                                                       for d in ds] for p, ds in docs.items()}, indent=1) + "\n")
     return 0
@@ -103,12 +112,30 @@ def verdicts(docs: dict[str, list[dict]], tolerance: float) -> str:
     lines = ["| policy | runs passing | largest error per run | median error over runs: largest | verdict on the median |",
              "|---|---|---|---|---|"]
     for p, ds in docs.items():
+        if not ds:
+            lines.append(f"| {p} | no verdict (refused) | - | - | - |")
+            continue
         worst = [max((d["metrics"][k]["rel_error"] for k, _, _ in ROWS), key=abs) for d in ds]
         med = {k: statistics.median(d["metrics"][k]["rel_error"] for d in ds) for k, _, _ in ROWS}
         mk = max(med, key=lambda k: abs(med[k]))
         passing = sum(abs(w) <= tolerance for w in worst)
         lines.append(f"| {p} | {passing}/{len(ds)} | {' / '.join(f'{w:+.1%}' for w in worst)} | "
                      f"{med[mk]:+.1%} ({mk}) | {'pass' if abs(med[mk]) <= tolerance else 'FAIL'} |")
+    return "\n".join(lines)
+
+
+def spread_table(docs: dict[str, list[dict]]) -> str:
+    """Per policy and gated metric: the error of the combined real side, of each real run alone (against the
+    same simulation), and the real runs' own spread (max - min) / median."""
+    lines = ["| policy | metric | error, combined | error, each real run alone | real runs' spread |", "|---|---|---|---|---|"]
+    for p, ds in docs.items():
+        for d in ds:
+            per = d.get("metrics_per_real_run") or []
+            for key, label, _ in ROWS:
+                each = " / ".join(f"{r[key]['rel_error']:+.1%}" for r in per if r[key]["rel_error"] is not None)
+                sp = (d.get("real_runs") or {}).get(key, {}).get("spread")
+                lines.append(f"| {p} | {label} | {d['metrics'][key]['rel_error']:+.1%} | {each} | "
+                             f"{'-' if sp is None else f'{sp:.1%}'} |")
     return "\n".join(lines)
 
 

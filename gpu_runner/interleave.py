@@ -92,29 +92,41 @@ class Interleaver:
             done += 1
             self.interleaved += 1
 
-    def finish(self) -> tuple[dict, dict, list[dict]]:
-        """Complete the sweeps, fit; returns (coefficients, fit report, samples)."""
+    def complete(self) -> None:
+        """Time the grid points the run did not reach, up to ``sweeps`` timings each."""
         while self._time_next():
             pass
-        samples = [_sample(c[0], self.times[c], self.works[c]["batch"], self.works[c]["sum_ctx"],
-                           self.works[c]["chunks"], self.works[c].get("pad", 0))
-                   for c in self.all_cases if self.times[c]]
+
+    def finish(self, others: tuple = ()) -> tuple[dict, dict, list[dict]]:
+        """Complete the sweeps, fit; returns (coefficients, fit report, samples). ``others``: interleavers of
+        repeated runs of the same workload, whose timings are pooled with these (a point's median over all)."""
+        runs = (self, *others)
+        for it in runs:
+            it.complete()
+        times = {c: [t for it in runs for t in it.times[c]] for c in self.all_cases}
+        works = {c: next(it.works[c] for it in runs if c in it.works) for c in self.all_cases if times[c]}
+        samples = [_sample(c[0], times[c], works[c]["batch"], works[c]["sum_ctx"], works[c]["chunks"],
+                           works[c].get("pad", 0))
+                   for c in self.all_cases if times[c]]
         coeff, report = fit(samples)
         return coeff, report, samples
 
-    def profile(self, stored) -> dict:
-        """The interleaved profile: the stored profile's data with this run's grid samples and their fit."""
+    def profile(self, stored, others: tuple = ()) -> dict:
+        """The interleaved profile: the stored profile's data with this run's grid samples and their fit
+        (pooled with ``others``, the interleavers of repeated runs, when given)."""
         import copy
 
-        coeff, report, samples = self.finish()
+        coeff, report, samples = self.finish(others)
+        runs = (self, *others)
         data = copy.deepcopy(stored.data)
         data.pop("probe", None)
-        total = sum(len(v) for v in self.times.values())
+        total = sum(len(v) for it in runs for v in it.times.values())
         data.update(name=f"{stored.name} (grid re-measured interleaved with the run)", coefficients=coeff,
                     samples=samples, fit=report,
-                    interleaved={"sweeps": self.sweeps, "kinds": sorted(self.kinds), "points": len(samples),
-                                 "timings": total, "timed_during_run": self.interleaved,
-                                 "grid_busy_s": self.busy_s, "run_steps": self.steps,
+                    interleaved={"sweeps": self.sweeps * len(runs), "runs": len(runs),
+                                 "kinds": sorted(set().union(*(it.kinds for it in runs))), "points": len(samples),
+                                 "timings": total, "timed_during_run": sum(it.interleaved for it in runs),
+                                 "grid_busy_s": sum(it.busy_s for it in runs), "run_steps": self.steps,
                                  "step_repeats": self.bench.ex.repeats,
                                  "median_ms_vs_stored": _ratio_to(stored, samples)})
         return data

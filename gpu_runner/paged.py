@@ -13,9 +13,13 @@ for the projections and the MLP (no padding), and attention is computed per kind
 * decode rows: batched attention over each row's cached context, gathered from the
   pool into a padded ``[rows, longest context]`` block. Rows are first grouped by
   context length (a new group when a row's context is under ``GROUP_RATIO`` of its
-  group's longest *and* at least ``GROUP_MIN_GAP`` tokens shorter: an extra group costs
-  one more attention call per layer) so the work tracks the *sum* of the contexts, as
-  paged attention on a GPU does, rather than batch x longest context. (A fully vectorised segment softmax
+  group's longest *and* at least ``GROUP_MIN_GAP`` tokens shorter, at most ``MAX_GROUPS``
+  groups: an extra group costs one more attention call per layer) so the work tracks the
+  *sum* of the contexts, as paged attention on a GPU does and as the simulator prices it,
+  rather than batch x longest context. (With a 384-token minimum gap, a burst's decode batch
+  of contexts 20-1031 padded its shortest rows to ~250 tokens, twice their mean; the grid's
+  evenly spread batches padded far less, so the run's decode steps cost 1.07x their fitted
+  price in a syncintellects run; with 32, 1.00x.) (A fully vectorised segment softmax
   was measured 20-100x slower on CPU: scatter-adds are single-threaded.)
 * prefill chunks: one causal attention call per chunk over its cached prefix and itself;
 * a padded prefill group (static batching): the chunks left-padded to a common length and
@@ -30,8 +34,8 @@ import torch
 import torch.nn.functional as F
 
 GROUP_RATIO = 0.75
-GROUP_MIN_GAP = 384
-MAX_GROUPS = 6
+GROUP_MIN_GAP = 32
+MAX_GROUPS = 8
 
 
 class PagedKV:

@@ -50,14 +50,15 @@ class Grid:
 # Continuous batching with the default 256-sequence limit runs 100+ decode rows on a 32k-token
 # cache, often with several chunks admitted in one step (up to 16 when a burst of ~250-token prompts
 # fills the 4096-token budget; vllm-v0 runs 10-24 whole prompts alone in one step), static batches pad 4-16 prompts to up to 1024 tokens and length-grouped
-# batches of short answers pad 40-100 (one such step takes seconds on this CPU): the grid
+# batches of short answers pad 40-100, syncintellects up to 118 of a 150-request burst (one such step takes
+# seconds on this CPU): the grid
 # reaches there (no extrapolation), with padded groups of several sizes at the same length so that
 # the fit can tell the padded attention (r x P^2) from the linear work (r x P).
 FULL = Grid(decode_batch=(1, 2, 4, 8, 16, 32, 64, 128), decode_ctx=(32, 128, 384, 768, 1280),
             prefill=(8, 32, 64, 128, 256, 512, 1024, 1792),
             prefill_cached=((64, 256), (128, 1024), (256, 512), (512, 1024)),
             padded=((4, 64), (8, 128), (16, 256), (16, 512), (4, 1024), (8, 1024), (12, 768), (16, 768),
-                    (16, 1024), (40, 1024)),
+                    (16, 1024), (40, 1024), (128, 1024)),
             mixed=((8, 256, 64, 1), (16, 512, 256, 1), (32, 256, 512, 1), (32, 1024, 128, 1), (64, 256, 256, 2),
                    (96, 384, 256, 3), (128, 256, 512, 2), (0, 0, 256, 16), (64, 256, 192, 12), (128, 384, 96, 8),
                    (0, 0, 128, 8), (0, 0, 384, 10), (0, 0, 160, 24)),

@@ -88,7 +88,7 @@ def write_html(real: RunResult, sim: RunResult, report: dict, path: Path, title:
 
 def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path, *,
                    tolerance: float = 0.10, probe_every_s: float | None = 0.3,
-                   interleave_sweeps: int = 0) -> tuple[dict, int]:
+                   interleave_sweeps: int = 0, real_runs: int = 1) -> tuple[dict, int]:
     """Run both engines, write DIR/validation.json and DIR/validation.html (and each run's files
     under DIR/real and DIR/sim); returns (report, exit status).
 
@@ -98,7 +98,11 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
     real run. The uncorrected comparison is in ``metrics_uncorrected``. With ``interleave_sweeps`` the
     profile's grid is measured that many times in between the run's steps instead (no probe) and the
     verdict's simulator is calibrated with that fit (:mod:`gpu_runner.interleave`), written to
-    DIR/interleaved-profile.json."""
+    DIR/interleaved-profile.json.
+
+    With ``real_runs`` N > 1 the real run is repeated N times and combined (:mod:`gpu_runner.combine`):
+    the runs must make the same decisions, and every step counts its median time over the runs; the
+    interleaved grids of the N runs are pooled into one fit. Each run's files are in DIR/real-runs/K."""
     from dataclasses import replace
 
     from gpu_runner.engine import serve
@@ -129,11 +133,24 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
             max_context=max_ctx, seed=spec.seed), profile=profile, length_response=length_response_model(spec))
         interleave = {"sweeps": int(interleave_sweeps), "expected_steps": int(pre.summary["num_steps"]),
                       "quick": (profile.data.get("runner") or {}).get("grid") == "quick"}
-    real = serve(trace, policy, lm, runner_cfg, length_response=length_response_model(spec),
-                 probe_profile=profile if probing else None, probe_every_s=probe_every_s or 0.3,
-                 interleave=interleave)
+    from gpu_runner.combine import combine_runs
+
+    runs = []
+    for k in range(max(int(real_runs), 1)):
+        run = serve(trace, policy if k == 0 else build_policy(spec, trace), lm, runner_cfg,
+                    length_response=length_response_model(spec), probe_profile=profile if probing else None,
+                    probe_every_s=probe_every_s or 0.3, interleave=interleave)
+        run.config["spec"] = spec.to_dict()
+        if real_runs > 1:
+            run.write(out / "real-runs" / str(k + 1))
+        runs.append(run)
     load_after = os.getloadavg()[0]
-    real.config["spec"] = spec.to_dict()
+    real = combine_runs(runs)
+    if len(runs) > 1 and probing:  # the machine factor of the combined run: the median of the runs' factors
+        probes = [r.summary["runner"].get("probe") or {} for r in runs]
+        factors = [p["factor"] for p in probes if p.get("factor") is not None]
+        real.summary["runner"]["probe"] = dict(probes[0], factor=float(np.median(factors)) if factors else None,
+                                               factors=factors)
     real.write(out / "real")
     sim_policy = build_policy(spec, trace)  # a fresh policy object of the same class and settings
     sim_cfg = SimConfig(profile=profile_path, block_size=runner_cfg.block_size, kv_blocks=real.config["kv_blocks"],
@@ -145,7 +162,7 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
     if real.interleaver is not None:
         from simulator.profile import Profile, save_profile
 
-        data = real.interleaver.profile(profile)
+        data = runs[0].interleaver.profile(profile, others=tuple(r.interleaver for r in runs[1:]))
         save_profile(data, out / "interleaved-profile.json")
         profile = Profile(data=data, path=str(out / "interleaved-profile.json"))
         inter = data["interleaved"]
@@ -169,6 +186,8 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
                                            profile=scaled_profile(profile, f),
                                            length_response=length_response_model(spec)).summary,
                         sim.summary, factor or 1.0)
+    # each run alone against the same simulation: how far one realisation of the machine can be
+    report_runs = [compare(r.summary, sim.summary) for r in runs] if len(runs) > 1 else None
     doc = {"metrics": report, "tolerance": tolerance, "gated": list(GATED), "failed": bad,
            "conditioning": cond, "conclusive": not cond["ill_conditioned"],
            "verdict_basis": (f"simulator calibrated with the profile's grid re-measured {inter['sweeps']} times "
@@ -176,7 +195,9 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
                              ("uncorrected: the profile has no probe section" if probe_every_s else
                               "uncorrected: --probe-every 0") if factor is None else
                              f"simulator with the profile x the machine factor {factor:.3f} measured by probes"),
-           "interleaved": inter, "replay_stored_profile": replay_steps(real, stored) if inter else None,
+           "interleaved": inter, "real_runs": real.summary.get("real_runs"),
+           "metrics_per_real_run": report_runs,
+           "replay_stored_profile": replay_steps(real, stored) if inter else None,
            "machine_probe": probe, "metrics_uncorrected": compare(real.summary, raw.summary),
            "policy": real.config["policy"], "trace": trace.name, "num_requests": len(trace),
            "length_scale": spec.length_scale, "seed": spec.seed, "profile": stored.path, "model": lm.shape,

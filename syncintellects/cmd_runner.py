@@ -116,6 +116,9 @@ def register(sub) -> None:
                    help="measure the profile's grid SWEEPS times in between the real run's steps and calibrate the "
                         "verdict's simulator with that fit (default 3; 0: off, the probe's machine factor instead); "
                         "see docs/validation.md")
+    p.add_argument("--real-runs", type=int, default=1, metavar="N",
+                   help="run the real side N times and combine them: every step counts its median time over the N "
+                        "runs (they must make the same decisions: a burst, e.g. --rate 1e6); see docs/validation.md")
     p.set_defaults(func=cmd_validate)
 
 
@@ -216,6 +219,8 @@ def cmd_validate(args) -> int:
         raise ValueError(f"--probe-every must be >= 0 seconds (0: off), got {args.probe_every}")
     if args.interleave < 0:
         raise UsageError(f"--interleave: got {args.interleave}, expected an integer >= 0 (0: off)")
+    if args.real_runs < 1:
+        raise UsageError(f"--real-runs: got {args.real_runs}, expected an integer >= 1")
     spec = spec_from_args(args)
     check_runner_args(args)
     check_out_dir(args.out)
@@ -223,7 +228,7 @@ def cmd_validate(args) -> int:
     lm = _load(args)
     doc, status = run_validation(spec, lm, _runner_config(args), args.profile, args.out,
                                  tolerance=args.tolerance, probe_every_s=args.probe_every,
-                                 interleave_sweeps=args.interleave)
+                                 interleave_sweeps=args.interleave, real_runs=args.real_runs)
     if not args.quiet:
         print(f"{doc['policy']} on {doc['trace']} ({doc['num_requests']} requests), tolerance {args.tolerance:.0%}:")
         print(f"  {'metric':<34} {'real':>10} {'sim':>10} {'error':>8}")
@@ -235,6 +240,11 @@ def cmd_validate(args) -> int:
             flag = "  FAIL" if name in doc["failed"] else ""
             print(f"  {name:<34} {v['real']:>10.4g} {v['sim']:>10.4g} {err:>8}{flag}")
         print(f"  verdict on: {doc['verdict_basis']}")
+        if doc.get("real_runs"):
+            rr = doc["real_runs"]
+            print(f"  real side: {rr['n']} runs combined (every step's median time); the runs' own spread "
+                  "(max - min) / median: " + ", ".join(f"{k} {v['spread']:.1%}" for k, v in rr.items()
+                                                        if isinstance(v, dict) and v.get("spread") is not None))
         drift, f = doc["replay"]["drift"], (doc["machine_probe"] or {}).get("factor") or 1.0
         if drift is not None:  # beside the verdict, never in it: measured on the very steps being priced
             print(f"  the run's own replay drift (its steps' time / the verdict's price{' x factor' if f != 1 else ''}): "
