@@ -1,4 +1,4 @@
-"""Experiment (negative result, not shipped): fine-tune MiniLM for prompt length ranking, on CPU.
+"""Experiment (measured, not shipped): fine-tune MiniLM for prompt length ranking, on CPU.
 
     OMP_NUM_THREADS=1 python benchmarks/ltr_finetune.py --cache /tmp/s7 [--steps 400] [--rank 8]
         [--splits in,ae,sg] [--out results.json]
@@ -195,7 +195,7 @@ def run_split(z, W5, fam, train_rows, tests, a) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cache", required=True, help="folder for the cached frozen-layer states (~1 GB)")
+    ap.add_argument("--cache", required=True, help="folder for the cached frozen-layer states (~0.5 GB)")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--lam", type=float, default=1.0, help="weight of the pairwise logistic term")
