@@ -212,8 +212,8 @@ def test_grid_point_with_unequal_chunks_places_each_size(lm):
     from gpu_runner.profiler import FULL, UNEVEN, Bench, _time_case, grid_cases, grid_slots
 
     cases = [c for c in grid_cases(lm, FULL, 1 << 17) if isinstance(c[3], tuple)]
-    assert [c[3] for c in cases] == [UNEVEN, UNEVEN[2:]] and all(c[4] == len(c[3]) for c in cases)
+    assert [c[3] for c in cases] == [UNEVEN, UNEVEN, UNEVEN[2:], UNEVEN[1:]] and all(c[4] == len(c[3]) for c in cases)
     bench = Bench(lm, grid_slots(FULL), 1 << 15, clock=time.thread_time)
-    t, work = _time_case(bench, cases[1], grid_slots(FULL))
+    t, work = _time_case(bench, cases[2], grid_slots(FULL))
     assert t > 0 and work["batch"] == 64 and work["chunks"] == [(c, 0) for c in UNEVEN[2:]]
     assert not bench.kv._slot  # the bench is cleared after the point
