@@ -53,6 +53,7 @@ class RealExecutor(ExecutorBase):
         self.ctx: dict[int, list[int]] = {}       # prompt ids + generated ids
         self.want_embeddings = embeddings
         self.want_texts = texts and lm.tokenizer is not None  # answer so far, for progressive predictors
+        self.text_decode_s = [0.0]  # time spent decoding those texts when read (kept off the virtual clock)
         self.clock = clock
         if int(repeats) < 1:
             raise ValueError(f"step repeats must be >= 1, got {repeats}")
@@ -299,7 +300,17 @@ class RealExecutor(ExecutorBase):
         arr = emb.float().cpu().numpy()
         return {r: arr[k] for k, r in enumerate(rows)}
 
-    def _texts(self, rows: list[int]) -> dict:
+    def _texts(self, rows: list[int]):
+        """The answer so far of ``rows``, decoded when read (:class:`policies.contract.LazyTexts`): a request's
+        token list is only ever appended to (a recompute builds a new one), so its first ``n`` generated tokens
+        are fixed now and decoded later; the decoding time is summed in ``text_decode_s``, off the clock."""
         if not self.want_texts or not rows:
             return {}
-        return {r: self.lm.decode(self.tokens_of(r)) for r in rows}
+        from policies.contract import LazyTexts
+
+        decode = self.lm.decode
+        src = {}
+        for r in rows:
+            ids, p = self.ctx.get(r, []), int(self.prompt_tokens[r])
+            src[r] = (lambda ids=ids, p=p, n=len(ids): decode(ids[p:n]))
+        return LazyTexts(src, clock=self.clock, decode_s=self.text_decode_s)

@@ -42,7 +42,7 @@ class Grid:
     prefill: tuple[int, ...]
     prefill_cached: tuple[tuple[int, int], ...]   # (chunk, cached)
     padded: tuple[tuple[int, int], ...]           # (rows, padded length)
-    mixed: tuple[tuple[int, int, int, int], ...]  # (decode rows, context, chunk, chunks)
+    mixed: tuple[tuple, ...]  # (decode rows, context, chunk, chunks); chunk may be a tuple of sizes (chunks = its length)
     warmup: int
     repeats: int
 
@@ -54,6 +54,11 @@ class Grid:
 # seconds on this CPU): the grid
 # reaches there (no extrapolation), with padded groups of several sizes at the same length so that
 # the fit can tell the padded attention (r x P^2) from the linear work (r x P).
+# A burst's first steps pack prompts of very unequal sizes (the first 24 of azure-conv x 1/4: 23 to 1021
+# tokens, sum of squares 1.84M against 0.69M for 24 equal chunks of the same total): with equal-size points
+# only, such a step was priced 9% low (the quadratic attention term fitted on single chunks and equal
+# chunks), which was the TTFT of the continuous family. Two points with these sizes, one with decode rows.
+UNEVEN = (1024, 512, 384, 320, 256, 192, 160, 128, 128, 96, 96, 96, 64, 64, 48, 48, 32, 32, 24, 24)
 FULL = Grid(decode_batch=(1, 2, 4, 8, 16, 32, 64, 128), decode_ctx=(32, 128, 384, 768, 1280),
             prefill=(8, 32, 64, 128, 256, 512, 1024, 1792),
             prefill_cached=((64, 256), (128, 1024), (256, 512), (512, 1024)),
@@ -61,7 +66,9 @@ FULL = Grid(decode_batch=(1, 2, 4, 8, 16, 32, 64, 128), decode_ctx=(32, 128, 384
                     (16, 1024), (40, 1024), (128, 1024)),
             mixed=((8, 256, 64, 1), (16, 512, 256, 1), (32, 256, 512, 1), (32, 1024, 128, 1), (64, 256, 256, 2),
                    (96, 384, 256, 3), (128, 256, 512, 2), (0, 0, 256, 16), (64, 256, 192, 12), (128, 384, 96, 8),
-                   (0, 0, 128, 8), (0, 0, 384, 10), (0, 0, 160, 24)),
+                   (0, 0, 128, 8), (0, 0, 384, 10), (0, 0, 160, 24), (0, 0, UNEVEN, len(UNEVEN)),
+                   (32, 128, UNEVEN, len(UNEVEN)), (64, 256, UNEVEN[2:], len(UNEVEN) - 2),
+                   (128, 256, UNEVEN[1:], len(UNEVEN) - 1)),
             warmup=3, repeats=7)
 QUICK = Grid(decode_batch=(1, 4, 16, 32), decode_ctx=(64, 384, 1024), prefill=(16, 128, 512, 1024),
              prefill_cached=((128, 512),), padded=((8, 128),), mixed=((16, 256, 128, 1), (32, 256, 64, 2)),
@@ -132,16 +139,17 @@ def _time_case(bench: Bench, case: tuple, slots: int) -> tuple[float, dict]:
             bench.place(r, 0, pad)
         plan = StepPlan(prefill=tuple(PrefillChunk(r, pad) for r in range(b)), prefill_pad_to=pad)
         work = dict(batch=0, sum_ctx=0, chunks=[(pad, 0)] * b, pad=pad)
-    else:  # prefill (pad = 0, one chunk on a cached prefix of k) or mixed (pad = number of chunks)
-        ctx = _spread(b, k) if b else []
+    else:  # prefill (pad = 0, one chunk on a cached prefix of k) or mixed (pad = number of chunks; c: their
+        ctx = _spread(b, k) if b else []  # size, or a tuple of unequal sizes)
         for r in range(b):
             bench.place(r, ctx[r], 0)
         k0 = k if kind == "prefill" else 0
-        ids = [slots - 1 - j for j in range(max(pad, 1))]
-        for r in ids:
-            bench.place(r, k0, c)
-        plan = StepPlan(decode=tuple(range(b)), prefill=tuple(PrefillChunk(r, c) for r in ids))
-        work = dict(batch=b, sum_ctx=sum(ctx), chunks=[(c, k0)] * len(ids))
+        sizes = list(c) if isinstance(c, tuple) else [c] * max(pad, 1)
+        ids = [slots - 1 - j for j in range(len(sizes))]
+        for r, size in zip(ids, sizes):
+            bench.place(r, k0, size)
+        plan = StepPlan(decode=tuple(range(b)), prefill=tuple(PrefillChunk(r, size) for r, size in zip(ids, sizes)))
+        work = dict(batch=b, sum_ctx=sum(ctx), chunks=[(size, k0) for size in sizes])
     t = bench.time_plan(plan)[-1]
     bench.clear()
     return t, work
@@ -162,7 +170,7 @@ def grid_cases(lm, grid: Grid, kv_tokens: int) -> list[tuple]:
     cases += [("prefill", 0, 0, c, 0) for c in grid.prefill if c < max_ctx]
     cases += [("prefill", 0, k0, c, 0) for c, k0 in grid.prefill_cached if c + k0 < max_ctx]
     cases += [("padded", r, 0, p, p) for r, p in grid.padded if p < max_ctx]
-    cases += [("mixed", b, k, c, n) for b, k, c, n in grid.mixed if k * 1.5 + c < max_ctx]
+    cases += [("mixed", b, k, c, n) for b, k, c, n in grid.mixed if k * 1.5 + max(c if isinstance(c, tuple) else (c,)) < max_ctx]
     return cases
 
 

@@ -174,6 +174,41 @@ class StepResult:
 NO_STATE: Mapping = MappingProxyType({})
 
 
+class LazyTexts(Mapping):
+    """Per-request text decoded when first read: ``sources`` maps a request to a function returning it.
+
+    The runner hands progressive predictors the answer so far this way. Decoding every row's whole
+    answer after every step cost more CPU than the step and slowed the *next* step by 8-50% (measured on
+    tiny-llama: a decode step of 4 rows took 2.2 ms after a plain step and 3.2 ms after decoding 100
+    answers of 300 tokens), while a predictor reads a row's text only at its re-prediction points.
+    ``deferred()`` gives the functions themselves, for a holder that reads later; ``decode_s`` (a shared
+    one-element list, optional) accumulates the time spent decoding, measured with ``clock``, so that an
+    engine can keep it off its clock as it kept eager decoding off it."""
+
+    def __init__(self, sources: dict, clock=None, decode_s: list | None = None):
+        self._sources, self._cache = sources, {}
+        self._clock, self._decode_s = clock, decode_s
+
+    def __getitem__(self, rid):
+        if rid not in self._cache:
+            fn = self._sources[rid]  # KeyError for a request not in this step
+            t0 = self._clock() if self._clock and self._decode_s is not None else None
+            self._cache[rid] = fn()
+            if t0 is not None:
+                self._decode_s[0] += self._clock() - t0
+        return self._cache[rid]
+
+    def __iter__(self):
+        return iter(self._sources)
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    def deferred(self) -> dict:
+        """{request: function returning its text, decoded once}."""
+        return {rid: (lambda r=rid: self[r]) for rid in self._sources}
+
+
 @runtime_checkable
 class Policy(Protocol):
     """A scheduling policy: one object drives either engine."""

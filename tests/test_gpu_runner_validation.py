@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gpu_runner.validate import GATED, conditioning, scaled_profile, step_kind
 from policies.registry import make_policy
@@ -177,3 +179,41 @@ def test_probe_keeps_the_minimum_of_its_repeats(lm, monkeypatch):
     ref = {c: float(probe.times[c][0]) for c in SMALL}
     rep = probe.report(ref)
     assert rep["factor"] == pytest.approx((6.0 + 6.0 * 1.3) / 12.0, rel=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 2000), min_size=1, max_size=200))
+def test_decode_groups_bound_the_padding(lengths):
+    """Every row in exactly one group; at most MAX_GROUPS groups; within a group every row (but in the last
+    group once the cap is reached) is at least min(GROUP_RATIO x, x - GROUP_MIN_GAP) of the group's longest x,
+    so the attention work tracks the sum of the contexts, not batch x longest."""
+    pytest.importorskip("torch")
+    from gpu_runner import paged
+
+    lengths = np.asarray(lengths, dtype=np.int64)
+    kv = paged.PagedKV(1, int((lengths + 15).sum() // 16) + len(lengths), 16, 1, 2, dtype=__import__("torch").float32,
+                       device="cpu")
+    for r, n in enumerate(lengths.tolist()):
+        kv.ensure(r, n)
+    groups = paged._decode_groups(kv, [(r, 0, 0) for r in range(len(lengths))], lengths, "cpu")
+    rows = sorted(int(i) for g, _, _ in groups for i in g.tolist())
+    assert rows == list(range(len(lengths))) and len(groups) <= paged.MAX_GROUPS
+    for k, (g, slots, _) in enumerate(groups):
+        ls = lengths[g.numpy()]
+        top = int(ls.max())
+        assert slots.shape == (len(ls), top)
+        if k < paged.MAX_GROUPS - 1:
+            assert (ls >= min(paged.GROUP_RATIO * top, top - paged.GROUP_MIN_GAP)).all()
+
+
+def test_grid_point_with_unequal_chunks_places_each_size(lm):
+    import time
+
+    from gpu_runner.profiler import FULL, UNEVEN, Bench, _time_case, grid_cases, grid_slots
+
+    cases = [c for c in grid_cases(lm, FULL, 1 << 17) if isinstance(c[3], tuple)]
+    assert [c[3] for c in cases] == [UNEVEN, UNEVEN, UNEVEN[2:], UNEVEN[1:]] and all(c[4] == len(c[3]) for c in cases)
+    bench = Bench(lm, grid_slots(FULL), 1 << 15, clock=time.thread_time)
+    t, work = _time_case(bench, cases[2], grid_slots(FULL))
+    assert t > 0 and work["batch"] == 64 and work["chunks"] == [(c, 0) for c in UNEVEN[2:]]
+    assert not bench.kv._slot  # the bench is cleared after the point

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from policies.contract import RequestView, StepPlan, StepResult
+from policies.contract import LazyTexts, RequestView, StepPlan, StepResult
 
 UNBOUNDED = 1 << 30
 
@@ -70,7 +70,10 @@ class LengthTracker:
 
     def _predict(self, rid: int) -> float:
         g = self.generated[rid]
-        p = float(self.predictor.predict(self.views[rid], g, self._embedding.get(rid)))
+        state = self._embedding.get(rid)
+        if callable(state):  # text decoded on demand, once
+            state = self._embedding[rid] = state()
+        p = float(self.predictor.predict(self.views[rid], g, state))
         p = max(p, g + 1.0)  # the contract's floor; guards against a predictor that forgets it
         self.predicted[rid] = p
         return p
@@ -116,7 +119,8 @@ class LengthTracker:
             if r in self.generated:
                 self.generated[r] += 1
         if result.texts:  # predictors accept the answer so far as text when there is no embedding
-            self._embedding.update(result.texts)
+            texts = result.texts  # a runner's texts are decoded when a prediction reads them (LazyTexts)
+            self._embedding.update(texts.deferred() if isinstance(texts, LazyTexts) else texts)
         if result.embeddings:
             self._embedding.update(result.embeddings)
         self.done.update(result.finished)
