@@ -155,7 +155,7 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
         inter = Interleaver(lm, clock, sweeps=interleave["sweeps"], expected_steps=interleave["expected_steps"],
                             step_repeats=config.step_repeats, quick=interleave.get("quick", False), seed=config.seed)
         inter.warm_up()
-        hooks = [h for h in (ex.on_step, lambda dt: inter.tick(dt, ex.segment_work[-1])) if h is not None]
+        hooks = [h for h in (ex.on_step, lambda dt: inter.tick(dt, ex.segment_work[-1], rewarm=ex.repeat_last)) if h is not None]
         ex.on_step = hooks[0] if len(hooks) == 1 else (lambda dt: [h(dt) for h in hooks])
     if forced:
         bind_truth(policy, ex.true_output)

@@ -59,6 +59,7 @@ class RealExecutor(ExecutorBase):
             raise ValueError(f"step repeats must be >= 1, got {repeats}")
         self.repeats = int(repeats)               # pack + forward timed this many times, the fastest kept
         self.repeat_excess_s = 0.0                # time of the slower repeats (off every step's clock)
+        self._last_inputs = None                  # the last step's (decode rows, chunks, pad) for repeat_last()
         self._step_excess = 0.0
         self.step_s: list[float] = []             # measured duration of every step
         self.on_step = None                       # called with each step's duration, off the clock (a probe)
@@ -166,6 +167,7 @@ class RealExecutor(ExecutorBase):
             r, c0 = ch.request_id, int(cached[ch.request_id])
             pool.ensure(r, c0 + ch.num_tokens)
             chs.append((r, self._context(r)[c0:c0 + ch.num_tokens], c0))
+        self._last_inputs = (dec, chs, pad_to)
         t0 = self.clock()
         inp = pack(pool, dec, chs, pad_to, self.lm.device)
         logits, hidden = forward(self.lm.model, pool, inp)
@@ -206,6 +208,17 @@ class RealExecutor(ExecutorBase):
         self.repeat_excess_s += excess
         self._step_excess += excess
         return self.clock() - min(times)
+
+    def repeat_last(self) -> None:
+        """The last step's pack + forward again, outputs discarded, on no clock (it rewrites the same K/V
+        into the same slots, as the minimum-of-k repeats do): called right after that step, before any
+        request of it is released."""
+        if self._last_inputs is None:
+            return
+        dec, chs, pad_to = self._last_inputs
+        forward(self.lm.model, self.pool, pack(self.pool, dec, chs, pad_to, self.lm.device))
+        if self.is_cuda:
+            torch.cuda.synchronize()
 
     def _emit(self, i: int, tok: int, finished: list) -> None:
         """Record one generated token of request i (the caller stamps finish times)."""

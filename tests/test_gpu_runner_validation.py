@@ -131,6 +131,25 @@ def test_probing_does_not_touch_the_run(lm, monkeypatch):
     assert rep["probes"] >= 2 and rep["factor"] > 0 and "probe" not in plain.summary["runner"]
 
 
+def test_interleaved_grid_and_its_rewarm_do_not_touch_the_run(lm, monkeypatch):
+    """Grid points timed between the run's steps, and the run's last step recomputed after them (the rewarm),
+    use their own bench or rewrite the same K/V, off the clock: tokens, decisions and (deterministic clock)
+    timestamps equal a run without interleaving."""
+    from gpu_runner.engine import RunnerConfig, serve
+
+    rng = np.random.default_rng(3)
+    tr = make_trace("unit", np.sort(rng.uniform(0, 0.01, 12)), rng.integers(3, 60, 12), rng.integers(2, 20, 12))
+    runs = []
+    for inter in (None, {"sweeps": 1, "expected_steps": 6, "quick": True}):
+        monkeypatch.setattr("gpu_runner.engine.step_clock", lambda kind, device, threads: ("cpu", TickClock(2.0 ** -13)))
+        runs.append(serve(tr, make_policy("continuous"), lm, RunnerConfig(kv_tokens=4096, max_context=128),
+                          interleave=inter))
+    plain, inter = runs
+    assert plain.requests.equals(inter.requests) and plain.steps.equals(inter.steps)
+    assert all(plain.executor.tokens_of(i) == inter.executor.tokens_of(i) for i in range(len(tr)))
+    assert inter.interleaver.interleaved > 0 and inter.interleaver.rewarms > 0
+
+
 def test_padded_group_has_its_own_attention_term():
     from simulator.cost_model import CostModel
     from simulator.profile import Profile
