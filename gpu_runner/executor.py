@@ -315,8 +315,9 @@ class RealExecutor(ExecutorBase):
 
     def _texts(self, rows: list[int]):
         """The answer so far of ``rows``, decoded when read (:class:`policies.contract.LazyTexts`): a request's
-        token list is only ever appended to (a recompute builds a new one), so its first ``n`` generated tokens
-        are fixed now and decoded later; the decoding time is summed in ``text_decode_s``, off the clock."""
+        token list is only ever appended to (its instruction before its first token, then its tokens; a
+        recompute re-prefills them, nothing is removed), so the ids it holds now are fixed and decoded later;
+        the decoding time is summed in ``text_decode_s``, off the clock."""
         if not self.want_texts or not rows:
             return {}
         from policies.contract import LazyTexts
