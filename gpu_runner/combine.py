@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from simulator.metrics import RunResult, summarize
+from simulator.metrics import RunResult, summarize, with_latency_columns
 
 TIME_STEP_COLUMNS = ("start_s", "end_s")
 TIME_REQUEST_COLUMNS = ("admitted_s", "first_token_s", "last_token_s", "finish_s")
@@ -131,15 +131,7 @@ def combine_runs(runs: list[RunResult]) -> RunResult:
         raise RunsDiffer(f"request {r['request_id']} arrives at {r['arrival_s']:.4f} s but the combined run would admit it "
                          f"at {r['admitted_s']:.4f} s: the runs' timelines are too far apart to combine (use a burst, "
                          f"e.g. --rate 1e6, or --real-runs 1)")
-    # keep NaN where the run had NaN (a rejected request never finished), and rebuild the derived columns
-    req = req.with_columns(
-        e2e_latency_s=pl.col("finish_s") - pl.col("arrival_s"),
-        ttft_s=pl.col("first_token_s") - pl.col("arrival_s"),
-        queue_s=pl.col("admitted_s") - pl.col("arrival_s"),
-        tpot_s=pl.when(pl.col("generated_tokens") > 1)
-        .then((pl.col("last_token_s") - pl.col("first_token_s")) / (pl.col("generated_tokens") - 1))
-        .otherwise(None),
-    ).with_columns(normalized_latency_s=pl.col("e2e_latency_s") / pl.col("generated_tokens"))
+    req = with_latency_columns(req)  # NaN stays NaN (a rejected request never finished)
     summary = summarize(req, steps, int(first.config["kv_blocks"]))
     summary["runner"] = dict(first.summary.get("runner") or {})
     summary["runner"]["virtual_clock_s"] = float(e1[-1])

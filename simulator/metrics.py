@@ -139,19 +139,24 @@ class Recorder:
             "qos": self.qos,
             "rejected": rejected,
             "reject_reason": pl.Series(reasons, dtype=pl.Utf8),
-        }).with_columns(
-            e2e_latency_s=pl.col("finish_s") - pl.col("arrival_s"),
-            ttft_s=pl.col("first_token_s") - pl.col("arrival_s"),
-            queue_s=pl.col("admitted_s") - pl.col("arrival_s"),
-            tpot_s=pl.when(pl.col("generated_tokens") > 1)
-            .then((pl.col("last_token_s") - pl.col("first_token_s")) / (pl.col("generated_tokens") - 1))
-            .otherwise(None),
-        ).with_columns(
-            normalized_latency_s=pl.col("e2e_latency_s") / pl.col("generated_tokens"),
-        )
+        }).pipe(with_latency_columns)
 
     def steps_frame(self) -> pl.DataFrame:
         return pl.DataFrame({col: np.asarray(getattr(self, attr), dtype=dtype) for attr, col, dtype in STEP_COLUMNS})
+
+
+def with_latency_columns(requests: pl.DataFrame) -> pl.DataFrame:
+    """The per-request latencies, from the timestamps: E2E, TTFT, queueing, TPOT, normalized latency."""
+    return requests.with_columns(
+        e2e_latency_s=pl.col("finish_s") - pl.col("arrival_s"),
+        ttft_s=pl.col("first_token_s") - pl.col("arrival_s"),
+        queue_s=pl.col("admitted_s") - pl.col("arrival_s"),
+        tpot_s=pl.when(pl.col("generated_tokens") > 1)
+        .then((pl.col("last_token_s") - pl.col("first_token_s")) / (pl.col("generated_tokens") - 1))
+        .otherwise(None),
+    ).with_columns(
+        normalized_latency_s=pl.col("e2e_latency_s") / pl.col("generated_tokens"),
+    )
 
 
 _SUMMARY_COLUMNS = ("rejected", "admitted_s", "finish_s", "prompt_tokens", "output_tokens", "generated_tokens",
