@@ -51,12 +51,13 @@ def _first_difference(a: pl.DataFrame, b: pl.DataFrame, what: str) -> str | None
     return None
 
 
-def check_same_decisions(runs: list[RunResult]) -> None:
-    """Raise :class:`RunsDiffer` unless every run made the first run's decisions (all but time)."""
+def check_same_decisions(runs: list[RunResult], first_number: int = 2) -> None:
+    """Raise :class:`RunsDiffer` unless every run made the first run's decisions (all but time); the runs
+    after the first are numbered from ``first_number`` in the message."""
     base_s = runs[0].steps.drop(TIME_STEP_COLUMNS)
     drop_r = [c for c in TIME_REQUEST_COLUMNS + DERIVED_REQUEST_COLUMNS if c in runs[0].requests.columns]
     base_r = runs[0].requests.drop(drop_r)
-    for k, run in enumerate(runs[1:], start=2):
+    for k, run in enumerate(runs[1:], start=first_number):
         why = (_first_difference(base_s, run.steps.drop(TIME_STEP_COLUMNS), "step")
                or _first_difference(base_r, run.requests.drop(drop_r), "request"))
         if why:

@@ -133,7 +133,7 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
             max_context=max_ctx, seed=spec.seed), profile=profile, length_response=length_response_model(spec))
         interleave = {"sweeps": int(interleave_sweeps), "expected_steps": int(pre.summary["num_steps"]),
                       "quick": (profile.data.get("runner") or {}).get("grid") == "quick"}
-    from gpu_runner.combine import combine_runs
+    from gpu_runner.combine import check_same_decisions, combine_runs
 
     runs = []
     for k in range(max(int(real_runs), 1)):
@@ -144,6 +144,8 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
         if real_runs > 1:
             run.write(out / "real-runs" / str(k + 1))
         runs.append(run)
+        if k:  # refuse as soon as a run decides otherwise, not after the last one
+            check_same_decisions([runs[0], run], k + 1)
     load_after = os.getloadavg()[0]
     real = combine_runs(runs)
     if len(runs) > 1 and probing:  # the machine factor of the combined run: the median of the runs' factors
