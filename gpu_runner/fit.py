@@ -7,7 +7,10 @@ One non-negative least-squares problem, weighted by relative error, over the mod
 coefficients plus the padded group's own quadratic term (``padded_sq_token_ms``: the runner
 runs a left-padded group as one masked attention call, which costs more per token^2 on CPU
 than a causal call per chunk; one shared term made the table zig-zag to absorb the difference)
-and a once-per-step cost of mixing decode rows with chunks (``mixed_step_ms``: measured mixed steps
+the quadratic term of a chunk on a cached prefix (``cached_sq_token_ms``: the runner runs it as one
+masked call, as it runs a padded group; a burst's continuing 1000-token chunk on 127 cached tokens cost
+7.6 ms more than the same chunk uncached, priced 1.9 ms more by the causal term and the per-cached-token
+term alone), and a once-per-step cost of mixing decode rows with chunks (``mixed_step_ms``: measured mixed steps
 cost 1-2 ms more than the sum of their parts; without it the fit priced them 5-12% low), and a cost of
 every loose chunk of a step beyond its first (``per_extra_chunk_ms``: each chunk's causal attention
 call, gathers and scatters per layer; with the per-chunk cost alone, fitted mostly on single-chunk
@@ -26,12 +29,14 @@ def _features(s: dict) -> tuple[int, list[float]]:
     eff = [max(c, pad) for c, _ in s["chunks"]]
     padded = [pad > 0 and k == 0 for _, k in s["chunks"]]  # members of the left-padded group
     n = b + sum(eff)
+    cached = [k > 0 for _, k in s["chunks"]]  # loose chunks on a cached prefix: one masked call each
     return n, [1.0 if b else 0.0, float(b), s["sum_ctx"], float(len(eff)),
-               float(sum(c * c for c, p in zip(eff, padded) if not p)),
+               float(sum(c * c for c, p, h in zip(eff, padded, cached) if not p and not h)),
                float(sum(c * k for c, (_, k) in zip(eff, s["chunks"]))),
                float(sum(c * c for c, p in zip(eff, padded) if p)),
                1.0 if b and eff else 0.0,
-               float(max(0, sum(1 for p in padded if not p) - 1))]
+               float(max(0, sum(1 for p in padded if not p) - 1)),
+               float(sum(c * c for c, p, h in zip(eff, padded, cached) if not p and h))]
 
 
 def _knots(ns: list[int]) -> list[int]:
@@ -72,7 +77,8 @@ def _coefficients(knots, table, d, p) -> dict:
             "linear_ops": [[int(k), float(f"{v:.6g}")] for k, v in zip(knots, table)],
             "decode_attn": {"per_step_ms": d[0], "per_seq_ms": d[1], "per_ctx_token_ms": d[2]},
             "prefill_attn": {"per_chunk_ms": p[0], "per_sq_token_ms": p[1], "per_ctx_token_ms": p[2],
-                             "padded_sq_token_ms": p[3], "mixed_step_ms": p[4], "per_extra_chunk_ms": p[5]}}
+                             "padded_sq_token_ms": p[3], "mixed_step_ms": p[4], "per_extra_chunk_ms": p[5],
+                             "cached_sq_token_ms": p[6]}}
 
 
 def fit(samples: list[dict]) -> tuple[dict, dict]:

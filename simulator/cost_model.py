@@ -36,6 +36,8 @@ class CostModel:
         d, p = c["decode_attn"], c["prefill_attn"]
         self.d_step, self.d_seq, self.d_ctx = float(d["per_step_ms"]), float(d["per_seq_ms"]), float(d["per_ctx_token_ms"])
         self.p_chunk, self.p_sq, self.p_ctx = float(p["per_chunk_ms"]), float(p["per_sq_token_ms"]), float(p["per_ctx_token_ms"])
+        # a chunk on a cached prefix, when the profile measured its attention apart (one masked call on the runner)
+        self.p_csq = float(p.get("cached_sq_token_ms", p["per_sq_token_ms"]))
         self._linear_cache: dict[int, float] = {}
         g = c.get("decode_attn_grid")
         self._grid = None
@@ -62,7 +64,7 @@ class CostModel:
 
     def prefill_attn_ms(self, chunk_tokens: int, cached_tokens: int) -> float:
         c = chunk_tokens
-        return self.p_chunk + self.p_sq * c * c + self.p_ctx * c * cached_tokens
+        return self.p_chunk + (self.p_csq if cached_tokens else self.p_sq) * c * c + self.p_ctx * c * cached_tokens
 
     def decode_attn_ms(self, batch: int, sum_ctx: int) -> float:
         if batch <= 0:

@@ -28,6 +28,7 @@ def decode_functions(cost: CostModel):
     per_batch: dict = {}
     fixed, linear_ms, segments = cost.fixed_ms, cost.linear_ms, cost._segments
     p_mixed, p_chunk, p_sq, p_ctx, p_extra = cost.p_mixed, cost.p_chunk, cost.p_sq, cost.p_ctx, cost.p_extra
+    p_csq = cost.p_csq
 
     def constants(batch):
         his, a, b = segments(batch)
@@ -103,7 +104,7 @@ def decode_functions(cost: CostModel):
             ms = fixed + 0.0
         for c, k in chunks:
             n_tokens += c
-            ms += p_chunk + p_sq * c * c + p_ctx * c * k
+            ms += p_chunk + (p_csq if k else p_sq) * c * c + p_ctx * c * k
         if len(chunks) > 1:  # CostModel.step_s: every loose chunk after the first
             ms += p_extra * (len(chunks) - 1)
         if n_tokens == 0:

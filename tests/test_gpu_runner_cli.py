@@ -52,6 +52,7 @@ def test_fit_recovers_known_coefficients():
              "decode_attn": {"per_step_ms": 0.05, "per_seq_ms": 0.02, "per_ctx_token_ms": 1e-4},
              "prefill_attn": {"per_chunk_ms": 0.1, "per_sq_token_ms": 2e-5, "per_ctx_token_ms": 1e-5,
                               "padded_sq_token_ms": 5e-5,   # a padded group: one masked call, dearer per C^2
+                              "cached_sq_token_ms": 4e-5,   # a chunk on a cached prefix: one masked call too
                               "mixed_step_ms": 0.3}}         # decode rows and chunks in one step
     cost = CostModel(Profile({"coefficients": truth}, "<truth>"))
     samples = []
@@ -59,7 +60,7 @@ def test_fit_recovers_known_coefficients():
         for k in (100, 1000):
             samples.append({"kind": "decode", "decode_rows": b, "sum_ctx": float(b * k), "chunks": [], "pad_to": 0,
                             "median_ms": cost.step_s(b, b * k) * 1e3})
-    for c, k in ((1, 0), (8, 0), (64, 0), (512, 0), (4096, 0), (64, 512), (512, 1024)):
+    for c, k in ((1, 0), (8, 0), (64, 0), (512, 0), (4096, 0), (64, 512), (512, 1024), (1024, 128), (768, 32)):
         samples.append({"kind": "prefill", "decode_rows": 0, "sum_ctx": 0.0, "chunks": [[c, k]], "pad_to": 0,
                         "median_ms": cost.step_s(0, 0, [(c, k)]) * 1e3})
     for r, p in ((4, 64), (8, 512), (2, 512), (4, 1024)):
@@ -69,10 +70,11 @@ def test_fit_recovers_known_coefficients():
         samples.append({"kind": "mixed", "decode_rows": b, "sum_ctx": float(b * 300), "chunks": [[c, 0]], "pad_to": 0,
                         "median_ms": cost.step_s(b, b * 300, [(c, 0)]) * 1e3})
     coeff, report = fit(samples)
-    assert report["max_abs_rel_error"] < 1e-6
+    assert report["max_abs_rel_error"] < 1e-5
     assert coeff["prefill_attn"]["padded_sq_token_ms"] == pytest.approx(5e-5, rel=1e-3)
     assert coeff["prefill_attn"]["per_sq_token_ms"] == pytest.approx(2e-5, rel=1e-3)
     assert coeff["prefill_attn"]["mixed_step_ms"] == pytest.approx(0.3, rel=1e-3)
+    assert coeff["prefill_attn"]["cached_sq_token_ms"] == pytest.approx(4e-5, rel=1e-3)
     fitted = CostModel(Profile({"coefficients": coeff}, "<fit>"))
     for b, k in ((2, 500), (32, 3000)):  # between the grid points too
         assert fitted.step_s(b, b * k) == pytest.approx(cost.step_s(b, b * k), rel=0.05)

@@ -174,6 +174,26 @@ def test_padded_group_has_its_own_attention_term():
     assert mixed.step_s(0, 0, [(100, 0)]) == padded.step_s(0, 0, [(100, 0)])
     assert mixed.step_s(4, 400) == padded.step_s(4, 400)
     assert mixed.decode_run_s(4, 400, 10) == padded.decode_run_s(4, 400, 10)
+    # a chunk on a cached prefix pays its own quadratic term when the profile has one; fresh chunks do not
+    coeff["prefill_attn"]["cached_sq_token_ms"] = 4e-4
+    cached = CostModel(Profile({"coefficients": coeff}, "<cached>"))
+    assert cached.step_s(0, 0, [(100, 20)]) == pytest.approx(mixed.step_s(0, 0, [(100, 20)]) + (4e-4 - 1e-4) * 1e4 / 1e3)
+    assert cached.step_s(4, 400, [(100, 0), (50, 0)]) == mixed.step_s(4, 400, [(100, 0), (50, 0)])
+    assert cached.step_s(0, 0, [(100, 0)], 100) == mixed.step_s(0, 0, [(100, 0)], 100)  # a padded member: its own term
+    # the fast engine's own step arithmetic (a profile with a decode grid) is the cost model's, to the bit,
+    # with and without the term
+    import copy
+    from pathlib import Path
+
+    from simulator.fast_cost import decode_functions
+
+    stored = load_profile(Path(__file__).parent.parent / "docs" / "validation" / "tiny-llama-cpu.json")
+    with_term = copy.deepcopy(stored.data)
+    with_term["coefficients"]["prefill_attn"]["cached_sq_token_ms"] = 4e-5
+    for model in (CostModel(stored), CostModel(Profile(with_term, "<with cached term>"))):
+        assert model._grid is not None
+        for rows, ctx, chunks in ((0, 0, [(100, 20)]), (4, 400, [(100, 20), (30, 0)]), (3, 90, [(64, 0)])):
+            assert decode_functions(model)[2](rows, ctx, chunks) == model.step_s(rows, ctx, chunks, 0)
 
 
 def test_probe_keeps_the_minimum_of_its_repeats(lm, monkeypatch):
