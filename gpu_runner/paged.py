@@ -36,6 +36,7 @@ import torch.nn.functional as F
 GROUP_RATIO = 0.75
 GROUP_MIN_GAP = 32
 MAX_GROUPS = 8
+PAD_ROWS = 16  # prompts of 1024 tokens per attention call of a left-padded group (more when shorter)
 
 
 class PagedKV:
@@ -233,10 +234,18 @@ def forward(model, kv: PagedKV, inp: StepInputs) -> tuple[torch.Tensor, torch.Te
             kg = k[start:start + r * p].view(r, p, n_kv, hd).transpose(1, 2)
             vg = v[start:start + r * p].view(r, p, n_kv, hd).transpose(1, 2)
             causal = torch.ones(p, p, dtype=torch.bool, device=q.device).tril()
-            # pad keys are hidden; a pad query still sees itself so no row is all -inf (no NaN)
-            m = (causal & keep[:, None, :]) | torch.eye(p, dtype=torch.bool, device=q.device)
-            og = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=m.unsqueeze(1), scale=scale,
-                                                enable_gqa=groups > 1)
+            eye = torch.eye(p, dtype=torch.bool, device=q.device)
+            og = torch.empty_like(qg)
+            # PAD_ROWS prompts per call: one call over 118 prompts of 1024 tokens needed ~2 GB of scores,
+            # which the allocator maps afresh every time, and such a step took 2.6 s in some runs and 4.5-10 s
+            # in others; each row's attention is independent, so the blocks compute the same thing
+            rows_per_call = max(1, PAD_ROWS * 1024 * 1024 // (p * p))
+            for i in range(0, r, rows_per_call):
+                j = min(r, i + rows_per_call)
+                # pad keys are hidden; a pad query still sees itself so no row is all -inf (no NaN)
+                m = (causal & keep[i:j, None, :]) | eye
+                og[i:j] = F.scaled_dot_product_attention(qg[i:j], kg[i:j], vg[i:j], attn_mask=m.unsqueeze(1),
+                                                         scale=scale, enable_gqa=groups > 1)
             o[start:start + r * p] = og.transpose(1, 2).reshape(r * p, n_heads, hd)
         h = h + att.o_proj(o.view(n, n_heads * hd))
         h = h + layer.mlp(layer.post_attention_layernorm(h))
