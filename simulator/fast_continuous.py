@@ -240,20 +240,7 @@ def replica(policy, num_blocks, bs, cost, sh, rec, rids: list, more=None, loads=
                     if rem == 0:
                         last_s[r] = end
                         finished.append(r)
-            if rows:
-                tokens += rows
-                while heap and heap[0][0] <= clock:
-                    f, r = heappop(heap)
-                    if fin_of.get(r) == f:
-                        del fin_of[r]
-                        remaining[r] = 0
-                        generated[r] = total_of.pop(r)
-                        last_s[r] = end
-                        key = members.pop(r)
-                        sumkey -= key
-                        hist[key % bs] -= 1
-                        ktok[r] = key + clock
-                        finished.append(r)
+            tokens += rows
             steps, batch, out = 1, rows + len(chunks), tokens
             if prefilled:  # observe: prefilled requests leave the prefilling list and join the decode rows
                 if len(prefilled) == 1:
@@ -314,21 +301,23 @@ def replica(policy, num_blocks, bs, cost, sh, rec, rids: list, more=None, loads=
             used += delta
             clock += n
             end = now + dur
-            # retire the finished rows: the same block as after a mixed step above, written out
-            # twice on purpose (this is the hot loop; a call with its nine names costs more)
-            while heap and heap[0][0] <= clock:
-                f, r = heappop(heap)
-                if fin_of.get(r) == f:
-                    del fin_of[r]
-                    remaining[r] = 0
-                    generated[r] = total_of.pop(r)
-                    last_s[r] = end
-                    key = members.pop(r)
-                    sumkey -= key
-                    hist[key % bs] -= 1
-                    ktok[r] = key + clock
-                    finished.append(r)
             steps, out, prefill_tokens = n, n * batch, 0
+        # retire the decode rows whose last token the step (or run) made: one place for both kinds of
+        # segment. Rows joined by a mixed step's prefills finish after this clock, and every live entry
+        # is past the clock when the clock did not move (a prefill-only step), so only stale entries are
+        # popped then, which nothing reads.
+        while heap and heap[0][0] <= clock:
+            f, r = heappop(heap)
+            if fin_of.get(r) == f:
+                del fin_of[r]
+                remaining[r] = 0
+                generated[r] = total_of.pop(r)
+                last_s[r] = end
+                key = members.pop(r)
+                sumkey -= key
+                hist[key % bs] -= 1
+                ktok[r] = key + clock
+                finished.append(r)
         record((now, end, steps, batch, 0, prefill_tokens, out, used))
         if len(segs) >= spill_at:
             _unpack(segs, rec)
