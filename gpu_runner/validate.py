@@ -221,6 +221,7 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
                f"{real.config['policy']} on {trace.name} ({len(trace)} requests): simulator vs real {lm.name}"
                + ("" if factor is None else f" (simulator x machine factor {factor:.3f})")
                + (" (simulator calibrated by the grid interleaved with the run)" if inter else "")
+               + (f" (real: {len(runs)} runs, every step's median time)" if len(runs) > 1 else "")
                + ("" if doc["conclusive"] else " - INCONCLUSIVE: ill-conditioned workload"))
     return doc, (1 if bad else 0)
 
