@@ -83,8 +83,12 @@ def combined_timeline(runs: list[RunResult]) -> tuple[np.ndarray, np.ndarray]:
     ends = [r.steps["end_s"].to_numpy() for r in runs]
     dur = np.median(np.stack([e - s for s, e in zip(starts, ends)]), axis=0)
     own, waited = zip(*(_own_time(s, e, arrivals) for s, e in zip(starts, ends)))
-    own = np.median(np.stack(own), axis=0)
-    waited = waited[0]
+    return _timeline(dur, np.median(np.stack(own), axis=0), waited[0])
+
+
+def _timeline(dur: np.ndarray, own: np.ndarray, waited: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) of steps of durations ``dur``, each after ``own`` server time from the previous step's end
+    or from the arrival it waited for (``waited``, -inf when none)."""
     start, end = np.empty_like(dur), np.empty_like(dur)
     t = 0.0
     for j in range(len(dur)):
@@ -120,20 +124,8 @@ def combine_runs(runs: list[RunResult]) -> RunResult:
     steps = first.steps
     if steps.height == 0:
         return first
-    s0, e0 = steps["start_s"].to_numpy(), steps["end_s"].to_numpy()
-    s1, e1 = combined_timeline(runs)
-    steps = steps.with_columns(start_s=pl.Series(s1), end_s=pl.Series(e1))
-    req = first.requests
-    req = req.with_columns([pl.Series(c, _warp(req[c].cast(pl.Float64).to_numpy(), s0, e0, s1, e1))
-                            for c in TIME_REQUEST_COLUMNS])
-    early = req.filter(pl.col("admitted_s") < pl.col("arrival_s"))
-    if early.height:
-        r = early.row(0, named=True)
-        raise RunsDiffer(f"request {r['request_id']} arrives at {r['arrival_s']:.4f} s but the combined run would admit it "
-                         f"at {r['admitted_s']:.4f} s: the runs' timelines are too far apart to combine (use a burst, "
-                         f"e.g. --rate 1e6, or --real-runs 1)")
-    req = with_latency_columns(req)  # NaN stays NaN (a rejected request never finished)
-    summary = summarize(req, steps, int(first.config["kv_blocks"]))
+    req, steps, summary = _moved(first, *combined_timeline(runs))
+    e1 = steps["end_s"].to_numpy()
     summary["runner"] = dict(first.summary.get("runner") or {})
     summary["runner"]["virtual_clock_s"] = float(e1[-1])
     summary["run_wall_s"] = float(sum(r.summary.get("run_wall_s", 0.0) for r in runs))
@@ -144,7 +136,53 @@ def combine_runs(runs: list[RunResult]) -> RunResult:
     out = RunResult(requests=req, steps=steps, summary=summary, config=config)
     out.executor = getattr(first, "executor", None)
     out.interleaver = getattr(first, "interleaver", None)
+    out.own_before = median_own_time(runs)
     return out
+
+
+def median_own_time(runs: list[RunResult]) -> np.ndarray | None:
+    """The server's own time before every step, median over the runs (None when a run did not record it)."""
+    owns = [getattr(r, "own_before", None) for r in runs]
+    if any(o is None or len(o) != runs[0].steps.height for o in owns):
+        return None
+    return np.median(np.stack(owns), axis=0)
+
+
+def retime(run: RunResult, own: np.ndarray) -> RunResult:
+    """The run again with ``own`` seconds of the server's own time before each step instead of what its clock
+    had: step durations and decisions kept, the timeline rebuilt, request timestamps carried over as in
+    :func:`combine_runs`. With a run whose own time was off its clock, ``own`` = its measured own time puts
+    it back (the run the server would have made had planning taken its time on the clock); zeros take it off.
+    Exact for a burst; with arrivals during the run, what was in view at each decision is the run's own."""
+    steps = run.steps
+    if steps.height == 0:
+        return run
+    if len(own) != steps.height:
+        raise ValueError(f"{len(own)} own times for {steps.height} steps")
+    arrivals = np.sort(run.requests["arrival_s"].to_numpy())
+    _, waited = _own_time(steps["start_s"].to_numpy(), steps["end_s"].to_numpy(), arrivals)
+    req, steps, summary = _moved(run, *_timeline((steps["end_s"] - steps["start_s"]).to_numpy(),
+                                                 np.asarray(own, dtype=float), waited))
+    return RunResult(requests=req, steps=steps, summary=summary, config=run.config)
+
+
+def _moved(run: RunResult, s1: np.ndarray, e1: np.ndarray):
+    """(requests, steps, summary) of ``run`` with its steps moved to [s1, e1] and every request timestamp carried
+    over by :func:`_warp`; refuses a request admitted before it arrives."""
+    steps = run.steps
+    s0, e0 = steps["start_s"].to_numpy(), steps["end_s"].to_numpy()
+    steps = steps.with_columns(start_s=pl.Series(s1), end_s=pl.Series(e1))
+    req = run.requests
+    req = req.with_columns([pl.Series(c, _warp(req[c].cast(pl.Float64).to_numpy(), s0, e0, s1, e1))
+                            for c in TIME_REQUEST_COLUMNS])
+    early = req.filter(pl.col("admitted_s") < pl.col("arrival_s"))
+    if early.height:
+        r = early.row(0, named=True)
+        raise RunsDiffer(f"request {r['request_id']} arrives at {r['arrival_s']:.4f} s but the combined run would admit it "
+                         f"at {r['admitted_s']:.4f} s: the runs' timelines are too far apart to combine (use a burst, "
+                         f"e.g. --rate 1e6, or --real-runs 1)")
+    req = with_latency_columns(req)  # NaN stays NaN (a rejected request never finished)
+    return req, steps, summarize(req, steps, int(run.config["kv_blocks"]))
 
 
 SPREAD_KEYS = (("e2e_latency_s", "mean"), ("e2e_latency_s", "p99"), ("ttft_s", "mean"), ("tpot_s", "mean"),

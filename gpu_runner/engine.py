@@ -46,6 +46,8 @@ class RunnerConfig:
     threads: int | None = 1               # torch CPU threads (recorded; 1 is steadiest on a shared machine)
     clock: str = "auto"                   # wall | cpu | auto (cpu on a CPU with one thread, else wall)
     step_repeats: int = 1                 # each step's compute timed k times back to back, the fastest kept
+    server_time: str = "clock"            # clock: the server's own time (arrivals, planning) advances the clock;
+    #                                       off: measured and reported, but the clock does not advance by it
     progress: bool = False
 
 
@@ -98,6 +100,9 @@ def default_kv_blocks(lm, block_size: int, kv_tokens: int | None = None, memory_
     return 32768 // block_size
 
 
+SERVER_TIME = ("clock", "off")
+
+
 def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, length_response=None,
           probe_profile=None, probe_every_s: float = 0.3, interleave: dict | None = None) -> RunResult:
     """Serve ``trace`` with the real model under ``policy``; per-request and per-step tables and a summary.
@@ -111,6 +116,9 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
 
     if config.length_mode not in ("forced", "natural"):
         raise ValueError(f"length mode must be 'forced' or 'natural', got {config.length_mode!r}")
+    if config.server_time not in SERVER_TIME:
+        raise ValueError(f"server time must be one of {', '.join(SERVER_TIME)}, got {config.server_time!r}")
+    on_clock = config.server_time == "clock"
     wall0 = time.perf_counter()
     threads = set_threads(config.threads) if lm.device == "cpu" else None
     steady = steady_allocator()
@@ -165,6 +173,8 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
     feed = ArrivalFeed(trace, max_output, too_long)
     outstanding = n - int(too_long.sum())
     plan_s = 0.0
+    own_before: list[float] = []  # the server's own time since the previous step, before each step (segment)
+    pending = 0.0
     bar = tqdm(total=n, desc=f"run {getattr(policy, 'name', 'policy')}", unit="req", disable=not config.progress,
                mininterval=0.5)
 
@@ -177,9 +187,12 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
         done = ex.apply_plan(plan, now)
         outstanding -= done
         bar.update(done)
-        # the server's own time (arrivals, planning) passes on the clock too
+        # the server's own time (arrivals, planning) passes on the clock too, unless server_time is "off"
         dt = clock() - t0 - (decoded[0] - x0)
         plan_s += dt
+        pending += dt
+        if not on_clock:
+            dt = 0.0
         if plan.is_idle:
             if feed.more:
                 now = max(now + dt, feed.next_arrival_s)
@@ -189,13 +202,16 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
                                 f"with {outstanding} requests outstanding and no arrivals left")
             break
         now += dt
+        own_before.append(pending)
+        pending = 0.0
         result = ex.run(plan, now, feed.next_arrival_s)
         now = result.end_s
         t1, x0 = clock(), decoded[0]
         policy.observe(result)
         dt = clock() - t1 - (decoded[0] - x0)
         plan_s += dt
-        now += dt
+        pending += dt
+        now += dt if on_clock else 0.0
     bar.close()
     requests, steps, summary = collect(rec, policy, blocks)
     step_s = np.asarray(ex.step_s)
@@ -210,6 +226,7 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
         "step_repeats": config.step_repeats,
         "repeat_excess_s": ex.repeat_excess_s,  # the slower repeats' time, on no clock
         "policy_s": plan_s,
+        "server_time": config.server_time,  # whether that own time advanced the run's clock
         "text_decode_s": ex.text_decode_s[0],  # answers decoded for a predictor when it read them, on no clock
     }
     if probe is not None:
@@ -223,4 +240,5 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
     result = RunResult(requests=requests, steps=steps, summary=summary, config=cfg)
     result.executor = ex  # generated token ids, for tests and inspection (not written)
     result.interleaver = inter
+    result.own_before = np.asarray(own_before)  # the server's own time before each step (s), on or off the clock
     return result

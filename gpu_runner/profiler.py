@@ -68,7 +68,11 @@ FULL = Grid(decode_batch=(1, 2, 4, 8, 16, 32, 64, 128), decode_ctx=(32, 128, 384
                    (96, 384, 256, 3), (128, 256, 512, 2), (0, 0, 256, 16), (64, 256, 192, 12), (128, 384, 96, 8),
                    (0, 0, 128, 8), (0, 0, 384, 10), (0, 0, 160, 24), (0, 0, UNEVEN, len(UNEVEN)),
                    (32, 128, UNEVEN, len(UNEVEN)), (64, 256, UNEVEN[2:], len(UNEVEN) - 2),
-                   (128, 256, UNEVEN[1:], len(UNEVEN) - 1)),
+                   (128, 256, UNEVEN[1:], len(UNEVEN) - 1),
+                   # many small chunks (the per-chunk cost apart from the per-token table), and a full token
+                   # budget of chunks beside 32-128 decode rows (a burst's mixed steps: N past 4,096)
+                   (0, 0, 16, 64), (0, 0, 32, 128), (64, 256, 32, 48), (32, 128, 256, 16), (64, 256, 256, 16),
+                   (128, 128, 128, 32), (96, 128, UNEVEN, len(UNEVEN))),
             warmup=3, repeats=7)
 QUICK = Grid(decode_batch=(1, 4, 16, 32), decode_ctx=(64, 384, 1024), prefill=(16, 128, 512, 1024),
              prefill_cached=((128, 512),), padded=((8, 128),), mixed=((16, 256, 128, 1), (32, 256, 64, 2)),

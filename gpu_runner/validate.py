@@ -190,6 +190,7 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
                         sim.summary, factor or 1.0)
     # each run alone against the same simulation: how far one realisation of the machine can be
     report_runs = [compare(r.summary, sim.summary) for r in runs] if len(runs) > 1 else None
+    server = server_time(real, runner_cfg.server_time, sim)
     doc = {"metrics": report, "tolerance": tolerance, "gated": list(GATED), "failed": bad,
            "conditioning": cond, "conclusive": not cond["ill_conditioned"],
            "verdict_basis": (f"simulator calibrated with the profile's grid re-measured {inter['sweeps']} times "
@@ -197,7 +198,7 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
                              ("uncorrected: the profile has no probe section" if probe_every_s else
                               "uncorrected: --probe-every 0") if factor is None else
                              f"simulator with the profile x the machine factor {factor:.3f} measured by probes"),
-           "interleaved": inter, "real_runs": real.summary.get("real_runs"),
+           "interleaved": inter, "real_runs": real.summary.get("real_runs"), "server_time": server,
            "metrics_per_real_run": report_runs,
            "replay_stored_profile": replay_steps(real, stored) if inter else None,
            "machine_probe": probe, "metrics_uncorrected": compare(real.summary, raw.summary),
@@ -224,6 +225,31 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
                + (f" (real: {len(runs)} runs, every step's median time)" if len(runs) > 1 else "")
                + ("" if doc["conclusive"] else " - INCONCLUSIVE: ill-conditioned workload"))
     return doc, (1 if bad else 0)
+
+
+def server_time(real: RunResult, mode: str, sim: RunResult) -> dict:
+    """The real run's own time between steps (arrivals, the policy's planning, the executor's bookkeeping):
+    how much, whether it was on the run's clock, and the comparison with the simulator the other way (the
+    run rebuilt with that time put back on its clock, or taken off it: :func:`gpu_runner.combine.retime`)."""
+    from gpu_runner.combine import retime
+
+    own = getattr(real, "own_before", None)
+    out = {"mode": mode, "simulator": "models no server time: a plan takes no time on its clock"}
+    if own is None or not len(own):
+        return out
+    other_key = "metrics_with_server_time" if mode == "off" else "metrics_without_server_time"
+    first = real.requests["first_token_s"].to_numpy()
+    starts = real.steps["start_s"].to_numpy()
+    last_first = np.nanmax(first) if np.isfinite(first).any() else np.inf
+    out.update(total_s=float(own.sum()), plans_ms_mean=float(own.mean() * 1e3), steps=int(len(own)),
+               before_last_first_token_s=float(own[starts < last_first].sum()))
+    try:
+        other = retime(real, own if mode == "off" else np.zeros_like(own))
+        out[other_key] = compare(other.summary, sim.summary)
+    except ValueError as e:  # a request would be admitted before it arrives (open arrivals, time taken off)
+        out[other_key] = None
+        out["note"] = str(e)
+    return out
 
 
 def conditioning(simulate_at, base: dict, factor: float, eps: float = 0.02, limit: float = 2.5) -> dict:

@@ -28,6 +28,7 @@ class CostModel:
         # a left-padded prefill group's attention (one masked call), when the profile measured it apart
         self.p_pad_sq = float(c["prefill_attn"].get("padded_sq_token_ms", c["prefill_attn"]["per_sq_token_ms"]))
         self.p_mixed = float(c["prefill_attn"].get("mixed_step_ms", 0.0))  # a step with decode rows and chunks
+        self.p_mixed_row = float(c["prefill_attn"].get("mixed_row_ms", 0.0))  # each decode row of such a step
         self.p_extra = float(c["prefill_attn"].get("per_extra_chunk_ms", 0.0))  # each loose chunk after a step's first
         self.profile = profile
         self._xs = [float(p[0]) for p in c["linear_ops"]]
@@ -121,7 +122,7 @@ class CostModel:
         n_tokens = decode_rows
         ms = self.fixed_ms + self.decode_attn_ms(decode_rows, decode_sum_ctx)
         if decode_rows > 0 and chunks:
-            ms += self.p_mixed
+            ms += self.p_mixed + self.p_mixed_row * decode_rows
         loose = 0
         for c, k in chunks:
             c = max(c, pad_to)

@@ -28,7 +28,7 @@ def decode_functions(cost: CostModel):
     per_batch: dict = {}
     fixed, linear_ms, segments = cost.fixed_ms, cost.linear_ms, cost._segments
     p_mixed, p_chunk, p_sq, p_ctx, p_extra = cost.p_mixed, cost.p_chunk, cost.p_sq, cost.p_ctx, cost.p_extra
-    p_csq = cost.p_csq
+    p_csq, p_mixed_row = cost.p_csq, cost.p_mixed_row
 
     def constants(batch):
         his, a, b = segments(batch)
@@ -99,7 +99,7 @@ def decode_functions(cost: CostModel):
             i = bisect_right(his, k)
             ms = fixed + (a[i] + b[i] * k)
             if chunks:
-                ms += p_mixed
+                ms += p_mixed + p_mixed_row * rows
         else:
             ms = fixed + 0.0
         for c, k in chunks:

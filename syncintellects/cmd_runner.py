@@ -100,6 +100,10 @@ def register(sub) -> None:
                                    "requests.parquet, steps.parquet and config.json to --out.")
     _serving_arguments(p)
     p.add_argument("--profile", default=None, help="size the KV cache from this profile's memory section")
+    p.add_argument("--server-time", choices=("clock", "off"), default="clock",
+                   help="clock (default): the server's own time between steps (arrivals, the policy's planning) "
+                        "advances the run's clock, as on a server whose scheduling does not overlap the device; "
+                        "off: measured and reported (summary runner.policy_s) but not on the clock")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="run a trace through the real runner and the calibrated simulator; compare",
@@ -119,6 +123,11 @@ def register(sub) -> None:
     p.add_argument("--real-runs", type=int, default=1, metavar="N",
                    help="run the real side N times and combine them: every step counts its median time over the N "
                         "runs (they must make the same decisions: a burst, e.g. --rate 1e6); see docs/validation.md")
+    p.add_argument("--server-time", choices=("clock", "off"), default="off",
+                   help="the real run's own time between steps (arrivals, the policy's planning): off (default) "
+                        "keeps it off the run's clock, as the simulator models no such time, and reports the "
+                        "metrics with it put back (metrics_with_server_time); clock puts it on the clock (then "
+                        "metrics_without_server_time); see docs/validation.md")
     p.set_defaults(func=cmd_validate)
 
 
@@ -149,7 +158,8 @@ def _runner_config(args, kv_blocks=None):
     return RunnerConfig(block_size=args.block_size, kv_blocks=args.kv_blocks or kv_blocks, kv_tokens=args.kv_tokens,
                         max_context=args.max_context, length_mode=args.length_mode, max_new_tokens=args.max_new_tokens,
                         temperature=args.temperature, seed=args.seed, threads=args.threads, clock=args.clock,
-                        step_repeats=args.step_repeats or 1, progress=not args.quiet)
+                        step_repeats=args.step_repeats or 1, server_time=getattr(args, "server_time", "clock"),
+                        progress=not args.quiet)
 
 
 def cmd_profile(args) -> int:
@@ -245,6 +255,17 @@ def cmd_validate(args) -> int:
             print(f"  real side: {rr['n']} runs combined (every step's median time); the runs' own spread "
                   "(max - min) / median: " + ", ".join(f"{k} {v['spread']:.1%}" for k, v in rr.items()
                                                         if isinstance(v, dict) and v.get("spread") is not None))
+        st = doc.get("server_time") or {}
+        if st.get("total_s") is not None:
+            other = st.get("metrics_with_server_time") or st.get("metrics_without_server_time")
+            line = (f"  the server's own time between steps: {st['total_s'] * 1e3:.1f} ms over {st['steps']} steps "
+                    f"({st['before_last_first_token_s'] * 1e3:.1f} ms before the last first token), "
+                    + ("off the real run's clock (the simulator models none)" if st["mode"] == "off" else
+                       "on the real run's clock (the simulator models none)"))
+            if other:
+                line += ("; with it on the clock" if st["mode"] == "off" else "; without it") + ": " + ", ".join(
+                    f"{k} {v['rel_error']:+.1%}" for k, v in other.items() if k in doc["gated"] and v["rel_error"] is not None)
+            print(line)
         drift, f = doc["replay"]["drift"], (doc["machine_probe"] or {}).get("factor") or 1.0
         if drift is not None:  # beside the verdict, never in it: measured on the very steps being priced
             print(f"  the run's own replay drift (its steps' time / the verdict's price{' x factor' if f != 1 else ''}): "

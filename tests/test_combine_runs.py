@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpu_runner.combine import RunsDiffer, combine_runs
+from gpu_runner.combine import RunsDiffer, combine_runs, retime
 from simulator.metrics import RunResult, summarize
 
 
@@ -123,6 +123,72 @@ def test_combined_clock_never_goes_back_and_every_request_finishes_once(duration
     assert e - s == pytest.approx(med)
 
 
+def test_retime_puts_the_servers_own_time_back_and_takes_it_off():
+    run = _burst_run((0.1, 0.4, 0.2), own=0.0)  # a run whose own time was off its clock: no gaps
+    own = np.array([0.01, 0.02, 0.03])
+    out = retime(run, own)
+    ends = np.cumsum(np.array([0.1, 0.4, 0.2]) + own)
+    assert out.steps["end_s"].to_numpy() == pytest.approx(ends)
+    assert (out.steps["end_s"] - out.steps["start_s"]).to_numpy() == pytest.approx([0.1, 0.4, 0.2])
+    assert out.requests["ttft_s"].to_list() == pytest.approx([ends[0], ends[0]])
+    assert out.requests["finish_s"].to_list() == pytest.approx([ends[1], ends[2]])
+    assert out.summary["ttft_s"]["mean"] == pytest.approx(ends[0])
+    assert out.steps.drop("start_s", "end_s").equals(run.steps.drop("start_s", "end_s"))
+    # zeros take a run's own time off again: back to the run without it
+    back = retime(out, np.zeros(3))
+    assert back.steps["end_s"].to_numpy() == pytest.approx(run.steps["end_s"].to_numpy())
+    assert back.requests["e2e_latency_s"].to_list() == pytest.approx(run.requests["e2e_latency_s"].to_list())
+    # an idle wait for an arrival stays a wait: own time counts from the arrival the server waited for
+    idle = _run([0.0, 5.0], [(0.0, 0.1, 1, 1), (5.0, 5.2, 1, 1)], [(0.0, 0.1, 0.1, 0.1), (5.0, 5.2, 5.2, 5.2)], [1, 1])
+    moved = retime(idle, np.array([0.001, 0.002]))
+    assert moved.steps["start_s"].to_list() == pytest.approx([0.001, 5.002])
+    assert moved.requests["e2e_latency_s"].to_list() == pytest.approx([0.101, 0.202])
+    with pytest.raises(ValueError, match="2 own times for 3 steps"):
+        retime(run, np.zeros(2))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.tuples(st.floats(0.01, 1.0), st.floats(0.01, 1.0), st.floats(0.01, 1.0)),
+       st.lists(st.floats(0.0, 0.1), min_size=3, max_size=3))
+def test_retime_keeps_durations_and_order_and_undoes_itself(durations, own):
+    run = _burst_run(durations, own=0.0)
+    out = retime(run, np.array(own))
+    s, e = out.steps["start_s"].to_numpy(), out.steps["end_s"].to_numpy()
+    assert (e >= s).all() and (s[1:] >= e[:-1]).all()
+    assert e - s == pytest.approx(np.array(durations))
+    assert (out.requests["ttft_s"] >= run.requests["ttft_s"] - 1e-12).all()
+    back = retime(out, np.zeros(3))
+    assert back.steps["start_s"].to_numpy() == pytest.approx(run.steps["start_s"].to_numpy())
+
+
+def test_runner_with_server_time_off_makes_the_same_decisions_without_gaps():
+    pytest.importorskip("torch")
+    from gpu_runner.engine import RunnerConfig, serve
+    from gpu_runner.models import load_model
+    from policies.predictors import OraclePredictor
+    from policies.registry import make_policy
+    from traces.schema import make_trace
+
+    lm = load_model("tiny-llama", device="cpu", dtype="fp32", seed=0)
+    rng = np.random.default_rng(3)
+    tr = make_trace("burst", np.zeros(12), rng.integers(5, 120, 12), rng.integers(2, 30, 12))
+    cfg = dict(kv_tokens=4096, max_context=256, clock="cpu", threads=1)
+    on = serve(tr, make_policy("sjf", predictor=OraclePredictor()), lm, RunnerConfig(**cfg))
+    off = serve(tr, make_policy("sjf", predictor=OraclePredictor()), lm, RunnerConfig(server_time="off", **cfg))
+    assert off.steps.drop("start_s", "end_s").equals(on.steps.drop("start_s", "end_s"))
+    s, e = off.steps["start_s"].to_numpy(), off.steps["end_s"].to_numpy()
+    assert s[0] == 0.0 and (s[1:] == e[:-1]).all()  # a burst: no time between steps off the clock
+    gaps = on.steps["start_s"].to_numpy() - np.concatenate([[0.0], on.steps["end_s"].to_numpy()[:-1]])
+    assert (gaps > 0).all() and len(on.own_before) == len(gaps) == len(off.own_before)
+    assert on.own_before == pytest.approx(gaps, abs=1e-12)  # on the clock, the recorded own time is the gap
+    assert (off.own_before > 0).all() and off.summary["runner"]["server_time"] == "off"
+    with_own = retime(off, off.own_before)  # put back: the gaps are the measured own time
+    g2 = with_own.steps["start_s"].to_numpy() - np.concatenate([[0.0], with_own.steps["end_s"].to_numpy()[:-1]])
+    assert g2 == pytest.approx(off.own_before)
+    with pytest.raises(ValueError, match="server time must be one of clock, off"):
+        serve(tr, make_policy("sjf", predictor=OraclePredictor()), lm, RunnerConfig(server_time="wall", **cfg))
+
+
 def test_validate_repeats_the_real_run_and_combines_it(tmp_path):
     pytest.importorskip("torch")
     from syncintellects.cli import main
@@ -145,5 +211,17 @@ def test_validate_repeats_the_real_run_and_combines_it(tmp_path):
     assert dur(comb) == pytest.approx((dur(runs[0]) + dur(runs[1])) / 2)  # the median of two is their mean
     real = json.loads((out / "real" / "summary.json").read_text())
     assert real["num_finished"] == 10 and doc["metrics"]["e2e_latency_s.mean"]["real"] == real["e2e_latency_s"]["mean"]
+    # validate keeps the server's own time off the real clock by default and reports it, with the metrics it
+    # would have given on the clock (never better for latency than without it)
+    st_ = doc["server_time"]
+    assert st_["mode"] == "off" and st_["total_s"] > 0 and st_["steps"] == comb.height
+    assert (comb["start_s"].to_numpy()[1:] == comb["end_s"].to_numpy()[:-1]).all()
+    w = st_["metrics_with_server_time"]
+    assert w["ttft_s.mean"]["real"] > doc["metrics"]["ttft_s.mean"]["real"] and w["ttft_s.mean"]["sim"] == doc["metrics"]["ttft_s.mean"]["sim"]
+    assert main(base + ["--server-time", "clock", "--out", str(tmp_path / "clock")]) == 0
+    doc = json.loads((tmp_path / "clock" / "validation.json").read_text())
+    st_ = doc["server_time"]
+    assert st_["mode"] == "clock" and st_["total_s"] > 0
+    assert st_["metrics_without_server_time"]["ttft_s.mean"]["real"] < doc["metrics"]["ttft_s.mean"]["real"]
     # a count below 1 is a user mistake: one line, exit 2
     assert main(base + ["--real-runs", "0", "--out", str(tmp_path / "bad")]) == 2

@@ -53,7 +53,8 @@ def test_fit_recovers_known_coefficients():
              "prefill_attn": {"per_chunk_ms": 0.1, "per_sq_token_ms": 2e-5, "per_ctx_token_ms": 1e-5,
                               "padded_sq_token_ms": 5e-5,   # a padded group: one masked call, dearer per C^2
                               "cached_sq_token_ms": 4e-5,   # a chunk on a cached prefix: one masked call too
-                              "mixed_step_ms": 0.3}}         # decode rows and chunks in one step
+                              "mixed_step_ms": 0.3,          # decode rows and chunks in one step
+                              "mixed_row_ms": 0.02}}         # and each decode row of such a step
     cost = CostModel(Profile({"coefficients": truth}, "<truth>"))
     samples = []
     for b in (1, 8, 64):
@@ -75,6 +76,7 @@ def test_fit_recovers_known_coefficients():
     assert coeff["prefill_attn"]["per_sq_token_ms"] == pytest.approx(2e-5, rel=1e-3)
     assert coeff["prefill_attn"]["mixed_step_ms"] == pytest.approx(0.3, rel=1e-3)
     assert coeff["prefill_attn"]["cached_sq_token_ms"] == pytest.approx(4e-5, rel=1e-3)
+    assert coeff["prefill_attn"]["mixed_row_ms"] == pytest.approx(0.02, rel=1e-3)
     fitted = CostModel(Profile({"coefficients": coeff}, "<fit>"))
     for b, k in ((2, 500), (32, 3000)):  # between the grid points too
         assert fitted.step_s(b, b * k) == pytest.approx(cost.step_s(b, b * k), rel=0.05)

@@ -174,6 +174,13 @@ def test_padded_group_has_its_own_attention_term():
     assert mixed.step_s(0, 0, [(100, 0)]) == padded.step_s(0, 0, [(100, 0)])
     assert mixed.step_s(4, 400) == padded.step_s(4, 400)
     assert mixed.decode_run_s(4, 400, 10) == padded.decode_run_s(4, 400, 10)
+    # ... and its per-row cost once per decode row of a mixed step, never in a decode run or a prefill-only step
+    coeff["prefill_attn"]["mixed_row_ms"] = 0.05
+    per_row = CostModel(Profile({"coefficients": coeff}, "<mixed rows>"))
+    assert per_row.step_s(4, 400, [(100, 0)]) == pytest.approx(mixed.step_s(4, 400, [(100, 0)]) + 4 * 0.05e-3)
+    assert per_row.step_s(0, 0, [(100, 0)]) == mixed.step_s(0, 0, [(100, 0)])
+    assert per_row.decode_run_s(4, 400, 10) == mixed.decode_run_s(4, 400, 10)
+    coeff["prefill_attn"]["mixed_row_ms"] = 0.0
     # a chunk on a cached prefix pays its own quadratic term when the profile has one; fresh chunks do not
     coeff["prefill_attn"]["cached_sq_token_ms"] = 4e-4
     cached = CostModel(Profile({"coefficients": coeff}, "<cached>"))
@@ -190,6 +197,7 @@ def test_padded_group_has_its_own_attention_term():
     stored = load_profile(Path(__file__).parent.parent / "docs" / "validation" / "tiny-llama-cpu.json")
     with_term = copy.deepcopy(stored.data)
     with_term["coefficients"]["prefill_attn"]["cached_sq_token_ms"] = 4e-5
+    with_term["coefficients"]["prefill_attn"]["mixed_row_ms"] = 0.03
     for model in (CostModel(stored), CostModel(Profile(with_term, "<with cached term>"))):
         assert model._grid is not None
         for rows, ctx, chunks in ((0, 0, [(100, 20)]), (4, 400, [(100, 20), (30, 0)]), (3, 90, [(64, 0)])):
@@ -251,7 +259,7 @@ def test_grid_point_with_unequal_chunks_places_each_size(lm):
     from gpu_runner.profiler import FULL, UNEVEN, Bench, _time_case, grid_cases, grid_slots
 
     cases = [c for c in grid_cases(lm, FULL, 1 << 17) if isinstance(c[3], tuple)]
-    assert [c[3] for c in cases] == [UNEVEN, UNEVEN, UNEVEN[2:], UNEVEN[1:]] and all(c[4] == len(c[3]) for c in cases)
+    assert [c[3] for c in cases] == [UNEVEN, UNEVEN, UNEVEN[2:], UNEVEN[1:], UNEVEN] and all(c[4] == len(c[3]) for c in cases)
     bench = Bench(lm, grid_slots(FULL), 1 << 15, clock=time.thread_time)
     t, work = _time_case(bench, cases[2], grid_slots(FULL))
     assert t > 0 and work["batch"] == 64 and work["chunks"] == [(c, 0) for c in UNEVEN[2:]]
