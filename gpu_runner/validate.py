@@ -241,7 +241,7 @@ def server_time(real: RunResult, mode: str, sim: RunResult) -> dict:
     first = real.requests["first_token_s"].to_numpy()
     starts = real.steps["start_s"].to_numpy()
     last_first = np.nanmax(first) if np.isfinite(first).any() else np.inf
-    out.update(total_s=float(own.sum()), plans_ms_mean=float(own.mean() * 1e3), steps=int(len(own)),
+    out.update(total_s=float(own.sum()), per_step_ms=float(own.mean() * 1e3), steps=int(len(own)),
                before_last_first_token_s=float(own[starts < last_first].sum()))
     try:
         other = retime(real, own if mode == "off" else np.zeros_like(own))
