@@ -81,8 +81,9 @@ def write_html(real: RunResult, sim: RunResult, report: dict, path: Path, title:
     fig.update_yaxes(title_text="fraction of requests", row=1, col=2)
     lines = [f"{k}: real {v['real']:.4g}, sim {v['sim']:.4g}, error {v['rel_error']:+.1%}"
              for k, v in report.items() if v["rel_error"] is not None]
-    fig.update_layout(title=dict(text=f"{title}<br><sup>{' | '.join(lines[:3])}<br>{' | '.join(lines[3:])}</sup>"),
-                      height=560, margin=dict(t=120))
+    fig.update_layout(title=dict(text=f"{title}<br><sup>{' | '.join(lines[:3])}<br>{' | '.join(lines[3:])}</sup>",
+                                 y=0.955, yanchor="top"),
+                      height=640, margin=dict(t=170))
     fig.write_html(path, include_plotlyjs=True)  # self-contained: opens offline
 
 
@@ -218,12 +219,14 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
     from simulator.metrics import _clean
 
     (out / "validation.json").write_text(json.dumps(_clean(doc), indent=2, sort_keys=True) + "\n")
+    notes = [n for n in (None if factor is None else f"simulator x machine factor {factor:.3f}",
+                         "simulator calibrated by the grid interleaved with the run" if inter else None,
+                         f"real: {len(runs)} runs, every step's median time" if len(runs) > 1 else None,
+                         "the server's own time off the real clock" if runner_cfg.server_time == "off" else None,
+                         None if doc["conclusive"] else "INCONCLUSIVE: ill-conditioned workload") if n]
     write_html(real, sim, report, out / "validation.html",
                f"{real.config['policy']} on {trace.name} ({len(trace)} requests): simulator vs real {lm.name}"
-               + ("" if factor is None else f" (simulator x machine factor {factor:.3f})")
-               + (" (simulator calibrated by the grid interleaved with the run)" if inter else "")
-               + (f" (real: {len(runs)} runs, every step's median time)" if len(runs) > 1 else "")
-               + ("" if doc["conclusive"] else " - INCONCLUSIVE: ill-conditioned workload"))
+               + (f"<br><sub>{'; '.join(notes)}</sub>" if notes else ""))
     return doc, (1 if bad else 0)
 
 
