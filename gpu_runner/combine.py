@@ -162,13 +162,14 @@ def retime(run: RunResult, own: np.ndarray) -> RunResult:
     arrivals = np.sort(run.requests["arrival_s"].to_numpy())
     _, waited = _own_time(steps["start_s"].to_numpy(), steps["end_s"].to_numpy(), arrivals)
     req, steps, summary = _moved(run, *_timeline((steps["end_s"] - steps["start_s"]).to_numpy(),
-                                                 np.asarray(own, dtype=float), waited))
+                                                 np.asarray(own, dtype=float), waited),
+                                 what="the run with that own time")
     return RunResult(requests=req, steps=steps, summary=summary, config=run.config)
 
 
-def _moved(run: RunResult, s1: np.ndarray, e1: np.ndarray):
+def _moved(run: RunResult, s1: np.ndarray, e1: np.ndarray, what: str = "the combined run"):
     """(requests, steps, summary) of ``run`` with its steps moved to [s1, e1] and every request timestamp carried
-    over by :func:`_warp`; refuses a request admitted before it arrives."""
+    over by :func:`_warp`; refuses (:class:`RunsDiffer`, naming ``what``) a request admitted before it arrives."""
     steps = run.steps
     s0, e0 = steps["start_s"].to_numpy(), steps["end_s"].to_numpy()
     steps = steps.with_columns(start_s=pl.Series(s1), end_s=pl.Series(e1))
@@ -178,9 +179,9 @@ def _moved(run: RunResult, s1: np.ndarray, e1: np.ndarray):
     early = req.filter(pl.col("admitted_s") < pl.col("arrival_s"))
     if early.height:
         r = early.row(0, named=True)
-        raise RunsDiffer(f"request {r['request_id']} arrives at {r['arrival_s']:.4f} s but the combined run would admit it "
-                         f"at {r['admitted_s']:.4f} s: the runs' timelines are too far apart to combine (use a burst, "
-                         f"e.g. --rate 1e6, or --real-runs 1)")
+        raise RunsDiffer(f"request {r['request_id']} arrives at {r['arrival_s']:.4f} s but {what} would admit it "
+                         f"at {r['admitted_s']:.4f} s: the timelines are too far apart (use a burst, e.g. --rate 1e6, "
+                         f"or --real-runs 1)")
     req = with_latency_columns(req)  # NaN stays NaN (a rejected request never finished)
     return req, steps, summarize(req, steps, int(run.config["kv_blocks"]))
 

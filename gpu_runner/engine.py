@@ -172,7 +172,6 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
         controller.bind_token_counter(lambda text: len(ex.instruction_ids(text)))  # the model's own tokenizer
     feed = ArrivalFeed(trace, max_output, too_long)
     outstanding = n - int(too_long.sum())
-    plan_s = 0.0
     own_before: list[float] = []  # the server's own time since the previous step, before each step (segment)
     pending = 0.0
     bar = tqdm(total=n, desc=f"run {getattr(policy, 'name', 'policy')}", unit="req", disable=not config.progress,
@@ -189,7 +188,6 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
         bar.update(done)
         # the server's own time (arrivals, planning) passes on the clock too, unless server_time is "off"
         dt = clock() - t0 - (decoded[0] - x0)
-        plan_s += dt
         pending += dt
         if not on_clock:
             dt = 0.0
@@ -209,10 +207,11 @@ def serve(trace: Trace, policy, lm, config: RunnerConfig = RunnerConfig(), *, le
         t1, x0 = clock(), decoded[0]
         policy.observe(result)
         dt = clock() - t1 - (decoded[0] - x0)
-        plan_s += dt
         pending += dt
-        now += dt if on_clock else 0.0
+        if on_clock:
+            now += dt
     bar.close()
+    plan_s = float(sum(own_before) + pending)  # all of the server's own time, the last observe's included
     requests, steps, summary = collect(rec, policy, blocks)
     step_s = np.asarray(ex.step_s)
     summary["run_wall_s"] = time.perf_counter() - wall0

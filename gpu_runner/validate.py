@@ -234,7 +234,7 @@ def server_time(real: RunResult, mode: str, sim: RunResult) -> dict:
     """The real run's own time between steps (arrivals, the policy's planning, the executor's bookkeeping):
     how much, whether it was on the run's clock, and the comparison with the simulator the other way (the
     run rebuilt with that time put back on its clock, or taken off it: :func:`gpu_runner.combine.retime`)."""
-    from gpu_runner.combine import retime
+    from gpu_runner.combine import RunsDiffer, retime
 
     own = getattr(real, "own_before", None)
     out = {"mode": mode, "simulator": "models no server time: a plan takes no time on its clock"}
@@ -249,7 +249,7 @@ def server_time(real: RunResult, mode: str, sim: RunResult) -> dict:
     try:
         other = retime(real, own if mode == "off" else np.zeros_like(own))
         out[other_key] = compare(other.summary, sim.summary)
-    except ValueError as e:  # a request would be admitted before it arrives (open arrivals, time taken off)
+    except RunsDiffer as e:  # a request would be admitted before it arrives (open arrivals, time taken off)
         out[other_key] = None
         out["note"] = str(e)
     return out
