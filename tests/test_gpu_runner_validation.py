@@ -258,9 +258,34 @@ def test_grid_point_with_unequal_chunks_places_each_size(lm):
 
     from gpu_runner.profiler import FULL, UNEVEN, Bench, _time_case, grid_cases, grid_slots
 
-    cases = [c for c in grid_cases(lm, FULL, 1 << 17) if isinstance(c[3], tuple)]
+    cases = [c for c in grid_cases(lm, FULL, 1 << 17) if isinstance(c[3], tuple) and not isinstance(c[2], tuple)]
     assert [c[3] for c in cases] == [UNEVEN, UNEVEN, UNEVEN[2:], UNEVEN[1:], UNEVEN] and all(c[4] == len(c[3]) for c in cases)
     bench = Bench(lm, grid_slots(FULL), 1 << 15, clock=time.thread_time)
     t, work = _time_case(bench, cases[2], grid_slots(FULL))
     assert t > 0 and work["batch"] == 64 and work["chunks"] == [(c, 0) for c in UNEVEN[2:]]
     assert not bench.kv._slot  # the bench is cleared after the point
+
+
+def test_burst_points_fill_the_budget_and_place_every_row_context(lm):
+    import dataclasses
+    import time
+
+    from gpu_runner.profiler import FULL, Bench, _time_case, burst_points, grid_cases, grid_slots
+
+    pts = burst_points(7, (0, 5, 40))
+    assert pts == burst_points(7, (0, 5, 40))  # seeded: the grid is fixed
+    assert pts != burst_points(8, (0, 5, 40))
+    for b, ctx, sizes, n in pts:
+        assert len(ctx) == b and all(4 <= x <= 1030 for x in ctx)
+        assert n == len(sizes) and all(1 <= c <= 1024 for c in sizes)
+        assert 4096 - b - 8 <= sum(sizes) <= 4096 - b  # the step's budget less the decode rows, filled
+    assert len({c for _, _, sizes, _ in pts for c in sizes}) > 10  # long-tailed sizes, not one size
+    # a point whose rows' contexts exceed the model's context is left out
+    fits, too_long = (2, (900, 1000), (1000,), 1), (2, (1000, 1100), (1000,), 1)
+    mixed = [c for c in grid_cases(lm, dataclasses.replace(FULL, mixed=(fits, too_long)), 1 << 17) if c[0] == "mixed"]
+    assert mixed == [("mixed", *fits)]
+    b, ctx, sizes, n = pts[1]
+    bench = Bench(lm, grid_slots(FULL), 1 << 15, clock=time.thread_time)
+    t, work = _time_case(bench, ("mixed", b, ctx, sizes, n), grid_slots(FULL))
+    assert t > 0 and work["batch"] == b and work["sum_ctx"] == sum(ctx) and work["chunks"] == [(c, 0) for c in sizes]
+    assert not bench.kv._slot
