@@ -79,7 +79,7 @@ def burst_points(seed: int, rows: tuple[int, ...], budget: int = 4096) -> tuple[
     return tuple(out)
 
 
-# Burst-like steps: 20-36 chunks of long-tailed sizes beside 0-128 decode rows. With the grid's regular points
+# Burst-like steps: 14-36 chunks of long-tailed sizes beside 0-128 decode rows. With the grid's regular points
 # only, such steps (held out) were priced 5% low, and so were a real burst's first steps (srpt's and
 # continuous's, replayed on the bench in the same session): chunks of unequal sizes cost more than equal ones
 # beyond what the quadratic term gives, and no regular point has many of them beside decode rows. Fitted with
