@@ -12,9 +12,12 @@ masked call, as it runs a padded group; a burst's continuing 1000-token chunk on
 7.6 ms more than the same chunk uncached, priced 1.9 ms more by the causal term and the per-cached-token
 term alone), and a once-per-step cost of mixing decode rows with chunks (``mixed_step_ms``: measured mixed steps
 cost 1-2 ms more than the sum of their parts; without it the fit priced them 5-12% low) and per decode row
-(``mixed_row_ms``: a burst's mixed steps of 24-130 decode rows beside ~4,000 prompt tokens were priced 4% low
-with the constant alone, their equal-chunk versions and the grid's like points too; 0.02 ms a row brought them
-to 1.02), and a cost of
+(``mixed_row_ktoken_ms``, per decode row and 1,000 prompt tokens: a burst's mixed steps of 24-130 decode rows
+beside ~4,000 prompt tokens were priced 4% low with the constant alone; a cost per decode row, ``mixed_row_ms``,
+0.02 ms, brought them to 1.02 but priced steps of many rows beside a few hundred prompt tokens, as Sarathi's
+512-token budget makes them, 3-6% high: scaled by the step's prompt tokens, the grid's such points went from
+0.94-0.96 to 0.97-0.99 and a burst's last steps from 0.92-0.95 to 0.96-0.98, its first ones unchanged; the cost
+model still reads ``mixed_row_ms`` from profiles that have it), and a cost of
 every loose chunk of a step beyond its first (``per_extra_chunk_ms``: each chunk's causal attention
 call, gathers and scatters per layer; with the per-chunk cost alone, fitted mostly on single-chunk
 points where it trades off against the table, steps of 8-16 chunks were priced 6-8% low: vllm-v0's
@@ -40,7 +43,7 @@ def _features(s: dict) -> tuple[int, list[float]]:
                1.0 if b and eff else 0.0,
                float(max(0, sum(1 for p in padded if not p) - 1)),
                float(sum(c * c for c, p, h in zip(eff, padded, cached) if not p and h)),
-               float(b) if b and eff else 0.0]
+               b * (n - b) / 1000.0 if b and eff else 0.0]
 
 
 def _knots(ns: list[int]) -> list[int]:
@@ -82,7 +85,7 @@ def _coefficients(knots, table, d, p) -> dict:
             "decode_attn": {"per_step_ms": d[0], "per_seq_ms": d[1], "per_ctx_token_ms": d[2]},
             "prefill_attn": {"per_chunk_ms": p[0], "per_sq_token_ms": p[1], "per_ctx_token_ms": p[2],
                              "padded_sq_token_ms": p[3], "mixed_step_ms": p[4], "per_extra_chunk_ms": p[5],
-                             "cached_sq_token_ms": p[6], "mixed_row_ms": p[7]}}
+                             "cached_sq_token_ms": p[6], "mixed_row_ktoken_ms": p[7]}}
 
 
 def fit(samples: list[dict]) -> tuple[dict, dict]:

@@ -29,6 +29,8 @@ class CostModel:
         self.p_pad_sq = float(c["prefill_attn"].get("padded_sq_token_ms", c["prefill_attn"]["per_sq_token_ms"]))
         self.p_mixed = float(c["prefill_attn"].get("mixed_step_ms", 0.0))  # a step with decode rows and chunks
         self.p_mixed_row = float(c["prefill_attn"].get("mixed_row_ms", 0.0))  # each decode row of such a step
+        # each decode row of such a step per 1,000 prompt tokens beside it
+        self.p_mixed_rowk = float(c["prefill_attn"].get("mixed_row_ktoken_ms", 0.0))
         self.p_extra = float(c["prefill_attn"].get("per_extra_chunk_ms", 0.0))  # each loose chunk after a step's first
         self.profile = profile
         self._xs = [float(p[0]) for p in c["linear_ops"]]
@@ -134,6 +136,8 @@ class CostModel:
                 loose += 1
         if loose > 1:
             ms += self.p_extra * (loose - 1)
+        if self.p_mixed_rowk and decode_rows > 0 and chunks:
+            ms += self.p_mixed_rowk * decode_rows * (n_tokens - decode_rows) / 1000.0
         if n_tokens == 0:
             return 0.0
         return (ms + self.linear_ms(n_tokens)) / 1000.0

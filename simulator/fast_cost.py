@@ -28,7 +28,7 @@ def decode_functions(cost: CostModel):
     per_batch: dict = {}
     fixed, linear_ms, segments = cost.fixed_ms, cost.linear_ms, cost._segments
     p_mixed, p_chunk, p_sq, p_ctx, p_extra = cost.p_mixed, cost.p_chunk, cost.p_sq, cost.p_ctx, cost.p_extra
-    p_csq, p_mixed_row = cost.p_csq, cost.p_mixed_row
+    p_csq, p_mixed_row, p_mixed_rowk = cost.p_csq, cost.p_mixed_row, cost.p_mixed_rowk
 
     def constants(batch):
         his, a, b = segments(batch)
@@ -107,6 +107,8 @@ def decode_functions(cost: CostModel):
             ms += p_chunk + (p_csq if k else p_sq) * c * c + p_ctx * c * k
         if len(chunks) > 1:  # CostModel.step_s: every loose chunk after the first
             ms += p_extra * (len(chunks) - 1)
+        if p_mixed_rowk and rows > 0 and chunks:
+            ms += p_mixed_rowk * rows * (n_tokens - rows) / 1000.0
         if n_tokens == 0:
             return 0.0
         return (ms + linear_ms(n_tokens)) / 1000.0

@@ -15,8 +15,9 @@ the padded length) may have its own ``prefill_attn.padded_sq_token_ms`` in place
 ``p_sq`` (the runner runs it as one masked attention call, not one causal call per chunk),
 a chunk on a cached prefix (K0 > 0) its own ``prefill_attn.cached_sq_token_ms`` (the runner
 runs it as one masked call too), and a step with both decode rows and prefill chunks may pay ``prefill_attn.mixed_step_ms``
-once and ``prefill_attn.mixed_row_ms`` per decode row (measured: such a step costs more than the sum
-of its parts, the more so the more decode rows it carries), and every loose chunk of a
+once, ``prefill_attn.mixed_row_ms`` per decode row and ``prefill_attn.mixed_row_ktoken_ms`` per decode
+row and 1,000 prompt tokens of the step (measured: such a step costs more than the sum of its parts,
+the more so the more decode rows it carries beside the more prompt tokens), and every loose chunk of a
 step after its first ``prefill_attn.per_extra_chunk_ms``. ``linear_ops`` is a
 piecewise-linear table in N (linear extrapolation past its last point). A profile may carry
 the measured decode-attention grid instead of the linear decode term
@@ -141,7 +142,8 @@ def _check(data: dict, path: str) -> None:
             raise ProfileError(f"profile {path}: coefficients.{sec} must be an object with {', '.join(keys)}")
         for k in keys:
             _number(coeff[sec].get(k), f"coefficients.{sec}.{k}", path)
-        for k in (("padded_sq_token_ms", "cached_sq_token_ms", "mixed_step_ms", "mixed_row_ms", "per_extra_chunk_ms")
+        for k in (("padded_sq_token_ms", "cached_sq_token_ms", "mixed_step_ms", "mixed_row_ms", "mixed_row_ktoken_ms",
+                   "per_extra_chunk_ms")
                   if sec == "prefill_attn" else ()):  # optional
             if k in coeff[sec]:
                 _number(coeff[sec][k], f"coefficients.prefill_attn.{k}", path)

@@ -54,7 +54,7 @@ def test_fit_recovers_known_coefficients():
                               "padded_sq_token_ms": 5e-5,   # a padded group: one masked call, dearer per C^2
                               "cached_sq_token_ms": 4e-5,   # a chunk on a cached prefix: one masked call too
                               "mixed_step_ms": 0.3,          # decode rows and chunks in one step
-                              "mixed_row_ms": 0.02}}         # and each decode row of such a step
+                              "mixed_row_ktoken_ms": 0.02}}  # and each decode row per 1,000 prompt tokens
     cost = CostModel(Profile({"coefficients": truth}, "<truth>"))
     samples = []
     for b in (1, 8, 64):
@@ -67,7 +67,7 @@ def test_fit_recovers_known_coefficients():
     for r, p in ((4, 64), (8, 512), (2, 512), (4, 1024)):
         samples.append({"kind": "padded", "decode_rows": 0, "sum_ctx": 0.0, "chunks": [[p, 0]] * r, "pad_to": p,
                         "median_ms": cost.step_s(0, 0, [(p, 0)] * r, p) * 1e3})
-    for b, c in ((8, 64), (64, 512), (16, 256)):
+    for b, c in ((8, 64), (64, 512), (16, 256), (32, 2048)):
         samples.append({"kind": "mixed", "decode_rows": b, "sum_ctx": float(b * 300), "chunks": [[c, 0]], "pad_to": 0,
                         "median_ms": cost.step_s(b, b * 300, [(c, 0)]) * 1e3})
     coeff, report = fit(samples)
@@ -76,7 +76,7 @@ def test_fit_recovers_known_coefficients():
     assert coeff["prefill_attn"]["per_sq_token_ms"] == pytest.approx(2e-5, rel=1e-3)
     assert coeff["prefill_attn"]["mixed_step_ms"] == pytest.approx(0.3, rel=1e-3)
     assert coeff["prefill_attn"]["cached_sq_token_ms"] == pytest.approx(4e-5, rel=1e-3)
-    assert coeff["prefill_attn"]["mixed_row_ms"] == pytest.approx(0.02, rel=1e-3)
+    assert coeff["prefill_attn"]["mixed_row_ktoken_ms"] == pytest.approx(0.02, rel=1e-3)
     fitted = CostModel(Profile({"coefficients": coeff}, "<fit>"))
     for b, k in ((2, 500), (32, 3000)):  # between the grid points too
         assert fitted.step_s(b, b * k) == pytest.approx(cost.step_s(b, b * k), rel=0.05)

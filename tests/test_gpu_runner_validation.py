@@ -181,6 +181,16 @@ def test_padded_group_has_its_own_attention_term():
     assert per_row.step_s(0, 0, [(100, 0)]) == mixed.step_s(0, 0, [(100, 0)])
     assert per_row.decode_run_s(4, 400, 10) == mixed.decode_run_s(4, 400, 10)
     coeff["prefill_attn"]["mixed_row_ms"] = 0.0
+    # ... and its per-row-and-prompt-token cost: decode rows x the step's prompt tokens (padded: their padded length)
+    coeff["prefill_attn"]["mixed_row_ktoken_ms"] = 0.04
+    per_rowk = CostModel(Profile({"coefficients": coeff}, "<mixed rows x tokens>"))
+    assert per_rowk.step_s(4, 400, [(100, 0), (50, 20)]) == pytest.approx(
+        mixed.step_s(4, 400, [(100, 0), (50, 20)]) + 0.04 * 4 * 150 / 1000 / 1e3)
+    assert per_rowk.step_s(4, 400, [(100, 0), (50, 0)], 100) == pytest.approx(
+        mixed.step_s(4, 400, [(100, 0), (50, 0)], 100) + 0.04 * 4 * 200 / 1000 / 1e3)
+    assert per_rowk.step_s(0, 0, [(100, 0)]) == mixed.step_s(0, 0, [(100, 0)])
+    assert per_rowk.decode_run_s(4, 400, 10) == mixed.decode_run_s(4, 400, 10)
+    coeff["prefill_attn"]["mixed_row_ktoken_ms"] = 0.0
     # a chunk on a cached prefix pays its own quadratic term when the profile has one; fresh chunks do not
     coeff["prefill_attn"]["cached_sq_token_ms"] = 4e-4
     cached = CostModel(Profile({"coefficients": coeff}, "<cached>"))
@@ -198,6 +208,7 @@ def test_padded_group_has_its_own_attention_term():
     with_term = copy.deepcopy(stored.data)
     with_term["coefficients"]["prefill_attn"]["cached_sq_token_ms"] = 4e-5
     with_term["coefficients"]["prefill_attn"]["mixed_row_ms"] = 0.03
+    with_term["coefficients"]["prefill_attn"]["mixed_row_ktoken_ms"] = 0.07
     for model in (CostModel(stored), CostModel(Profile(with_term, "<with cached term>"))):
         assert model._grid is not None
         for rows, ctx, chunks in ((0, 0, [(100, 20)]), (4, 400, [(100, 20), (30, 0)]), (3, 90, [(64, 0)])):
