@@ -129,16 +129,26 @@ class RealExecutor(ExecutorBase):
             self.ctx[i] = ids
         return ids
 
-    def _sample(self, logits: torch.Tensor, rows: list[int], emits: list[bool]) -> list[int]:
-        """Next token per logit row; forced mode masks EOS except for a request's last token.
+    def _sample(self, logits: torch.Tensor, rows: list[int], emits: list[bool], order: list[int]) -> list[int]:
+        """Next token per row of ``rows``, whose logits are ``logits[order]``; forced mode masks EOS except for
+        a request's last token.
 
-        Sampling (temperature > 0) draws one uniform per emitted token from the request's own
-        seeded stream (inverse CDF), so the same seed gives the same tokens whatever the batching."""
+        Greedy decoding takes each logit row's argmax (the first maximal index) and reorders the tokens, not
+        the logits: on a CPU with numpy, whose argmax over a 128 x 32,000 float32 block took 0.6 ms where
+        torch's took 5.7 ms and the reordering copy of the block 1.7 ms (in a 128-row tiny-llama decode step
+        of ~20 ms); on a GPU with torch, which also synchronises the device so the step's clock reading is
+        true. Sampling (temperature > 0) draws one uniform per emitted token from the request's own seeded
+        stream (inverse CDF), so the same seed gives the same tokens whatever the batching."""
         if self.forced:
             logits[:, self.eos] = float("-inf")
         if self.temperature <= 0:
-            out = logits.argmax(-1).tolist()  # synchronises the device, so the step's clock reading is true
+            if logits.device.type == "cpu" and logits.dtype in (torch.float32, torch.float64, torch.float16):
+                best = logits.numpy().argmax(-1).tolist()
+            else:
+                best = logits.argmax(-1).tolist()
+            out = [best[k] for k in order]
         else:
+            logits = logits[order]
             probs = torch.softmax(logits.double() / self.temperature, dim=-1).cpu().numpy()
             out = [0] * len(rows)
             for k, (r, e) in enumerate(zip(rows, emits)):
@@ -178,10 +188,9 @@ class RealExecutor(ExecutorBase):
         padded = [k for k, c in enumerate(chs) if pad_to > 0 and c[2] == 0]
         order = list(range(len(dec))) + [len(dec) + j for j in np.argsort(loose + padded).tolist()]
         rows = [r for r, _, _ in dec] + [c[0] for c in chs]
-        logits = logits[order]
         emits = [self.remaining[r] > 0 for r, _, _ in dec] + [ch.num_tokens == self.pending[ch.request_id]
                                                                for ch in chunks]
-        toks = self._sample(logits, rows, emits)
+        toks = self._sample(logits, rows, emits, order)
         self.forward_s += self.clock() - t0
         emb = hidden[order] if self.want_embeddings else None
         return toks[:len(dec)], toks[len(dec):], emb

@@ -20,7 +20,14 @@ for the projections and the MLP (no padding), and attention is computed per kind
   of contexts 20-1031 padded its shortest rows to ~250 tokens, twice their mean; the grid's
   evenly spread batches padded far less, so the run's decode steps cost 1.07x their fitted
   price in a syncintellects run; with 32, 1.00x.) (A fully vectorised segment softmax
-  was measured 20-100x slower on CPU: scatter-adds are single-threaded.)
+  was measured 20-100x slower on CPU: scatter-adds are single-threaded.) On a CPU a group
+  is then cut into row blocks whose gathered K is at most ``CPU_DECODE_BLOCK_BYTES`` (one
+  attention call each, as the padded group below has ``PAD_ROWS``): one call over 118 rows x
+  1,031 tokens gathered 16 MB of K and as much of V per layer, out of the caches, and such a
+  step cost 0-6% more than one of the same rows and total context spread over [k/2, 3k/2]
+  (several smaller groups), so a batch's price depended on how alike its contexts were, which
+  the cost model does not see. In blocks of 2 MiB the two cost the same within the noise (and
+  both 6-15% less); on a GPU the gather stays one call per group.
 * prefill chunks: one causal attention call per chunk over its cached prefix and itself;
 * a padded prefill group (static batching): the chunks left-padded to a common length and
   run as one batched attention call, padding included, as a padded ``generate()`` does.
@@ -36,6 +43,7 @@ import torch.nn.functional as F
 GROUP_RATIO = 0.75
 GROUP_MIN_GAP = 32
 MAX_GROUPS = 8
+CPU_DECODE_BLOCK_BYTES = 2 << 20  # gathered K per decode attention call on a CPU (None: no cut)
 PAD_ROWS = 16  # prompts of 1024 tokens per attention call of a left-padded group (more when shorter)
 
 
@@ -156,7 +164,8 @@ def pack(kv: PagedKV, decode: list[tuple[int, int, int]], chunks: list[tuple[int
     return out
 
 
-def _decode_groups(kv: PagedKV, decode, lengths: np.ndarray, device) -> list:
+def _context_groups(lengths: np.ndarray) -> list[list[int]]:
+    """Decode rows (indices into ``lengths``) grouped by context length, longest first (module docstring)."""
     order = np.argsort(-lengths, kind="stable")
     groups: list[list[int]] = []
     for j in order.tolist():
@@ -165,8 +174,32 @@ def _decode_groups(kv: PagedKV, decode, lengths: np.ndarray, device) -> list:
             groups[-1].append(j)
         else:
             groups.append([j])
-    out = []
+    return groups
+
+
+def _row_blocks(groups: list[list[int]], lengths: np.ndarray, max_tokens: int | None) -> list[list[int]]:
+    """Each group cut into consecutive row blocks of at most ``max_tokens`` gathered tokens (rows x the block's
+    longest context; a row longer than that is a block of its own); ``None``: the groups unchanged."""
+    if not max_tokens:
+        return groups
+    blocks = []
     for g in groups:
+        cur: list[int] = []
+        for j in g:
+            if cur and (len(cur) + 1) * int(lengths[cur[0]]) > max_tokens:
+                blocks.append(cur)
+                cur = []
+            cur.append(j)
+        blocks.append(cur)
+    return blocks
+
+
+def _decode_groups(kv: PagedKV, decode, lengths: np.ndarray, device) -> list:
+    cap = None
+    if CPU_DECODE_BLOCK_BYTES and torch.device(device).type == "cpu":
+        cap = max(1, CPU_DECODE_BLOCK_BYTES // (kv.k.shape[2] * kv.k.shape[3] * kv.k.element_size()))
+    out = []
+    for g in _row_blocks(_context_groups(lengths), lengths, cap):
         width = int(lengths[g[0]])
         slots = np.zeros((len(g), width), dtype=np.int64)
         for k, j in enumerate(g):

@@ -240,28 +240,50 @@ def test_probe_keeps_the_minimum_of_its_repeats(lm, monkeypatch):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(1, 2000), min_size=1, max_size=200))
-def test_decode_groups_bound_the_padding(lengths):
-    """Every row in exactly one group; at most MAX_GROUPS groups; within a group every row (but in the last
+@given(st.lists(st.integers(1, 2000), min_size=1, max_size=200), st.sampled_from([None, 1, 1500, 4000, 1 << 20]))
+def test_decode_groups_bound_the_padding(lengths, block_tokens):
+    """Context groups: every row in exactly one; at most MAX_GROUPS; within a group every row (but in the last
     group once the cap is reached) is at least min(GROUP_RATIO x, x - GROUP_MIN_GAP) of the group's longest x,
-    so the attention work tracks the sum of the contexts, not batch x longest."""
+    so the attention work tracks the sum of the contexts, not batch x longest. On a CPU each group is cut
+    into row blocks of at most CPU_DECODE_BLOCK_BYTES of gathered K (a row over that alone), rows in order,
+    each block as wide as its longest row."""
     pytest.importorskip("torch")
+    import torch
+
     from gpu_runner import paged
 
     lengths = np.asarray(lengths, dtype=np.int64)
-    kv = paged.PagedKV(1, int((lengths + 15).sum() // 16) + len(lengths), 16, 1, 2, dtype=__import__("torch").float32,
-                       device="cpu")
-    for r, n in enumerate(lengths.tolist()):
-        kv.ensure(r, n)
-    groups = paged._decode_groups(kv, [(r, 0, 0) for r in range(len(lengths))], lengths, "cpu")
-    rows = sorted(int(i) for g, _, _ in groups for i in g.tolist())
-    assert rows == list(range(len(lengths))) and len(groups) <= paged.MAX_GROUPS
-    for k, (g, slots, _) in enumerate(groups):
-        ls = lengths[g.numpy()]
+    groups = paged._context_groups(lengths)
+    assert sorted(j for g in groups for j in g) == list(range(len(lengths))) and len(groups) <= paged.MAX_GROUPS
+    for k, g in enumerate(groups):
+        ls = lengths[g]
         top = int(ls.max())
-        assert slots.shape == (len(ls), top)
+        assert ls[0] == top
         if k < paged.MAX_GROUPS - 1:
             assert (ls >= min(paged.GROUP_RATIO * top, top - paged.GROUP_MIN_GAP)).all()
+
+    kv = paged.PagedKV(1, int((lengths + 15).sum() // 16) + len(lengths), 16, 1, 2, dtype=torch.float32, device="cpu")
+    for r, n in enumerate(lengths.tolist()):
+        kv.ensure(r, n)
+    per_token = 1 * 2 * 4  # kv heads x head dim x bytes
+    old = paged.CPU_DECODE_BLOCK_BYTES
+    paged.CPU_DECODE_BLOCK_BYTES = None if block_tokens is None else block_tokens * per_token
+    try:
+        blocks = paged._decode_groups(kv, [(r, 0, 0) for r in range(len(lengths))], lengths, "cpu")
+    finally:
+        paged.CPU_DECODE_BLOCK_BYTES = old
+    # the blocks are the groups cut in order: concatenated, they give the groups' rows in the groups' order
+    assert [int(i) for b, _, _ in blocks for i in b.tolist()] == [j for g in groups for j in g]
+    if block_tokens is None:
+        assert len(blocks) == len(groups)
+    for b, slots, mask in blocks:
+        ls = lengths[b.numpy()]
+        assert slots.shape == (len(ls), int(ls.max()))
+        assert (mask is None) == bool((ls == ls.max()).all())
+        if block_tokens is not None:
+            assert len(ls) == 1 or len(ls) * int(ls.max()) <= block_tokens
+        for row, j in enumerate(b.tolist()):  # each row gathers its own context, and nothing past it
+            assert slots[row, :lengths[j]].tolist() == kv.slots(j, 0, int(lengths[j])).tolist()
 
 
 def test_grid_point_with_unequal_chunks_places_each_size(lm):
