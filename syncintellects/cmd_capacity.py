@@ -31,6 +31,8 @@ def register(sub) -> None:
     p.add_argument("--kv-blocks", type=int, default=None)
     p.add_argument("--tile", action="store_true", help="repeat the trace back to back when a seed's window runs past its end")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--predictor-param", action="append", default=[], metavar="NAME=VALUE",
+                   help="predictor parameter, e.g. error_model=in-distribution")
     add_load_arguments(p)
     add_cluster_arguments(p)
     p.add_argument("--workers", type=int, default=1, help="probes run in parallel on this machine (default 1)")
@@ -62,7 +64,8 @@ def run(args) -> int:
     base = RunSpec(trace=args.trace, num_requests=args.num_requests, profile=args.profile or RunSpec.profile,
                    batch_size=args.batch_size, predictor=args.predictor, predictor_model=args.predictor_model,
                    length_control=args.length_control == "on", kv_blocks=args.kv_blocks, tile=args.tile,
-                   policy_params=parse_params(args.param), trace_options=tuple(sorted(load_options(args).items())),
+                   policy_params=parse_params(args.param),
+                   predictor_params=parse_params(args.predictor_param, "--predictor-param"), trace_options=tuple(sorted(load_options(args).items())),
                    **cluster_fields(args))
 
     def show(chain, rate, res):

@@ -26,6 +26,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="batch size of static / length-grouped batching")
     p.add_argument("--predictor", default=None, help="length predictor: oracle, noisy, prompt, progressive")
     p.add_argument("--predictor-model", default=None, help="directory written by train-predictor")
+    p.add_argument("--predictor-param", action="append", default=[], metavar="NAME=VALUE",
+                   help="predictor parameter (repeatable), e.g. --predictor-param error_model=in-distribution "
+                        "(prompt/progressive without prompt text: which measured errors to apply; default "
+                        "unseen-source) or refresh_every=16 (progressive)")
     p.add_argument("--length-control", choices=("off", "on"), default="off",
                    help="length control: prompt instructions that pull a batch's answer lengths together")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
@@ -33,11 +37,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     add_load_arguments(p)
 
 
-def parse_params(items: list[str]) -> tuple:
+def parse_params(items: list[str], flag: str = "--param") -> tuple:
     out = []
     for it in items:
         if "=" not in it or not it.split("=", 1)[0].strip():
-            raise UsageError(f"--param {it!r}: expected NAME=VALUE")
+            raise UsageError(f"{flag} {it!r}: expected NAME=VALUE")
         k, v = it.split("=", 1)
         try:
             v = json.loads(v)
@@ -54,6 +58,7 @@ def spec_from_args(args) -> RunSpec:
                    batch_size=args.batch_size, predictor=args.predictor, predictor_model=args.predictor_model,
                    length_control=args.length_control == "on", kv_blocks=getattr(args, "kv_blocks", None),
                    policy_params=parse_params(args.param),
+                   predictor_params=parse_params(getattr(args, "predictor_param", []), "--predictor-param"),
                    trace_options=tuple(sorted(load_options(args, default_seed=args.seed).items())),
                    length_scale=getattr(args, "length_scale", 1.0), tile=args.tile, **cluster_fields(args)))
 

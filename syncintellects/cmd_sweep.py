@@ -99,6 +99,7 @@ def grid_from_args(args) -> tuple[RunSpec, dict]:
                                            ("--profile", args.profile is not None),
                                            ("--predictor-model", args.predictor_model is not None),
                                            ("--kv-blocks", args.kv_blocks is not None), ("--param", bool(args.param)),
+                                           ("--predictor-param", bool(args.predictor_param)),
                                            ("--tile", args.tile),
                                            ("the trace-reading flags", bool(load_options(args)))) if given]
         if mixed:
@@ -112,6 +113,7 @@ def grid_from_args(args) -> tuple[RunSpec, dict]:
     base = RunSpec(num_requests=2000 if args.num_requests is None else args.num_requests,
                    profile=args.profile or RunSpec.profile, predictor_model=args.predictor_model,
                    kv_blocks=args.kv_blocks, policy_params=parse_params(args.param),
+                   predictor_params=parse_params(args.predictor_param, "--predictor-param"),
                    trace_options=tuple(sorted(load_options(args).items())), tile=args.tile,
                    slo=_slo_text(args.slo))
     return base, grid
@@ -136,6 +138,8 @@ def register(sub) -> None:
     p.add_argument("--predictor-model", default=None, help="directory written by train-predictor")
     p.add_argument("--kv-blocks", type=int, default=None, help="override the KV-cache size in blocks")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="extra policy parameter")
+    p.add_argument("--predictor-param", action="append", default=[], metavar="NAME=VALUE",
+                   help="predictor parameter for every run, e.g. error_model=in-distribution")
     p.add_argument("--slo", action="append", default=None, metavar="[CLASS:]ttft=S,tpot=S,e2e=S",
                    help="SLO targets for every run (adds slo_attainment and goodput to the results)")
     p.add_argument("--tile", action="store_true", help="repeat the trace's arrivals back to back when a seed's "

@@ -59,6 +59,9 @@ def series_label(row: dict, columns: list[str]) -> str:
         elif c == "length_control":
             if v:
                 parts.append("control")
+        elif c in ("policy_params", "predictor_params", "trace_options") and isinstance(v, str) and v.startswith("{"):
+            d = json.loads(v)  # nested settings are JSON text columns: name=value pairs read better
+            parts.append(", ".join(f"{k}={x}" for k, x in d.items()) or f"no {c}")
         else:
             parts.append(f"{c}={v}")
     return " / ".join(parts)

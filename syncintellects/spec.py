@@ -37,6 +37,7 @@ class RunSpec:
     kv_blocks: int | None = None
     max_context: int | None = None
     policy_params: tuple = field(default_factory=tuple)  # extra (name, value) pairs for the policy
+    predictor_params: tuple = field(default_factory=tuple)  # (name, value) pairs for the predictor (error_model, ...)
     trace_options: tuple = field(default_factory=tuple)  # (name, value) pairs for traces.load_trace
     length_scale: float = 1.0            # multiply prompt and output lengths (fit a small model's context)
     slo: str | None = None               # SLO targets, e.g. "ttft=2,tpot=0.1" (simulator/slo.py)
@@ -48,6 +49,7 @@ class RunSpec:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["policy_params"] = dict(self.policy_params)
+        d["predictor_params"] = dict(self.predictor_params)
         d["trace_options"] = dict(self.trace_options)
         return d
 
@@ -184,15 +186,49 @@ def build_policy(spec: RunSpec, trace: Trace):
 
     # A policy's default predictor is built here too, so it sees the run's trace and seed.
     predictor = spec.predictor or getattr(POLICIES.get(spec.policy), "default_predictor", None)
+    if predictor is None and spec.predictor_params:
+        raise UsageError(f"--predictor-param needs a predictor: policy {spec.policy!r} has no default one; "
+                         f"give --predictor (oracle, noisy, prompt, progressive)")
     if predictor is not None:
-        from policies.predictors import make_predictor
-
-        params["predictor"] = make_predictor(predictor, trace=trace, seed=spec.seed, model_dir=spec.predictor_model)
+        params["predictor"] = build_predictor(spec, predictor, trace)
     if spec.length_control:
         from policies.control import make_controller
 
         params["controller"] = make_controller()
     return make_policy(spec.policy, **params)
+
+
+def predictor_parameters(name: str) -> dict:
+    """The ``--predictor-param`` names a predictor takes and their defaults (its constructor's keywords
+    but the trace, seed and model directory, which come from the run)."""
+    import inspect
+
+    from policies.predictors import PREDICTORS
+
+    if name not in PREDICTORS:
+        return {}
+    sig = inspect.signature(PREDICTORS[name].__init__)
+    return {k: p.default for k, p in sig.parameters.items()
+            if k not in ("self", "trace", "seed", "model_dir") and p.kind is p.POSITIONAL_OR_KEYWORD}
+
+
+def build_predictor(spec: RunSpec, name: str, trace: Trace):
+    """The run's predictor ``name`` with the spec's ``--predictor-param`` values (UsageError naming the flag)."""
+    from policies.predictors import make_predictor
+
+    params = dict(spec.predictor_params)
+    known = predictor_parameters(name)
+    for k, v in params.items():
+        if known and k not in known:
+            raise UsageError(f"--predictor-param {k}: predictor {name!r} has no parameter {k!r}; its parameters: "
+                             + ", ".join(f"{n} (default {d!r})" for n, d in known.items()))
+    if not params:
+        return make_predictor(name, trace=trace, seed=spec.seed, model_dir=spec.predictor_model)
+    try:
+        return make_predictor(name, trace=trace, seed=spec.seed, model_dir=spec.predictor_model, **params)
+    except (ValueError, TypeError) as e:
+        given = ", ".join(f"{k}={v!r}" for k, v in params.items())
+        raise UsageError(f"--predictor-param {given}: {str(e).splitlines()[0]}") from None
 
 
 def length_response_model(spec: RunSpec):
@@ -244,8 +280,8 @@ def run_cluster(spec: RunSpec, trace: Trace, policy, cfg: SimConfig, steps_dir=N
     if router.needs_prediction:  # the router's own predictor: the run's kind, or a model of a real one
         from policies.predictors import make_predictor
 
-        predictor = make_predictor(spec.predictor or "noisy", trace=trace, seed=spec.seed,
-                                   model_dir=spec.predictor_model)
+        predictor = (build_predictor(spec, spec.predictor, trace) if spec.predictor else
+                     make_predictor("noisy", trace=trace, seed=spec.seed, model_dir=spec.predictor_model))
     policies = [policy] + [build_policy(spec, trace) for _ in range(spec.replicas - 1)]
     return simulate_cluster(trace, policies, router, cfg, profiles=[load_profile(p) for p in names],
                             length_response=length_response_model(spec), predictor=predictor, steps_dir=steps_dir)

@@ -70,6 +70,8 @@ def flatten(summary: dict, prefix: str = "") -> dict:
 def run_key(spec: RunSpec) -> str:
     """A directory name that is a function of the spec alone: readable parts and a short hash."""
     d = spec.to_dict()
+    if not d["predictor_params"]:  # a field added later: without it, a spec keeps the key it had before
+        del d["predictor_params"]
     digest = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
     rate = "trace" if spec.rate is None else f"{spec.rate:g}"
     policy = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(spec.policy))[:40]
@@ -96,7 +98,7 @@ def check_spec(spec: RunSpec) -> None:
 
 def row_of(spec: RunSpec, key: str, index: int, summary: dict) -> dict:
     row = spec.to_dict()
-    for k in ("policy_params", "trace_options"):  # nested settings as JSON text columns
+    for k in ("policy_params", "predictor_params", "trace_options"):  # nested settings as JSON text columns
         row[k] = json.dumps(row[k], sort_keys=True)
     row["run_index"] = index
     row["run_key"] = key

@@ -74,3 +74,47 @@ def test_simulate_reads_text_traces_with_synthetic_arrivals(tmp_path, capsys):
     cfg = json.loads((out / "config.json").read_text())
     assert s["num_finished"] == s["num_requests"] > 0
     assert cfg["spec"]["trace_options"] == {"arrivals": "poisson", "rate": 2.0, "seed": 0}
+
+
+def test_predictor_param_chooses_the_error_model_in_simulate_and_sweep(tmp_path):
+    """``--predictor-param error_model=...`` reaches the predictor: the run's predictions are those of
+    ``make_predictor(..., error_model=...)`` on the same requests, and differ from the default's."""
+    from policies.predictors import make_predictor
+    from syncintellects.spec import RunSpec, load_spec_trace
+    from syncintellects.sweep import run_key
+    from simulator.engine import SimConfig, simulate
+    from policies.registry import make_policy
+
+    base = ["simulate", "--trace", "azure-conv", "--policy", "sjf", "--predictor", "prompt", "--rate", "4",
+            "--num-requests", "120", "--quiet"]
+    preds = {}
+    for em in ("in-distribution", "unseen-source", None):
+        out = tmp_path / str(em)
+        extra = ["--predictor-param", f"error_model={em}"] if em else []
+        assert main(base + extra + ["--out", str(out)]) == 0
+        preds[em] = pl.read_parquet(out / "requests.parquet").sort("request_id")["predicted_tokens"]
+        cfg = json.loads((out / "config.json").read_text())
+        assert cfg["spec"]["predictor_params"] == ({"error_model": em} if em else {})
+    assert preds["unseen-source"].equals(preds[None])  # the documented default
+    assert not preds["in-distribution"].equals(preds[None])
+    spec = RunSpec(trace="azure-conv", policy="sjf", predictor="prompt", rate=4.0, num_requests=120)
+    trace = load_spec_trace(spec)
+    direct = simulate(trace, make_policy("sjf", predictor=make_predictor("prompt", trace=trace, seed=0,
+                                                                         error_model="in-distribution")),
+                      SimConfig(profile=spec.profile, seed=0))
+    got = direct.requests.sort("request_id")["predicted_tokens"]
+    assert got.equals(preds["in-distribution"])
+
+    # a sweep takes it for every run, as a JSON column; a spec without it keeps the key it had before
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--trace", "azure-conv", "--policy", "sjf", "--predictor", "prompt", "--rate", "4",
+                 "--num-requests", "120", "--predictor-param", "error_model=in-distribution", "--backend", "serial",
+                 "--out", str(out)]) == 0
+    df = pl.read_parquet(out / "results.parquet")
+    assert json.loads(df["predictor_params"][0]) == {"error_model": "in-distribution"}
+    with_params = spec.with_(predictor_params=(("error_model", "in-distribution"),))
+    assert df["run_key"][0] == run_key(with_params) != run_key(spec)
+    d = spec.to_dict()
+    del d["predictor_params"]
+    import hashlib
+    assert run_key(spec).endswith(hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10])
