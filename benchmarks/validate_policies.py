@@ -1,4 +1,4 @@
-"""Validate the simulator against the real runner for every policy, several runs each (CPU, tiny-llama).
+"""Validate the simulator against the real runner for every policy, several runs each (default: CPU, tiny-llama).
 
 Runs ``syncintellects validate`` in this process (the model loads once) for each policy and
 repeat, writes every run's directory under ``--out`` and prints the markdown table of
@@ -6,6 +6,7 @@ docs/validation.md (real, simulated and error per metric; one line per policy an
 
     python benchmarks/validate_policies.py --profile docs/validation/tiny-llama-cpu.json --out /tmp/val
     python benchmarks/validate_policies.py --profile P.json --out /tmp/val --policies static sjf --runs 1
+    python benchmarks/validate_policies.py --profile P.json --out V --model llama-2-7b --device cuda --length-scale 1
 
 Each run's command line is printed before it runs. Runs are interleaved across policies
 (policy 1 run 1, policy 2 run 1, ..., policy 1 run 2, ...) so that a change of machine load
@@ -35,8 +36,7 @@ POLICIES = {
     "syncintellects": ["--length-control", "on"],
     "syncintellects-continuous": ["--length-control", "on"],
 }
-COMMON = ["--model", "tiny-llama", "--device", "cpu", "--trace", "azure-conv", "--seed", "0",
-          "--length-scale", "0.25", "--quiet"]
+COMMON = ["--trace", "azure-conv", "--seed", "0", "--quiet"]
 ROWS = (("e2e_latency_s.mean", "E2E mean (s)", 1), ("e2e_latency_s.p99", "E2E p99 (s)", 1),
         ("ttft_s.mean", "TTFT mean (s)", 1), ("tpot_s.mean", "TPOT mean (ms)", 1e3),
         ("throughput_output_tokens_per_s", "throughput (tok/s)", 1))
@@ -52,12 +52,20 @@ def main(argv=None) -> int:
     ap.add_argument("--num-requests", type=int, default=150)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rate", default="1000000", help="requests/s (default: a burst)")
-    ap.add_argument("--extra", nargs="*", default=[], help="more validate flags, e.g. --extra=--probe-every=0")
+    ap.add_argument("--extra", nargs="*", action="extend", default=[],
+                    help="more validate flags, e.g. --extra=--probe-every=0 (repeatable)")
     ap.add_argument("--tolerance", type=float, default=0.05)
     ap.add_argument("--real-runs", type=int, default=1,
                     help="each verdict's real side: N runs combined, every step's median time (validate --real-runs)")
     ap.add_argument("--policies", nargs="*", default=None, help="default: every policy the registry has")
+    ap.add_argument("--model", default="tiny-llama", help="the runner's model (default tiny-llama)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
+    ap.add_argument("--dtype", default=None, help="default: the runner's (fp32 on CPU, fp16 on a GPU)")
+    ap.add_argument("--length-scale", default="0.25", help="prompt and output lengths x this (default 0.25: "
+                    "tiny-llama's 2,048-token context; 1 for a 4,096-token model)")
     args = ap.parse_args(argv)
+    common = [*COMMON, "--model", args.model, "--device", args.device, "--length-scale", args.length_scale,
+              *(["--dtype", args.dtype] if args.dtype else [])]
     names = args.policies or [p for p in POLICIES if p in KNOWN]
     unknown = [p for p in names if p not in KNOWN or p not in POLICIES]
     if unknown:
@@ -69,7 +77,7 @@ def main(argv=None) -> int:
         for p in names:
             d = out / f"{p}-{run}"
             argv_p = ["validate", "--profile", args.profile, "--policy", p, "--num-requests", str(args.num_requests),
-                      "--tolerance", str(args.tolerance), *POLICIES[p], "--rate", args.rate, "--real-runs", str(args.real_runs), *args.extra, *COMMON, "--out", str(d)]
+                      "--tolerance", str(args.tolerance), *POLICIES[p], "--rate", args.rate, "--real-runs", str(args.real_runs), *args.extra, *common, "--out", str(d)]
             print("syncintellects " + " ".join(argv_p), flush=True)
             c0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
             status = cli(argv_p)

@@ -9,6 +9,7 @@ on the same machine (``syncintellects profile``).
 from __future__ import annotations
 
 import json
+import sys
 import math
 import os
 from pathlib import Path
@@ -224,9 +225,14 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
                          f"real: {len(runs)} runs, every step's median time" if len(runs) > 1 else None,
                          "the server's own time off the real clock" if runner_cfg.server_time == "off" else None,
                          None if doc["conclusive"] else "INCONCLUSIVE: ill-conditioned workload") if n]
-    write_html(real, sim, report, out / "validation.html",
-               f"{real.config['policy']} on {trace.name} ({len(trace)} requests): simulator vs real {lm.name}"
-               + (f"<br><sub>{'; '.join(notes)}</sub>" if notes else ""))
+    try:
+        import plotly  # noqa: F401  (a core dependency; absent only where the package set was carried by hand)
+    except ImportError:
+        print("plotly is not installed: validation.html not written (validation.json is complete)", file=sys.stderr)
+    else:
+        write_html(real, sim, report, out / "validation.html",
+                   f"{real.config['policy']} on {trace.name} ({len(trace)} requests): simulator vs real {lm.name}"
+                   + (f"<br><sub>{'; '.join(notes)}</sub>" if notes else ""))
     return doc, (1 if bad else 0)
 
 
