@@ -156,4 +156,14 @@ def list_policies(args) -> int:
             print(f"{'':<{width}}--param " + ", ".join(f"{k}={json.dumps(v)}" for k, v in params.items()))
         if getattr(cls, "default_predictor", None):
             print(f"{'':<{width}}--predictor default: {cls.default_predictor}")
+    from policies.predictors import PREDICTORS
+    from syncintellects.spec import predictor_parameters
+
+    print("\nlength predictors (--predictor NAME, --predictor-param NAME=VALUE):")
+    for name, cls in PREDICTORS.items():
+        doc = (cls.__doc__ or "").strip()
+        print(f"{name:<{width}}{doc.splitlines()[0] if doc else ''}")
+        params = predictor_parameters(name)
+        if params:
+            print(f"{'':<{width}}--predictor-param " + ", ".join(f"{k}={json.dumps(v)}" for k, v in params.items()))
     return 0

@@ -192,6 +192,15 @@ def test_policies_lists_their_params_with_defaults(capsys):
 
     assert "max_num_seqs=256" in out and "watermark=0.01" in out and "batch_size=16" in out
     assert policy_parameters("srpt")["max_preemptions"] == 1  # a subclass's own fields are listed too
+    # and every length predictor with its --predictor-param names, each one taken at its listed default
+    from policies.predictors import PREDICTORS, make_predictor
+    from syncintellects.spec import predictor_parameters
+
+    assert 'error_model="unseen-source"' in out and "refresh_every=32" in out and "sigma=0.39" in out
+    for name in PREDICTORS:
+        assert name in out
+        for k, v in predictor_parameters(name).items():
+            assert make_predictor(name, **{k: v}).name == name
 
 
 def test_every_command_in_the_readme_parses():

@@ -89,7 +89,12 @@ class _Learned(_TruthBound):
 
 
 class PromptPredictor(_Learned):
-    """One-shot prediction from the prompt: MiniLM embedding + ridge on ln(tokens)."""
+    """One-shot prediction from the prompt (MiniLM embedding + task cues -> ln tokens); without text, its measured errors.
+
+    The model directory's head is ridge, or ridge + boosted trees (the shipped model; docs/predictors.md).
+    Without prompt text the truth is perturbed by the measured error model ``error_model``
+    (``unseen-source``, the default, or ``in-distribution``), or by an explicit ``error`` {b, c, sigma}.
+    """
 
     name = "prompt"
     kind = "prompt"
