@@ -9,9 +9,9 @@ on the same machine (``syncintellects profile``).
 from __future__ import annotations
 
 import json
-import sys
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np

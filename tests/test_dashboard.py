@@ -108,3 +108,17 @@ def test_dashboard_command_end_to_end_and_its_mistakes(tmp_path, capsys):
     empty.mkdir()
     pl.DataFrame({"run_index": []}, schema={"run_index": pl.Int64}).write_parquet(empty / "results.parquet")
     assert "no finished runs yet" in write_dashboard(empty).read_text()
+
+
+def test_series_named_by_the_nested_setting_that_varies():
+    """A sweep over predictor_params (a JSON text column) names its series by name=value, not by the JSON."""
+    from syncintellects.dashboard import series_columns, series_label
+
+    df = pl.DataFrame({"policy": ["sjf"] * 2, "rate": [2.0, 2.0], "seed": [0, 0],
+                       "predictor_params": ['{"error_model": "in-distribution"}', '{"error_model": "unseen-source"}'],
+                       "policy_params": ["{}", "{}"]})
+    cols = series_columns(df)
+    assert cols == ["policy", "predictor_params"]
+    labels = [series_label(r, cols) for r in df.iter_rows(named=True)]
+    assert labels == ["sjf / error_model=in-distribution", "sjf / error_model=unseen-source"]
+    assert series_label({"policy": "sjf", "predictor_params": "{}"}, cols) == "sjf / no predictor_params"
