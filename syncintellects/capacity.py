@@ -143,10 +143,7 @@ def search(base: RunSpec, policies: list[str], seeds: list[int], *, target: floa
     if backend not in ("local", "ray"):
         raise ValueError(f"--backend must be local or ray, got {backend!r}")
     out = Path(out)
-    base_record = base.with_(rate=None, seed=0, policy="").to_dict()
-    if not base_record["predictor_params"]:  # added later: a search without it resumes as before
-        del base_record["predictor_params"]
-    record = {"base": base_record, "policies": policies, "seeds": seeds,
+    record = {"base": base.with_(rate=None, seed=0, policy="").key_dict(), "policies": policies, "seeds": seeds,
               "target": target, "tolerance": tolerance, "start_rate": start_rate}
     from syncintellects.spec import build_policy, load_spec_trace
 

@@ -144,26 +144,23 @@ def print_warnings(summary: dict) -> None:
 
 
 def list_policies(args) -> int:
+    from policies.predictors import PREDICTORS
     from policies.registry import POLICIES
-    from syncintellects.spec import policy_parameters
+    from syncintellects.spec import policy_parameters, predictor_parameters
 
     width = max(map(len, POLICIES)) + 2
-    for name, cls in sorted(POLICIES.items()):
+
+    def entry(name, cls, flag: str, params: dict) -> None:
         doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip()
         print(f"{name:<{width}}{doc.splitlines()[0] if doc else ''}")
-        params = policy_parameters(name)
         if params:
-            print(f"{'':<{width}}--param " + ", ".join(f"{k}={json.dumps(v)}" for k, v in params.items()))
+            print(f"{'':<{width}}{flag} " + ", ".join(f"{k}={json.dumps(v)}" for k, v in params.items()))
+
+    for name, cls in sorted(POLICIES.items()):
+        entry(name, cls, "--param", policy_parameters(name))
         if getattr(cls, "default_predictor", None):
             print(f"{'':<{width}}--predictor default: {cls.default_predictor}")
-    from policies.predictors import PREDICTORS
-    from syncintellects.spec import predictor_parameters
-
     print("\nlength predictors (--predictor NAME, --predictor-param NAME=VALUE):")
     for name, cls in PREDICTORS.items():
-        doc = (cls.__doc__ or "").strip()
-        print(f"{name:<{width}}{doc.splitlines()[0] if doc else ''}")
-        params = predictor_parameters(name)
-        if params:
-            print(f"{'':<{width}}--predictor-param " + ", ".join(f"{k}={json.dumps(v)}" for k, v in params.items()))
+        entry(name, cls, "--predictor-param", predictor_parameters(name))
     return 0

@@ -53,6 +53,14 @@ class RunSpec:
         d["trace_options"] = dict(self.trace_options)
         return d
 
+    def key_dict(self) -> dict:
+        """:meth:`to_dict` less the fields added later that are still empty, so that the records keyed on it
+        (sweep run keys, a capacity search's record) of older specs stay what they were and still resume."""
+        d = self.to_dict()
+        if not d["predictor_params"]:
+            del d["predictor_params"]
+        return d
+
     def with_(self, **changes) -> "RunSpec":
         return replace(self, **changes)
 
@@ -218,15 +226,15 @@ def build_predictor(spec: RunSpec, name: str, trace: Trace):
 
     params = dict(spec.predictor_params)
     known = predictor_parameters(name)
-    for k, v in params.items():
+    for k in params:
         if known and k not in known:
             raise UsageError(f"--predictor-param {k}: predictor {name!r} has no parameter {k!r}; its parameters: "
                              + ", ".join(f"{n} (default {d!r})" for n, d in known.items()))
-    if not params:
-        return make_predictor(name, trace=trace, seed=spec.seed, model_dir=spec.predictor_model)
     try:
         return make_predictor(name, trace=trace, seed=spec.seed, model_dir=spec.predictor_model, **params)
     except (ValueError, TypeError) as e:
+        if not params:
+            raise
         given = ", ".join(f"{k}={v!r}" for k, v in params.items())
         raise UsageError(f"--predictor-param {given}: {str(e).splitlines()[0]}") from None
 

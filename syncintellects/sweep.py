@@ -69,9 +69,7 @@ def flatten(summary: dict, prefix: str = "") -> dict:
 
 def run_key(spec: RunSpec) -> str:
     """A directory name that is a function of the spec alone: readable parts and a short hash."""
-    d = spec.to_dict()
-    if not d["predictor_params"]:  # a field added later: without it, a spec keeps the key it had before
-        del d["predictor_params"]
+    d = spec.key_dict()
     digest = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
     rate = "trace" if spec.rate is None else f"{spec.rate:g}"
     policy = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(spec.policy))[:40]
