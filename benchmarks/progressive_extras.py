@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     from policies.predictors import progress_head as ph
     from policies.predictors.answer_cues import answer_features_many
     from policies.predictors.sources import load_mix, split_by_source
-    from policies.predictors.text import shared_encoder, split_by_prompt, tokenizer
+    from policies.predictors.text import prefix_texts, shared_encoder, split_by_prompt
     from policies.predictors.train import _oof_stage0, head_features, prompt_features, train
 
     enc = shared_encoder(a.cache)
@@ -99,14 +99,8 @@ def main(argv=None) -> int:
 
     ks = [int(k) for k in a.windows.split(",") if k]
     if ks:
-        tok = tokenizer()
-
-        def tails(rows):
-            out = []
-            for _, _, _, text in rows:
-                off = tok.encode(text, add_special_tokens=False).offsets if text else []
-                out.append(text[off[max(0, len(off) - 64)][0]:] if off else ".")
-            return out
+        def tails(records, rows):  # the answer's last 64 tokens at each checkpoint (as MiniLMSource windows it)
+            return [prefix_texts(records[i]["output"], [g], 64)[0] or "." for i, g, _, _ in rows]
 
         def features(records, rows, m0):
             prompts = [records[i]["instruction"] for i, *_ in rows]
@@ -118,7 +112,7 @@ def main(argv=None) -> int:
         rows = ph.checkpoint_rows(tr, seed=0)
         x, prior, g, t, prompts = features(tr, rows, np.array([oof[tr[i]["instruction"]] for i, *_ in rows]))
         y = np.log(np.maximum(t - g, 1)) - prior
-        emb = enc.embed(tails(rows))
+        emb = enc.embed(tails(tr, rows))
         mu = emb.mean(0)
         vt = np.linalg.svd(emb - mu, full_matrices=False)[2]
         uniq = sorted(set(prompts))
@@ -129,7 +123,7 @@ def main(argv=None) -> int:
         tests = {}
         for f in FRACTIONS[1:]:
             rr = ph.checkpoint_rows(te, (f,))
-            tests[f] = features(te, rr, np.array([m0_te[te[i]["instruction"]] for i, *_ in rr]))[:4] + (enc.embed(tails(rr)),)
+            tests[f] = features(te, rr, np.array([m0_te[te[i]["instruction"]] for i, *_ in rr]))[:4] + (enc.embed(tails(te, rr)),)
         enc.save()
         for k in ks:
             xk = np.hstack([x, (emb - mu) @ vt[:k].T])
