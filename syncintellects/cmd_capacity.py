@@ -7,7 +7,7 @@ from pathlib import Path
 
 from syncintellects.cmd_simulate import add_cluster_arguments, cluster_fields, parse_params
 from syncintellects.cmd_trace import add_load_arguments, load_options
-from syncintellects.spec import RunSpec
+from syncintellects.spec import PREDICTOR_MODEL_HELP, RunSpec
 
 
 def register(sub) -> None:
@@ -25,7 +25,7 @@ def register(sub) -> None:
     p.add_argument("--num-requests", type=int, default=2000, help="requests per probe (default 2000)")
     p.add_argument("--profile", default=None)
     p.add_argument("--predictor", default=None, help="length predictor for the policies that use one")
-    p.add_argument("--predictor-model", default=None)
+    p.add_argument("--predictor-model", default=None, help=PREDICTOR_MODEL_HELP)
     p.add_argument("--length-control", choices=("off", "on"), default="off")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--kv-blocks", type=int, default=None)

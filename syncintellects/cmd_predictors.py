@@ -2,7 +2,7 @@
 
 Thin shells over :mod:`policies.predictors.train`. Training reads real answers (the bundled
 AlpacaEval Llama-2-7b-chat set by default), holds out prompts (split by prompt, seeded),
-writes the head (``head.npz``), its metadata and held-out metrics (``model.json``), the
+writes the head (``head.npz``; ``lora.npz`` for ``--head lora``), its metadata and held-out metrics (``model.json``), the
 held-out records (``heldout.json``, for ``evaluate-predictor``) and an embedding cache.
 """
 from __future__ import annotations
@@ -27,14 +27,20 @@ def register(sub) -> None:
                    help="hold out whole sources instead (comma-separated, e.g. sharegpt or alpaca-eval/koala; "
                         "'alpaca-eval' = all its sub-sets): train on the others, evaluate on these; a prompt "
                         "seen in training is never evaluated")
-    p.add_argument("--head", choices=("ridge", "ridge+boost", "transformer", "cues"), default=None,
-                   help="prompt: ridge (default) or ridge+boost (mean of ridge and gradient-boosted trees); "
+    p.add_argument("--head", choices=("ridge", "ridge+boost", "lora", "transformer", "cues"), default=None,
+                   help="prompt: ridge (default), ridge+boost (mean of ridge and gradient-boosted trees) or lora "
+                        "(MiniLM's top layers fine-tuned with a ranking loss; ~20 CPU-minutes; docs/predictors.md); "
                         "progressive: cues (default; a calibrated survival prior corrected by trees over the answer's "
                         "structure so far; measured best, docs/predictors.md), ridge on the latest text embedding, "
                         "or a transformer over the states every 32 tokens (the default with --record-hidden)")
     p.add_argument("--clip-tokens", default="none", metavar="LO,HI",
                    help="prompt: learn ln(clip(answer tokens, LO, HI)) instead of ln(tokens) (the recommended "
                         "recipe: 64,1024; docs/predictors.md); none (default) for no clipping")
+    p.add_argument("--lora-steps", type=int, default=None, metavar="N",
+                   help="--head lora: training steps of 32 prompts (default 1000)")
+    p.add_argument("--lora-layers", type=int, default=None, metavar="K",
+                   help="--head lora: how many of MiniLM's six layers, from the top, get adapters (default 3)")
+    p.add_argument("--lora-rank", type=int, default=None, metavar="R", help="--head lora: adapter rank (default 16)")
     p.add_argument("--max-answers", type=int, default=None,
                    help="progressive: train the sequence head on at most this many answers (seeded subsample; "
                         "embedding every 32 tokens is the cost)")
@@ -80,10 +86,17 @@ def train_cmd(args) -> int:
         raise ValueError("--clip-tokens is for --kind prompt")
     records = load_mix(args.data)
     head_type = args.head or ("transformer" if args.record_hidden else "cues" if args.kind == "progressive" else "ridge")
-    if args.kind == "prompt" and args.head not in (None, "ridge", "ridge+boost"):
+    if args.kind == "prompt" and args.head not in (None, "ridge", "ridge+boost", "lora"):
         raise ValueError(f"--head {args.head} is for --kind progressive")
-    if args.kind == "progressive" and args.head == "ridge+boost":
-        raise ValueError("--head ridge+boost is for --kind prompt")
+    if args.kind == "progressive" and args.head in ("ridge+boost", "lora"):
+        raise ValueError(f"--head {args.head} is for --kind prompt")
+    lora = {k: v for k, v in (("steps", args.lora_steps), ("layers", args.lora_layers), ("rank", args.lora_rank))
+            if v is not None}
+    if lora and head_type != "lora":
+        raise ValueError(f"--lora-{next(iter(lora))} is for --head lora")
+    for key, lo, hi in (("steps", 0, None), ("layers", 1, 6), ("rank", 1, None)):
+        if key in lora and (lora[key] < lo or (hi is not None and lora[key] > hi)):
+            raise ValueError(f"--lora-{key} must be " + (f"{lo}-{hi}" if hi else f">= {lo}") + f", got {lora[key]}")
     if args.record_hidden and head_type != "transformer":
         raise ValueError("--record-hidden needs --kind progressive --head transformer")
     if args.holdout < 0:
@@ -114,7 +127,7 @@ def train_cmd(args) -> int:
     enc = Encoder(out / "embeddings.npz")
     model = train(args.kind, fit_recs, test_recs, seed=args.seed, encoder=enc, progress=not args.quiet,
                   source=args.data or "recommended", head=head_type, states=_states(args, enc),
-                  log=None if args.quiet else print, **({"clip_tokens": clip} if clip else {}))
+                  log=None if args.quiet else print, **({"clip_tokens": clip} if clip else {}), **lora)
     model.meta["split"] = {**split, "n_train": len(fit_recs), "n_heldout": len(test_recs)}
     write_model(model, out)
     if test_recs:

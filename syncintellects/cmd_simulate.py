@@ -8,7 +8,7 @@ import sys
 
 from syncintellects.cmd_trace import add_load_arguments, load_options
 from syncintellects.errors import UsageError, check_out_dir
-from syncintellects.spec import RunSpec, check_spec, run_simulation
+from syncintellects.spec import PREDICTOR_MODEL_HELP, RunSpec, check_spec, run_simulation
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    "runs past its end (otherwise that is an error)")
     p.add_argument("--batch-size", type=int, default=None, help="batch size of static / length-grouped batching")
     p.add_argument("--predictor", default=None, help="length predictor: oracle, noisy, prompt, progressive")
-    p.add_argument("--predictor-model", default=None, help="directory written by train-predictor")
+    p.add_argument("--predictor-model", default=None, help=PREDICTOR_MODEL_HELP)
     p.add_argument("--predictor-param", action="append", default=[], metavar="NAME=VALUE",
                    help="predictor parameter (repeatable), e.g. --predictor-param error_model=in-distribution "
                         "(prompt/progressive without prompt text: which measured errors to apply; default "
@@ -163,4 +163,7 @@ def list_policies(args) -> int:
     print("\nlength predictors (--predictor NAME, --predictor-param NAME=VALUE):")
     for name, cls in PREDICTORS.items():
         entry(name, cls, "--predictor-param", predictor_parameters(name))
+    from policies.predictors.learned import BUNDLED_MODELS
+
+    print(f"\nbundled predictor models (--predictor-model NAME): {', '.join(BUNDLED_MODELS)}")
     return 0

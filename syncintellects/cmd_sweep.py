@@ -10,7 +10,7 @@ import polars as pl
 
 from syncintellects.cmd_simulate import parse_params
 from syncintellects.cmd_trace import add_load_arguments, load_options
-from syncintellects.spec import RunSpec
+from syncintellects.spec import PREDICTOR_MODEL_HELP, RunSpec
 from syncintellects.sweep import BACKENDS, SPEC_FIELDS, expand, run_sweep
 from syncintellects.workers import Interrupted, interruptible
 
@@ -135,7 +135,7 @@ def register(sub) -> None:
         p.add_argument("--" + flag.replace("_", "-"), default=None, help="comma-separated values")
     p.add_argument("--num-requests", type=int, default=None, help="requests per run (default 2000)")
     p.add_argument("--profile", default=None)
-    p.add_argument("--predictor-model", default=None, help="directory written by train-predictor")
+    p.add_argument("--predictor-model", default=None, help=PREDICTOR_MODEL_HELP)
     p.add_argument("--kv-blocks", type=int, default=None, help="override the KV-cache size in blocks")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="extra policy parameter")
     p.add_argument("--predictor-param", action="append", default=[], metavar="NAME=VALUE",

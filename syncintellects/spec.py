@@ -22,6 +22,10 @@ from syncintellects.errors import UsageError
 from traces.schema import Trace
 
 
+PREDICTOR_MODEL_HELP = ("directory written by train-predictor, or a bundled model's name: prompt-lora (the prompt "
+                        "predictor with MiniLM's top layers fine-tuned; docs/predictors.md)")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     trace: str = "azure-conv"

@@ -79,19 +79,30 @@ def run(data: str, enc: Encoder, seed: int = 0, **recipe) -> list[dict]:
 def run_cv(data: str, enc: Encoder, seed: int = 0, k: int = 5, **recipe) -> list[dict]:
     """k-fold cross-validation by prompt over the whole mix: every prompt is scored once, by a model
     trained on the other folds (a steadier in-distribution figure than one held-out split)."""
-    from policies.predictors.head import length_metrics
     from policies.predictors.train import predict_records
 
     records = load_mix(data)
-    prompts = sorted({r["instruction"] for r in records})
-    fold_of = dict(zip(prompts, np.random.default_rng(seed).permutation(len(prompts)) % k))
-    fold = np.array([fold_of[r["instruction"]] for r in records])
+    fold = cv_folds(records, seed, k)
     true, pred = np.zeros(len(records)), np.zeros(len(records))
     for j in range(k):
         head = train("prompt", [r for r, f in zip(records, fold) if f != j], None, seed=seed, encoder=enc, **recipe)
         idx = np.flatnonzero(fold == j)
         t, p, _ = predict_records(head, [records[i] for i in idx], encoder=enc)
         true[idx], pred[idx] = t, p
+    return cv_rows(records, true, pred, k)
+
+
+def cv_folds(records: list[dict], seed: int, k: int) -> np.ndarray:
+    """Each record's fold, 0..k-1, by prompt (seeded): every answer of one prompt in one fold."""
+    prompts = sorted({r["instruction"] for r in records})
+    fold_of = dict(zip(prompts, np.random.default_rng(seed).permutation(len(prompts)) % k))
+    return np.array([fold_of[r["instruction"]] for r in records])
+
+
+def cv_rows(records: list[dict], true: np.ndarray, pred: np.ndarray, k: int) -> list[dict]:
+    """The k-fold table's rows, one per source family, from every record's out-of-fold prediction."""
+    from policies.predictors.head import length_metrics
+
     rows = []
     for fam in sorted({r["source"].split("/", 1)[0] for r in records}):
         m = np.array([r["source"].split("/", 1)[0] == fam for r in records])

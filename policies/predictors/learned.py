@@ -20,6 +20,16 @@ from policies.predictors.text import DATA_DIR, EMBED_DIM, load_records, prefix_t
 
 
 SHIPPED = DATA_DIR / "models"  # small trained models committed with the repo (docs/predictors.md says how)
+BUNDLED_MODELS = ("prompt-lora",)  # bundled models a user may name in --predictor-model (prompt, progressive: defaults)
+
+
+def model_path(model_dir):
+    """``--predictor-model``'s value as a directory: a path, or the name of a bundled model (``prompt-lora``)."""
+    from pathlib import Path
+
+    if model_dir is None or Path(model_dir).exists() or str(model_dir) not in BUNDLED_MODELS:
+        return model_dir
+    return SHIPPED / str(model_dir)
 
 
 def _train_bundled(kind: str, seed: int):
@@ -40,7 +50,7 @@ class _Learned(_TruthBound):
     def __init__(self, trace=None, seed: int = 0, model_dir=None, embedding_cache=None):
         super().__init__()
         self.seed = int(seed)
-        self.model_dir = model_dir
+        self.model_dir = model_dir = model_path(model_dir)
         self.trace = trace
         from policies.predictors.train import load_model
 
@@ -66,6 +76,12 @@ class _Learned(_TruthBound):
         """The prompt head's ln-length prediction (its own feature set)."""
         from policies.predictors.cues import cue_features
 
+        if head.meta.get("head") == "lora":  # a fine-tuned encoder reads the text itself (lora.py)
+            prompts = getattr(self.trace, "prompt", None)
+            if prompts is not None and not self._trace_embedded:
+                self._trace_embedded = True  # the whole trace in one batched pass
+                head.predict_log_prompts([p for p in prompts if p], progress=len(prompts) > 256)
+            return head.predict_log_prompts([prompt])
         n = token_counts([prompt])
         extra = np.log1p(n) if head.meta.get("features", "minilm+ln_len") == "minilm+ln_len" else \
             cue_features([prompt], n)[0]

@@ -169,17 +169,23 @@ def train(kind: str, train_records: list[dict], test_records: list[dict] | None,
         y_tok = target_tokens(train_records)
         if clip_tokens is not None:
             y_tok = np.clip(y_tok, *clip_tokens)
-        if head_type not in ("ridge", "ridge+boost"):
-            raise ValueError(f"prompt head {head_type!r}: expected 'ridge' or 'ridge+boost'")
-        x = prompt_features(enc, prompts, progress, features)
-        wts = source_weights(train_records) if balance else None
-        head = fit_ridge(x, np.log(y_tok), prompt_ids(prompts), seed, weights=wts)
+        if head_type not in ("ridge", "ridge+boost", "lora"):
+            raise ValueError(f"prompt head {head_type!r}: expected 'ridge', 'ridge+boost' or 'lora'")
+        if head_type == "lora":  # fine-tuned encoder (lora.py): reads the prompts' text, not `features`
+            from policies.predictors.lora import fit_lora
+
+            fams = [r.get("source", "").split("/", 1)[0] if balance else "all" for r in train_records]
+            head = fit_lora(prompts, np.log(y_tok), fams, seed=seed, progress=progress, log=log, **fit)
+        else:
+            x = prompt_features(enc, prompts, progress, features)
+            wts = source_weights(train_records) if balance else None
+            head = fit_ridge(x, np.log(y_tok), prompt_ids(prompts), seed, weights=wts)
+            head.meta["features"] = features
         if head_type == "ridge+boost":
             from policies.predictors.boost import fit_trees
 
             head.arrays = fit_trees(x, np.log(y_tok), wts, seed)
         head.meta["head"] = head_type
-        head.meta["features"] = features
         head.meta["balanced_sources"] = bool(balance)
         if clip_tokens is not None:
             head.meta["target_clip_tokens"] = [int(c) for c in clip_tokens]
@@ -226,6 +232,10 @@ def load_model(model_dir):
         from policies.predictors.sequence import SequenceModel
 
         return SequenceModel.load(model_dir)
+    if (Path(model_dir) / "lora.npz").exists():
+        from policies.predictors.lora import LoraHead
+
+        return LoraHead.load(model_dir)
     if (Path(model_dir) / "model.json").exists() and '"head": "cues"' in (Path(model_dir) / "model.json").read_text():
         from policies.predictors.progress_head import CueHead
 
@@ -243,8 +253,11 @@ def predict_records(head: RidgeHead, records: list[dict], fraction: float = 0.0,
         if fraction != 0.0:
             raise ValueError("a prompt predictor only predicts before the answer starts (fraction 0)")
         t = np.maximum(token_counts([r["output"] for r in records]), 1)
-        x = prompt_features(enc, [r["instruction"] for r in records], progress, head_features(head))
-        pred = np.exp(head.predict_log(x))
+        prompts = [r["instruction"] for r in records]
+        if head.meta.get("head") == "lora":
+            pred = np.exp(head.predict_log_prompts(prompts, progress))
+        else:
+            pred = np.exp(head.predict_log(prompt_features(enc, prompts, progress, head_features(head))))
         return t, np.maximum(pred, 1.0), np.zeros(len(t), dtype=np.int64)
     p, s, g, t = _checkpoints(records, (fraction,))
     m0 = head.stage0.predict_log(prompt_features(enc, p, progress, head_features(head.stage0)))
