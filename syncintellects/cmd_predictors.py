@@ -13,8 +13,8 @@ from pathlib import Path
 
 def register(sub) -> None:
     p = sub.add_parser("train-predictor", help="train the prompt or progressive length predictor on real answers",
-                       description="Train a MiniLM + ridge length predictor on real answers and write it to --out "
-                                   "(head.npz, model.json with held-out metrics, heldout.json).")
+                       description="Train a MiniLM-based length predictor on real answers and write it to --out "
+                                   "(head.npz or lora.npz, model.json with held-out metrics, heldout.json).")
     p.add_argument("--kind", choices=("prompt", "progressive"), required=True)
     p.add_argument("--data", default=None,
                    help="comma-separated sources: alpaca-eval (bundled Llama-2-7b-chat answers), alpaca-eval-multi "
@@ -55,7 +55,8 @@ def register(sub) -> None:
     q = sub.add_parser("evaluate-predictor", help="score a trained length predictor on real answers",
                        description="Predict the answer length of each {instruction, output} record and write "
                                    "METRICS.json (mae_tokens, kendall_tau, bucket_accuracy, n, ...).")
-    q.add_argument("--model", required=True, help="directory written by train-predictor")
+    q.add_argument("--model", required=True, help="directory written by train-predictor, or a bundled model's "
+                   "name (prompt-lora)")
     q.add_argument("--data", required=True, help="JSON(.gz) list of {instruction, output} records, or a named source")
     q.add_argument("--record-hidden", default=None, metavar="MODEL",
                    help="for a hidden-state progressive model: the served model to replay the answers through")
@@ -127,7 +128,7 @@ def train_cmd(args) -> int:
     enc = Encoder(out / "embeddings.npz")
     model = train(args.kind, fit_recs, test_recs, seed=args.seed, encoder=enc, progress=not args.quiet,
                   source=args.data or "recommended", head=head_type, states=_states(args, enc),
-                  log=None if args.quiet else print, **({"clip_tokens": clip} if clip else {}), **lora)
+                  log=None if args.quiet else _say, **({"clip_tokens": clip} if clip else {}), **lora)
     model.meta["split"] = {**split, "n_train": len(fit_recs), "n_heldout": len(test_recs)}
     write_model(model, out)
     if test_recs:
@@ -140,12 +141,14 @@ def train_cmd(args) -> int:
 
 def evaluate_cmd(args) -> int:
     from policies.predictors.sources import load_source
+    from policies.predictors.learned import model_path
     from policies.predictors.text import Encoder
     from policies.predictors.train import evaluate, load_model
 
     model = load_model(args.model)
     records = load_source(args.data)
-    enc = Encoder(Path(args.model) / "embeddings.npz")
+    # the embedding cache lives beside a user's model, never inside the installed package's bundled one
+    enc = Encoder(None if model_path(args.model) != args.model else Path(args.model) / "embeddings.npz")
     metrics = evaluate(model, records, encoder=enc, progress=not args.quiet, states=_states(args, enc))
     metrics.update({"model": str(args.model), "kind": model.meta.get("kind"), "data": str(args.data)})
     out = Path(args.out)
@@ -153,6 +156,11 @@ def evaluate_cmd(args) -> int:
     out.write_text(json.dumps(metrics, indent=2) + "\n")
     _print_summary(f"{model.meta.get('kind')} predictor on {args.data} -> {out}", metrics)
     return 0
+
+
+def _say(*a) -> None:
+    """Progress lines of long training, flushed so that a redirected log shows them as they come."""
+    print(*a, flush=True)
 
 
 def _print_summary(title: str, m: dict | None) -> None:

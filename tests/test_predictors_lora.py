@@ -147,3 +147,38 @@ def test_lora_flag_errors_are_one_line(tmp_path, capsys, argv, needle):
     rc = main(["train-predictor", *argv, "--data", str(ALPACA), "--out", str(tmp_path / "m")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and needle in err[0]
+
+
+def test_the_bundled_prompt_lora_model_is_the_documented_one_and_serves_by_name(tmp_path, capsys):
+    """``--predictor-model prompt-lora`` names the shipped fine-tuned model (docs/predictors.md): 3 tuned layers,
+    rank 16, trained on every ShareGPT + AlpacaEval first turn; it loads by name everywhere a directory is taken,
+    ranks the fixture's real Llama-2 answers, and a name that is neither a directory nor bundled is one line."""
+    from policies.predictors.head import length_metrics
+    from policies.predictors.learned import SHIPPED, model_path
+    from policies.predictors.text import load_records
+    from policies.predictors.train import load_model, target_tokens
+
+    assert model_path("prompt-lora") == SHIPPED / "prompt-lora"
+    m = load_model("prompt-lora")
+    assert isinstance(m, L.LoraHead) and m.meta["layers"] == 3 and m.meta["rank"] == 16
+    assert m.meta["split"]["n_heldout"] == 0 and set(m.meta["train_by_source"]) >= {"sharegpt", "alpaca-eval/koala"}
+    recs = load_records(ALPACA)
+    true = target_tokens(recs)
+    pred = np.exp(m.predict_log_prompts([r["instruction"] for r in recs]))
+    assert length_metrics(true, pred)["kendall_tau"] > 0.3  # in its training data: it must have learned them
+    out = tmp_path / "ev.json"
+    assert main(["evaluate-predictor", "--model", "prompt-lora", "--data", str(ALPACA), "--out", str(out), "--quiet"]) == 0
+    assert json.loads(out.read_text())["kendall_tau"] == pytest.approx(length_metrics(true, pred)["kendall_tau"])
+    assert not (SHIPPED / "prompt-lora" / "embeddings.npz").exists()
+    # without text it applies its own measured errors (both kinds), not the default model's
+    from policies.predictors import errors, make_predictor
+
+    for em in errors.ERROR_MODELS:
+        stored = m.meta["error_models"][em]
+        assert 0 < stored["b"] < 1 and stored["n"] >= 785
+        p = make_predictor("prompt", model_dir="prompt-lora", error_model=em)
+        assert p.error == {k: stored[k] for k in ("b", "c", "sigma")} != make_predictor("prompt", error_model=em).error
+    capsys.readouterr()
+    assert main(["evaluate-predictor", "--model", "prompt-loraa", "--data", str(ALPACA), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "prompt-loraa: no such directory" in err[0] and "prompt-lora" in err[0]

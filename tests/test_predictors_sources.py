@@ -65,6 +65,26 @@ def test_error_model_choice_defaults_to_unseen_source():
         make_predictor("prompt", error_model="optimistic")
 
 
+def test_a_model_directory_carrying_error_models_uses_its_own_not_the_defaults(tmp_path):
+    """A model's ``error_models`` (what the bundled prompt-lora carries) replace the shipped defaults in a
+    text-free run, per error model; without them the defaults apply (test above)."""
+    import json
+    import shutil
+
+    from policies.predictors.learned import SHIPPED
+
+    d = tmp_path / "m"
+    shutil.copytree(SHIPPED / "prompt", d)
+    meta = json.loads((d / "model.json").read_text())
+    mine = {"in-distribution": {"b": 0.5, "c": -0.1, "sigma": 0.4, "n": 10, "measured": "x"},
+            "unseen-source": {"b": 0.2, "c": -0.3, "sigma": 0.45, "n": 10, "measured": "y"}}
+    (d / "model.json").write_text(json.dumps({**meta, "error_models": mine}))
+    for em in errors.ERROR_MODELS:
+        p = make_predictor("prompt", model_dir=str(d), error_model=em)
+        assert p.error == {k: mine[em][k] for k in ("b", "c", "sigma")}
+    assert make_predictor("prompt", model_dir=str(d), error={"b": 1, "c": 0, "sigma": 0}).error["b"] == 1
+
+
 def test_unseen_source_errors_are_worse_than_in_distribution():
     # Less shrinkage b (worse ranking) or more noise on prompts from a source never seen.
     a, b = errors.PROMPT_ERROR_IN, errors.PROMPT_ERROR_UNSEEN

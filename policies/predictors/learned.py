@@ -96,8 +96,12 @@ class _Learned(_TruthBound):
 
     def _measured(self, key: str, error_model: str):
         """This model directory's own held-out error parameters for ``error_model``, if it has them
-        (a split by prompt measures in-distribution errors, a split by source unseen-source ones)."""
+        (a split by prompt measures in-distribution errors, a split by source unseen-source ones), or the
+        ``error_models`` a bundled model carries for both (measured by other runs of its recipe)."""
         meta = self._head.meta if self._head is not None else {}
+        stored = (meta.get("error_models") or {}).get(error_model)
+        if stored is not None and key == "error_model":
+            return stored
         split = (meta.get("split") or {}).get("by", "prompt")
         if (split == "source") != (error_model == "unseen-source"):
             return None

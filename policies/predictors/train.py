@@ -225,9 +225,16 @@ def _meta(kind: str, seed: int, source: str, records: list[dict], mu: float) -> 
 
 
 def load_model(model_dir):
-    """A trained model directory: a :class:`RidgeHead` or a :class:`~.sequence.SequenceModel`."""
+    """A trained model directory (or a bundled model's name, ``prompt-lora``): a :class:`RidgeHead`, a
+    :class:`~.lora.LoraHead`, a :class:`~.progress_head.CueHead` or a :class:`~.sequence.SequenceModel`."""
     from pathlib import Path
 
+    from policies.predictors.learned import BUNDLED_MODELS, model_path
+
+    model_dir = model_path(model_dir)
+    if not Path(model_dir).is_dir():
+        raise FileNotFoundError(f"predictor model {model_dir}: no such directory (bundled models: "
+                                f"{', '.join(BUNDLED_MODELS)}; write one with `syncintellects train-predictor`)")
     if (Path(model_dir) / "sequence.json").exists():
         from policies.predictors.sequence import SequenceModel
 
