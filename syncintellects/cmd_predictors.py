@@ -29,7 +29,8 @@ def register(sub) -> None:
                         "seen in training is never evaluated")
     p.add_argument("--head", choices=("ridge", "ridge+boost", "lora", "transformer", "cues"), default=None,
                    help="prompt: ridge (default), ridge+boost (mean of ridge and gradient-boosted trees) or lora "
-                        "(MiniLM's top layers fine-tuned with a ranking loss; ~20 CPU-minutes; docs/predictors.md); "
+                        "(MiniLM's top layers fine-tuned with a ranking loss; ~30 CPU-minutes on the full mix, resumable "
+                        "after a Ctrl-C; docs/predictors.md); "
                         "progressive: cues (default; a calibrated survival prior corrected by trees over the answer's "
                         "structure so far; measured best, docs/predictors.md), ridge on the latest text embedding, "
                         "or a transformer over the states every 32 tokens (the default with --record-hidden)")
@@ -41,6 +42,9 @@ def register(sub) -> None:
     p.add_argument("--lora-layers", type=int, default=None, metavar="K",
                    help="--head lora: how many of MiniLM's six layers, from the top, get adapters (default 3)")
     p.add_argument("--lora-rank", type=int, default=None, metavar="R", help="--head lora: adapter rank (default 16)")
+    p.add_argument("--fresh", action="store_true",
+                   help="--head lora: discard a training state left in --out by an interrupted run (by default the "
+                        "same command resumes from it)")
     p.add_argument("--max-answers", type=int, default=None,
                    help="progressive: train the sequence head on at most this many answers (seeded subsample; "
                         "embedding every 32 tokens is the cost)")
@@ -98,6 +102,8 @@ def train_cmd(args) -> int:
     for key, lo, hi in (("steps", 0, None), ("layers", 1, 6), ("rank", 1, None)):
         if key in lora and (lora[key] < lo or (hi is not None and lora[key] > hi)):
             raise ValueError(f"--lora-{key} must be " + (f"{lo}-{hi}" if hi else f">= {lo}") + f", got {lora[key]}")
+    if args.fresh and head_type != "lora":
+        raise ValueError("--fresh is for --head lora (the only resumable training)")
     if args.record_hidden and head_type != "transformer":
         raise ValueError("--record-hidden needs --kind progressive --head transformer")
     if args.holdout < 0:
@@ -125,12 +131,18 @@ def train_cmd(args) -> int:
         test_recs = [test_recs[i] for i in keep]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if head_type == "lora":  # resumable: an interrupted run leaves its state here (lora.py)
+        lora["state"] = out / "lora-state.pt"
+        if args.fresh:
+            lora["state"].unlink(missing_ok=True)
     enc = Encoder(out / "embeddings.npz")
     model = train(args.kind, fit_recs, test_recs, seed=args.seed, encoder=enc, progress=not args.quiet,
                   source=args.data or "recommended", head=head_type, states=_states(args, enc),
                   log=None if args.quiet else _say, **({"clip_tokens": clip} if clip else {}), **lora)
     model.meta["split"] = {**split, "n_train": len(fit_recs), "n_heldout": len(test_recs)}
     write_model(model, out)
+    if head_type == "lora":
+        lora["state"].unlink(missing_ok=True)  # the model is written: nothing left to resume
     if test_recs:
         (out / "heldout.json").write_text(json.dumps([{"instruction": r["instruction"], "output": r["output"],
                                                        "source": r["source"]} for r in test_recs],

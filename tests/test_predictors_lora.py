@@ -105,6 +105,47 @@ def test_step_zero_is_the_ridge_warm_start_and_training_is_seeded():
         L.fit_lora(prompts, y, fams, layers=7)
 
 
+def test_an_interrupted_training_resumes_bit_for_bit(tmp_path):
+    """Ctrl-C mid-training (a real SIGINT, arriving in a step) stops after that step with the state saved;
+    the same call resumes from it and ends with exactly the weights of an uninterrupted run; a state of
+    another run (other seed) is refused, and a finished state resumes to the same model with no step run."""
+    import os
+    import signal
+
+    prompts, y, fams = _rows()
+    kw = dict(seed=0, steps=7, layers=1, rank=4)
+    whole = L.fit_lora(prompts, y, fams, **kw)
+    state = tmp_path / "lora-state.pt"
+    steps_run = []
+
+    def interrupt_at_3(step, model):
+        steps_run.append(step)
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # deferred by fit_lora until the step is whole
+
+    with pytest.raises(KeyboardInterrupt):
+        L.fit_lora(prompts, y, fams, state=state, state_every=2, checkpoint=(1, interrupt_at_3), **kw)
+    assert steps_run == [0, 1, 2, 3] and state.exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert torch.load(state, weights_only=False)["step"] == 3
+    with pytest.raises(ValueError, match="another run"):
+        L.fit_lora(prompts, y, fams, state=state, **{**kw, "seed": 1})
+    steps_run.clear()
+    resumed = L.fit_lora(prompts, y, fams, state=state, state_every=2, checkpoint=(1, lambda s, m: steps_run.append(s)),
+                         **kw)
+    assert steps_run == [4, 5, 6, 7]
+    for a, b in zip(resumed.adapters + [{"head": (resumed.head_w, np.array([resumed.head_b]))}],
+                    whole.adapters + [{"head": (whole.head_w, np.array([whole.head_b]))}]):
+        for k in a:
+            assert np.array_equal(a[k][0], b[k][0]) and np.array_equal(a[k][1], b[k][1])
+    assert torch.load(state, weights_only=False)["step"] == 7
+    done = L.fit_lora(prompts, y, fams, state=state, **kw)  # nothing left to train: the same model
+    assert np.array_equal(done.predict_log_prompts(prompts), whole.predict_log_prompts(prompts))
+    state.write_bytes(b"not a state")
+    with pytest.raises(ValueError, match="not a readable lora training state"):
+        L.fit_lora(prompts, y, fams, state=state, **kw)
+
+
 def test_train_evaluate_and_simulate_with_a_lora_model(tmp_path):
     import polars as pl
 
@@ -116,6 +157,7 @@ def test_train_evaluate_and_simulate_with_a_lora_model(tmp_path):
     assert meta["head"] == "lora" and meta["layers"] == 1 and meta["rank"] == 4 and meta["settings"]["steps"] == 4
     assert meta["kind"] == "prompt" and meta["split"]["n_heldout"] == 10 and meta["heldout"]["n"] == 10
     assert (out / "lora.npz").stat().st_size < 200_000
+    assert not (out / "lora-state.pt").exists()  # the model is written: no training state is left to resume
     # evaluate-predictor reloads the stored (fp16) model and measures exactly what training measured
     assert main(["evaluate-predictor", "--model", str(out), "--data", str(out / "heldout.json"),
                  "--out", str(tmp_path / "m.json"), "--quiet"]) == 0
@@ -142,6 +184,7 @@ def test_train_evaluate_and_simulate_with_a_lora_model(tmp_path):
     (["--kind", "progressive", "--head", "lora"], "--head lora"),
     (["--kind", "prompt", "--head", "lora", "--lora-layers", "7"], "--lora-layers"),
     (["--kind", "prompt", "--head", "lora", "--lora-rank", "0"], "--lora-rank"),
+    (["--kind", "prompt", "--head", "ridge+boost", "--fresh"], "--fresh"),
 ])
 def test_lora_flag_errors_are_one_line(tmp_path, capsys, argv, needle):
     rc = main(["train-predictor", *argv, "--data", str(ALPACA), "--out", str(tmp_path / "m")])

