@@ -106,7 +106,7 @@ def _worker_init() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _prepare_out(out: Path, record: dict, fresh: bool) -> Path:
+def _prepare_out(out: Path, record: dict, fresh: bool, inputs: dict[str, str] | None = None) -> Path:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: is a file, not a directory")
     spec_file = out / "capacity_search.json"
@@ -122,6 +122,15 @@ def _prepare_out(out: Path, record: dict, fresh: bool) -> Path:
     if spec_file.exists() and spec_file.read_text() != text:
         raise ValueError(f"--out {out} holds a different capacity search (see {spec_file}); "
                          f"use another --out or --fresh to start over")
+    inputs_file = out / "capacity_inputs.json"  # the content of the files its probes read (syncintellects.inputs)
+    if fresh:
+        inputs_file.unlink(missing_ok=True)
+    if inputs is not None:
+        from syncintellects.inputs import check_unchanged
+
+        if inputs_file.exists():  # older searches have none to check
+            check_unchanged(json.loads(inputs_file.read_text()), inputs, f"--out {out}")
+        inputs_file.write_text(json.dumps(inputs, indent=1, sort_keys=True) + "\n")
     spec_file.write_text(text)
     return probes
 
@@ -153,7 +162,9 @@ def search(base: RunSpec, policies: list[str], seeds: list[int], *, target: floa
         spec = base.with_(policy=p, rate=start_rate, num_requests=min(base.num_requests or 2, 2))
         build_policy(spec, load_spec_trace(spec))
     load_spec_trace(base.with_(policy=policies[0], rate=start_rate, seed=max(seeds)))  # the last seed's requests exist
-    probes_dir = _prepare_out(out, record, fresh)
+    from syncintellects.inputs import fingerprints
+
+    probes_dir = _prepare_out(out, record, fresh, fingerprints([base.with_(policy=p) for p in policies]))
     chains = [Chain(p, s, target, tolerance, start_rate) for p in policies for s in seeds]
     _drive(chains, base, probes_dir, workers, progress, _ray_remote(ray_address) if backend == "ray" else None)
     results = summarize_chains(chains, policies, target, tolerance, base.slo)

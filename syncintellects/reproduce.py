@@ -153,7 +153,14 @@ def run_reproduction(cfg: ReproductionConfig, arms=ARMS, progress: bool = True, 
     """
     check_config(cfg)
     study = {**{k: v for k, v in asdict(cfg).items() if k != "workers"}, "arms": [asdict(a) for a in arms]}
-    store = RowStore(out, study, _row_key, fresh, what="reproduction") if out is not None else None
+    if out is not None:
+        from syncintellects.inputs import fingerprints
+
+        inputs = fingerprints([RunSpec(trace=cfg.trace, profile=cfg.profile, policy=a.policy, predictor=a.predictor)
+                               for a in arms])
+        store = RowStore(out, study, _row_key, fresh, what="reproduction", inputs=inputs)
+    else:
+        store = None
     jobs = [(cfg, a, r, s) for a in arms for r in cfg.rates for s in cfg.seeds]
     done = store.begin() if store is not None else {}
     rows = [done[k] for k in (run_key(a.label, r, s) for _, a, r, s in jobs) if k in done]

@@ -7,7 +7,9 @@ of a base spec and a grid). Runs execute in worker processes on this machine
 
 - every spec is checked before the first run (a bad arm stops the sweep with nothing run);
 - ``OUT/sweep.json`` records the sweep; a different sweep into the same ``OUT`` is refused
-  (``fresh=True`` removes the old runs first);
+  (``fresh=True`` removes the old runs first), and so is a resume after an input the runs read
+  (a trace file, a profile, a predictor model; bundled ones too) changed content
+  (:mod:`syncintellects.inputs`);
 - each finished run is written at once to ``OUT/runs/<run key>/`` (``summary.json`` last,
   atomically), so a rerun of the same sweep runs only what is missing, after a crash, a
   ``kill -9`` or a Ctrl-C;
@@ -133,7 +135,11 @@ class RunStore:
     def __init__(self, out: str | Path, specs: list[RunSpec], keys: list[str], fresh: bool):
         self.out = check_out_dir(out)
         self.runs = self.out / "runs"
-        record = {"version": 1, "runs": [{"key": k, "spec": s.to_dict()} for k, s in zip(keys, specs)]}
+        from syncintellects.inputs import check_unchanged, fingerprints
+
+        inputs = fingerprints(specs)
+        record = {"version": 1, "runs": [{"key": k, "spec": s.to_dict()} for k, s in zip(keys, specs)],
+                  "inputs": inputs}
         text = json.dumps(record, indent=1, sort_keys=True, default=str) + "\n"
         old_file = self.out / SWEEP_FILE
         self.fresh = fresh
@@ -144,11 +150,12 @@ class RunStore:
                 old = json.loads(old_file.read_text())
                 old_keys = [r["key"] for r in old["runs"]]
             except (ValueError, KeyError, TypeError):
-                old_keys = None
+                old, old_keys = {}, None
             if old_keys != keys:
                 common = len(set(old_keys or ()) & set(keys))
                 raise ValueError(f"--out {self.out} holds a different sweep ({len(old_keys or ())} runs, {common} in "
                                  f"common with this one); use another --out, or --fresh to delete its runs")
+            check_unchanged(old.get("inputs"), inputs, f"--out {self.out}")  # older sweeps have none to check
         elif self.runs.exists() or (self.out / "results.parquet").exists():
             raise ValueError(f"--out {self.out} holds results of an earlier sweep that this one cannot check "
                              f"(no {SWEEP_FILE}); use another --out, or --fresh to delete them")

@@ -117,20 +117,28 @@ def slug(text: str) -> str:
     return out
 
 
+INPUTS_FILE = "inputs.json"
+
+
 class RowStore:
     """``OUT/runs/<key>.json``: one result row per finished run, and ``study.json`` naming the
     study they belong to (a different study into the same ``OUT`` is refused unless ``fresh``)."""
 
-    def __init__(self, out: str | Path, study: dict, key, fresh: bool, what: str = "study"):
+    def __init__(self, out: str | Path, study: dict, key, fresh: bool, what: str = "study",
+                 inputs: dict[str, str] | None = None):
         from syncintellects.errors import check_out_dir
+        from syncintellects.inputs import check_unchanged
 
         self.dir = check_out_dir(out) / "runs"
-        self.key, self.fresh = key, fresh
+        self.key, self.fresh, self.inputs = key, fresh, inputs
         self.text = json.dumps(study, indent=1, sort_keys=True, default=str) + "\n"
         old = self.dir / "study.json"
         if not fresh and self.dir.exists() and (not old.exists() or old.read_text() != self.text):
             raise ValueError(f"--out {self.dir.parent} holds the runs of a different {what}; use another --out, "
                              f"or --fresh to delete them")
+        self.inputs_file = self.dir.parent / INPUTS_FILE  # beside runs/, whose *.json are the rows
+        if not fresh and inputs is not None and self.dir.exists() and self.inputs_file.exists():  # older: none
+            check_unchanged(json.loads(self.inputs_file.read_text()), inputs, f"--out {self.dir.parent}")
 
     def begin(self) -> dict[str, dict]:
         """Record the study (after removing old runs when ``fresh``); the rows already done, by key."""
@@ -138,6 +146,8 @@ class RowStore:
             shutil.rmtree(self.dir)
         self.dir.mkdir(exist_ok=True)
         write_atomic(self.dir / "study.json", self.text)
+        if self.inputs is not None:  # the content of the files its runs read (syncintellects.inputs)
+            write_atomic(self.inputs_file, json.dumps(self.inputs, indent=1, sort_keys=True) + "\n")
         return {p.stem: json.loads(p.read_text()) for p in self.dir.glob("*.json") if p.name != "study.json"}
 
     def write(self, row: dict) -> None:

@@ -87,6 +87,25 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_probes(md1_tra
     assert calls == [] and (out / "capacity.json").read_bytes() == first
 
 
+def test_a_resumed_search_whose_profile_changed_is_refused(md1_trace, tmp_path, capsys):
+    """Probes are keyed by policy, seed and rate: after the profile file changed they would be stale."""
+    prof = tmp_path / "p.json"
+    prof.write_text(json.dumps(load_profile().data))
+    out = tmp_path / "c"
+    args = ["capacity", "--trace", md1_trace, "--policy", "static", "--num-requests", "200", "--slo", "ttft=0.3",
+            "--target", "0.8", "--profile", str(prof), "--out", str(out)]
+    assert main(args) == 0
+    assert main(args) == 0  # unchanged: every probe reused
+    data = json.loads(prof.read_text())
+    data["name"] = data.get("name", "p") + "-edited"
+    prof.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"profile {prof} has changed" in err[0]
+    assert main(args + ["--fresh"]) == 0
+
+
 def test_capacity_command_writes_json_and_html_and_refuses_another_search_in_the_same_out(md1_trace, tmp_path, capsys):
     out = tmp_path / "c"
     args = ["capacity", "--trace", md1_trace, "--policy", "static,continuous", "--seed", "0,1",

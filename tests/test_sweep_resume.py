@@ -173,6 +173,29 @@ def test_a_different_sweep_into_the_same_out_is_refused_and_fresh_replaces_it(tm
     assert "no sweep.json" in capsys.readouterr().err
 
 
+def test_a_resume_after_an_input_changed_is_refused_naming_it(tmp_path, capsys):
+    """The run keys are the specs', so a resume after the trace file (or profile, or predictor model) changed
+    content would reuse runs made from the old one: refused with one line naming the input; --fresh reruns."""
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens\n" + "".join(f"{i * 0.5},{100 + i},{20 + i % 7}\n"
+                                                                        for i in range(40)))
+    out = tmp_path / "s"
+    argv = ["sweep", "--trace", str(trace), "--policy", "static,continuous", "--num-requests", "40", "--out", str(out),
+            "--workers", "1"]
+    assert main(argv) == 0
+    first = pl.read_parquet(out / "results.parquet")
+    assert json.loads((out / "sweep.json").read_text())["inputs"][f"trace {trace}"]
+    assert main(argv) == 0  # unchanged: resumes, nothing rerun
+    assert "resuming: 2 of 2" in capsys.readouterr().err
+    trace.write_text(trace.read_text().replace(",20\n", ",200\n"))  # longer answers: other figures
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"trace {trace} has changed" in err[0] and "--fresh" in err[0]
+    assert main(argv + ["--fresh"]) == 0
+    again = pl.read_parquet(out / "results.parquet")
+    assert again["output_tokens"].sum() > first["output_tokens"].sum()
+
+
 def test_an_unfinished_run_directory_is_run_again(tmp_path):
     out = tmp_path / "s"
     specs = _small()
@@ -274,3 +297,20 @@ def test_a_failing_run_stops_the_sweep_at_once_and_keeps_the_runs_before_it(tmp_
     assert pl.read_parquet(tmp_path / "results.parquet")["run_key"].to_list() == [run_key(specs[0])]
     monkeypatch.setattr(sweep_mod, "execute", real)
     assert run_sweep(specs, backend="serial", out=tmp_path, progress=False).height == 4
+
+
+def test_a_row_store_refuses_to_resume_across_an_input_change(tmp_path):
+    """The store of `reproduce paper`: its inputs (trace, profile, predictor models) are fingerprinted too."""
+    from syncintellects.workers import RowStore
+
+    key = lambda row: row["k"]  # noqa: E731
+    s = RowStore(tmp_path / "r", {"study": 1}, key, False, inputs={"profile p": "aaa"})
+    assert s.begin() == {}
+    s.write({"k": "one", "v": 1})
+    again = RowStore(tmp_path / "r", {"study": 1}, key, False, inputs={"profile p": "aaa"})
+    assert again.begin() == {"one": {"k": "one", "v": 1}}  # the inputs file is not a row
+    with pytest.raises(ValueError, match="profile p has changed"):
+        RowStore(tmp_path / "r", {"study": 1}, key, False, inputs={"profile p": "bbb"})
+    fresh = RowStore(tmp_path / "r", {"study": 1}, key, True, inputs={"profile p": "bbb"})
+    assert fresh.begin() == {}
+    assert json.loads((tmp_path / "r" / "inputs.json").read_text()) == {"profile p": "bbb"}
