@@ -10,7 +10,9 @@ docs/validation.md (real, simulated and error per metric; one line per policy an
 
 Each run's command line is printed before it runs. Runs are interleaved across policies
 (policy 1 run 1, policy 2 run 1, ..., policy 1 run 2, ...) so that a change of machine load
-falls on every policy alike.
+falls on every policy alike. Resumable: a run whose directory holds a verdict made by the same
+command line (``command.json``) is read back, not run again, so rerunning an interrupted
+command only runs what is missing (``--fresh`` runs everything again).
 """
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ def main(argv=None) -> int:
     ap.add_argument("--real-runs", type=int, default=1,
                     help="each verdict's real side: N runs combined, every step's median time (validate --real-runs)")
     ap.add_argument("--policies", nargs="*", default=None, help="default: every policy the registry has")
+    ap.add_argument("--fresh", action="store_true", help="run every verdict again, even those already in --out")
     ap.add_argument("--model", default="tiny-llama", help="the runner's model (default tiny-llama)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
     ap.add_argument("--dtype", default=None, help="default: the runner's (fp32 on CPU, fp16 on a GPU)")
@@ -79,20 +82,31 @@ def main(argv=None) -> int:
             argv_p = ["validate", "--profile", args.profile, "--policy", p, "--num-requests", str(args.num_requests),
                       "--tolerance", str(args.tolerance), *POLICIES[p], "--rate", args.rate, "--real-runs", str(args.real_runs), *args.extra, *common, "--out", str(d)]
             print("syncintellects " + " ".join(argv_p), flush=True)
-            c0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-            status = cli(argv_p)
-            c1 = resource.getrusage(resource.RUSAGE_SELF)
-            if not (d / "validation.json").exists():  # refused (exit 2, its one line printed above): go on
-                print(f"  exit {status}: no verdict", flush=True)
-                continue
-            doc = json.loads((d / "validation.json").read_text())
-            doc["_status"], doc["_wall_s"] = status, time.perf_counter() - w0
-            doc["_cpu_s"] = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
+            done = d / "command.json"
+            if not args.fresh and done.exists() and json.loads(done.read_text()).get("argv") == argv_p \
+                    and (d / "validation.json").exists():
+                doc = json.loads((d / "validation.json").read_text())
+                doc.update(json.loads(done.read_text())["run"])
+                print("  done already (its verdict is read back; --fresh to run it again)", flush=True)
+            else:
+                done.unlink(missing_ok=True)
+                (d / "validation.json").unlink(missing_ok=True)  # never a verdict of another command or a torn run
+                c0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+                status = cli(argv_p)
+                c1 = resource.getrusage(resource.RUSAGE_SELF)
+                if not (d / "validation.json").exists():  # refused (exit 2, its one line printed above): go on
+                    print(f"  exit {status}: no verdict", flush=True)
+                    continue
+                doc = json.loads((d / "validation.json").read_text())
+                run = {"_status": status, "_wall_s": time.perf_counter() - w0,
+                       "_cpu_s": (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)}
+                doc.update(run)
+                done.write_text(json.dumps({"argv": argv_p, "run": run}) + "\n")  # last: the verdict is whole
             docs[p].append(doc)
             m = doc["metrics"]
             f = (doc.get("machine_probe") or {}).get("factor") or 1.0
             load = doc["machine_load_average_1m"]
-            print(f"  exit {status}, conclusive {doc['conclusive']}, wall {doc['_wall_s']:.0f} s, cpu {doc['_cpu_s']:.0f} s, "
+            print(f"  exit {doc['_status']}, conclusive {doc['conclusive']}, wall {doc['_wall_s']:.0f} s, cpu {doc['_cpu_s']:.0f} s, "
                   f"load {load['before_real_run']}-{load['after_real_run']}, machine factor {f:.3f}, replay drift / factor "
                   f"{doc['replay']['drift'] / f:.3f} ("
                   + ", ".join(f"{k} {v['drift'] / f:.3f}" for k, v in doc["replay"]["by_kind"].items()) + "); "
