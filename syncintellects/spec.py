@@ -273,6 +273,9 @@ def run_simulation(spec: RunSpec, progress: bool = False, engine: str = "auto", 
     if slo is not None:
         result.requests = apply_slo(result.requests, result.summary, slo, trace.slo_class)
     result.config["spec"] = spec.to_dict()
+    from syncintellects.inputs import fingerprints
+
+    result.config["inputs"] = fingerprints([spec])  # the content hashes of the files the run read (provenance)
     add_warnings(result.summary, seed_warnings(spec, trace))
     return result
 

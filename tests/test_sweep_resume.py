@@ -184,7 +184,10 @@ def test_a_resume_after_an_input_changed_is_refused_naming_it(tmp_path, capsys):
             "--workers", "1"]
     assert main(argv) == 0
     first = pl.read_parquet(out / "results.parquet")
-    assert json.loads((out / "sweep.json").read_text())["inputs"][f"trace {trace}"]
+    inputs = json.loads((out / "sweep.json").read_text())["inputs"]
+    assert set(inputs) == {f"trace {trace}", "profile a100-llama-2-7b"}
+    for run in (out / "runs").iterdir():  # each run's config.json says what content it read (provenance)
+        assert json.loads((run / "config.json").read_text())["inputs"] == inputs
     assert main(argv) == 0  # unchanged: resumes, nothing rerun
     assert "resuming: 2 of 2" in capsys.readouterr().err
     trace.write_text(trace.read_text().replace(",20\n", ",200\n"))  # longer answers: other figures
