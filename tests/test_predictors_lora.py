@@ -225,3 +225,24 @@ def test_the_bundled_prompt_lora_model_is_the_documented_one_and_serves_by_name(
     assert main(["evaluate-predictor", "--model", "prompt-loraa", "--data", str(ALPACA), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "prompt-loraa: no such directory" in err[0] and "prompt-lora" in err[0]
+
+
+def test_loads_of_one_stored_model_share_predictions_and_a_rewrite_does_not(tmp_path):
+    """A sweep's runs in one worker each load the model: they share its predictions (the prompts are read
+    once), and a model file rewritten since is a new model with its own."""
+    import os
+    import shutil
+
+    from policies.predictors.learned import SHIPPED
+
+    d = tmp_path / "m"
+    shutil.copytree(SHIPPED / "prompt-lora", d)
+    a, b = L.LoraHead.load(d), L.LoraHead.load(d)
+    assert a._cache is b._cache
+    first = a.predict_log_prompts(["Write a haiku about rain."])
+    assert "Write a haiku about rain." in b._cache
+    st = (d / "lora.npz").stat()
+    os.utime(d / "lora.npz", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    c = L.LoraHead.load(d)
+    assert c._cache is not a._cache and c._cache == {}
+    assert np.array_equal(c.predict_log_prompts(["Write a haiku about rain."]), first)

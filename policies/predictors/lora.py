@@ -39,6 +39,7 @@ DEFAULTS = {"layers": 3, "rank": 16, "steps": 1000, "lam": 1.0, "sigma": 0.5, "l
 
 _BERT = None
 _STATES: dict[tuple[int, str], np.ndarray] = {}  # (frozen layers, prompt) -> its frozen states (fp16)
+_PREDICTIONS: dict[tuple, dict[str, float]] = {}  # stored model (path, size, mtime) -> prompt -> ln prediction
 
 
 def load_bert():
@@ -198,7 +199,12 @@ class LoraHead:
         with np.load(d / "lora.npz") as z:
             adapters = [{k: (z[f"l{i}_{k}_A"].astype(np.float32), z[f"l{i}_{k}_B"].astype(np.float32)) for k in PROJ}
                         for i in range(int(meta["layers"]))]
-            return LoraHead(adapters, z["head_w"], float(z["head_b"]), meta)
+            head = LoraHead(adapters, z["head_w"], float(z["head_b"]), meta)
+        # every load of the same stored model in this process shares its predictions (a sweep's runs in one
+        # worker predict the trace's prompts once), keyed by the file's identity so that a rewrite is a new model
+        st = (d / "lora.npz").stat()
+        head._cache = _PREDICTIONS.setdefault((str((d / "lora.npz").resolve()), st.st_size, st.st_mtime_ns), {})
+        return head
 
 
 def fit_lora(prompts: list[str], y_log: np.ndarray, families: list[str], *, seed: int = 0, progress: bool = False,
