@@ -92,14 +92,11 @@ def recentred(em: dict, mu_train: float, mu_test: float, measured: str) -> dict:
 
 
 def merge(out: Path, records: list[dict], fams: np.ndarray, k: int, model_dir=None, unseen=None) -> int:
-    from policies.predictors.head import shrinkage_fit
+    from policies.predictors.crosssource import cv_rows, markdown
+    from policies.predictors.head import length_metrics, shrinkage_fit
     from policies.predictors.train import load_model
 
-    fitted = {}
-    from policies.predictors.crosssource import cv_rows, markdown
-    from policies.predictors.head import length_metrics
-
-    per_fold = {}
+    fitted, per_fold = {}, {}
     for head, prefix in (("lora", ""), ("ridge+boost", "ridge+boost-")):
         if not all((out / f"{prefix}fold{j}.npz").exists() for j in range(k)):
             print(f"{head}: not every fold is written; skipped")
