@@ -140,7 +140,7 @@ def train_cmd(args) -> int:
                   source=args.data or "recommended", head=head_type, states=_states(args, enc),
                   log=None if args.quiet else _say, **({"clip_tokens": clip} if clip else {}), **lora)
     model.meta["split"] = {**split, "n_train": len(fit_recs), "n_heldout": len(test_recs)}
-    write_model(model, out)
+    write_model(model, out, fit_recs)  # with its training prompts, hashed: runs count the prompts it has seen
     if head_type == "lora":
         lora["state"].unlink(missing_ok=True)  # the model is written: nothing left to resume
     if test_recs:

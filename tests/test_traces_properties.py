@@ -41,7 +41,8 @@ def test_rescale_rate_hits_rate_and_keeps_order(trace, rate):
     np.testing.assert_array_equal(out.request_id, trace.request_id)
     np.testing.assert_array_equal(out.prompt_tokens, trace.prompt_tokens)
     # Gaps scale by one factor: the shape of the arrival process is unchanged.
-    np.testing.assert_allclose(out.arrival_s, trace.arrival_s * (trace.mean_rate / rate), rtol=1e-12)
+    np.testing.assert_allclose(out.arrival_s, trace.arrival_s / trace.duration_s * ((len(trace) - 1) / rate),
+                               rtol=1e-12)  # = arrival_s x mean_rate / rate, without its overflow on a subnormal span
     assert "rescale_rate" in out.notes["transforms"][-1]
 
 
@@ -141,3 +142,10 @@ def test_generator_argument_errors():
         arrival_times(10, 1.0, "hawkes", seed=0)
     with pytest.raises(TraceError, match="rate must be"):
         arrival_times(10, 0.0, seed=0)
+
+
+def test_rescale_rate_of_a_subnormal_span_is_finite():
+    """Found by hypothesis: two arrivals 2.2e-313 s apart made the factor inf and 0 x inf a NaN arrival."""
+    tr = make_trace("t", [0.0, 2.2250738585e-313], [1, 1], [1, 1])
+    out = rescale_rate(tr, 1.0)
+    assert out.arrival_s.tolist() == [0.0, 1.0] and out.mean_rate == 1.0

@@ -26,8 +26,12 @@ def rescale_rate(trace: Trace, rate: float) -> Trace:
                          f"{trace.duration_s} s; a rate needs at least two distinct arrival times")
     old = trace.mean_rate
     factor = old / rate
-    return trace.with_arrivals(trace.arrival_s * factor,
-                               note=f"rescale_rate: mean rate {old:.6g} -> {rate:.6g} req/s (arrival times x{factor:.6g})")
+    if math.isfinite(factor):
+        arrivals = trace.arrival_s * factor
+    else:  # a span near the smallest float: divide by it first (its factor, and 0 x it, would be inf / NaN)
+        arrivals = trace.arrival_s / trace.duration_s * ((len(trace) - 1) / rate)
+    return trace.with_arrivals(arrivals, note=f"rescale_rate: mean rate {old:.6g} -> {rate:.6g} req/s (arrival "
+                                              f"times x{factor:.6g})")
 
 
 def slice_window(trace: Trace, start_s: float, end_s: float, rebase: bool = True) -> Trace:

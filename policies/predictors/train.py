@@ -317,6 +317,32 @@ def evaluate(head, records: list[dict], *, encoder: Encoder | None = None, progr
     return out
 
 
-def write_model(head, model_dir: str | Path) -> Path:
+TRAIN_PROMPTS = "train_prompts.npy"  # a model directory's training prompts, hashed (prompt_hashes)
+
+
+def _hash_each(prompts) -> np.ndarray:
+    """64-bit hashes (the first 8 bytes of SHA-1) of prompt texts, one per prompt."""
+    return np.array([int.from_bytes(hashlib.sha1(p.encode("utf-8")).digest()[:8], "little") for p in prompts],
+                    dtype=np.uint64)
+
+
+def prompt_hashes(prompts) -> np.ndarray:
+    """Sorted distinct hashes of prompt texts: what a model directory keeps of its training prompts, so that
+    a run can tell how many of the prompts it serves the model has seen."""
+    return np.unique(_hash_each(prompts))
+
+
+def write_model(head, model_dir: str | Path, train_records: list[dict] | None = None) -> Path:
     head.save(model_dir)
+    if train_records is not None:
+        np.save(Path(model_dir) / TRAIN_PROMPTS, prompt_hashes([r["instruction"] for r in train_records]))
     return Path(model_dir)
+
+
+def seen_prompts(model_dir, prompts) -> int | None:
+    """How many of ``prompts`` are among the training prompts of the model in ``model_dir`` (None: it keeps
+    no record of them, as models written before train_prompts.npy existed)."""
+    path = Path(model_dir) / TRAIN_PROMPTS
+    if not path.exists():
+        return None
+    return int(np.isin(_hash_each(prompts), np.load(path)).sum())
