@@ -83,10 +83,10 @@ def main(argv=None) -> int:
                       "--tolerance", str(args.tolerance), *POLICIES[p], "--rate", args.rate, "--real-runs", str(args.real_runs), *args.extra, *common, "--out", str(d)]
             print("syncintellects " + " ".join(argv_p), flush=True)
             done = d / "command.json"
-            if not args.fresh and done.exists() and json.loads(done.read_text()).get("argv") == argv_p \
-                    and (d / "validation.json").exists():
+            record = json.loads(done.read_text()) if done.exists() and not args.fresh else {}
+            if record.get("argv") == argv_p and (d / "validation.json").exists():
                 doc = json.loads((d / "validation.json").read_text())
-                doc.update(json.loads(done.read_text())["run"])
+                doc.update(record["run"])
                 print("  done already (its verdict is read back; --fresh to run it again)", flush=True)
             else:
                 done.unlink(missing_ok=True)

@@ -192,17 +192,26 @@ def _number(v, field: str, path: str, positive: bool = False) -> None:
         raise ProfileError(f"profile {path}: {field} must be a finite number {'> 0' if positive else '>= 0'}, got {v!r}")
 
 
-def load_profile(name_or_path: str | Path | None = None) -> Profile:
-    """Load a bundled profile by name (default A100 / Llama-2-7B) or a profile file by path."""
+def profile_source(name_or_path: str | Path | None = None):
+    """``(name, file, bundled)`` of ``--profile``'s value: a bundled profile's name (aliases resolved) and its
+    resource, or a profile file's path (which may not exist; :func:`load_profile` says so)."""
     name_or_path = str(name_or_path or DEFAULT_PROFILE)
     name_or_path = ALIASES.get(name_or_path, name_or_path)
     p = Path(name_or_path)
     if p.suffix == ".json" or p.exists():
+        return name_or_path, p, False
+    return name_or_path, resources.files("simulator") / "profiles" / f"{name_or_path}.json", True
+
+
+def load_profile(name_or_path: str | Path | None = None) -> Profile:
+    """Load a bundled profile by name (default A100 / Llama-2-7B) or a profile file by path."""
+    name_or_path, p, bundled = profile_source(name_or_path)
+    if not bundled:
         if not p.exists():
             raise ProfileError(f"profile file {p} does not exist")
         text, path = p.read_text(), str(p)
     else:
-        res = resources.files("simulator") / "profiles" / f"{name_or_path}.json"
+        res = p
         if not res.is_file():
             raise ProfileError(f"unknown profile {name_or_path!r}: `syncintellects profiles` lists the "
                                f"{len(bundled_profiles())} bundled ones (or give a profile .json path)")

@@ -9,7 +9,6 @@ resume across a change (:func:`check_unchanged`), saying which input changed.
 from __future__ import annotations
 
 import hashlib
-from importlib import resources
 from pathlib import Path
 
 _CACHE: dict[tuple, str] = {}  # (path, size, mtime_ns) -> digest, for one process
@@ -39,35 +38,26 @@ def _digest(path: Path) -> str:
 
 def input_paths(spec) -> dict[str, Path]:
     """``{label: path}`` of the files and directories a run of ``spec`` reads (those that exist)."""
-    from policies.predictors.learned import SHIPPED, model_path
-    from policies.registry import POLICIES
-    from simulator.profile import ALIASES, DEFAULT_PROFILE
-    from traces.loaders import BUNDLED, DATA_DIR
+    from simulator.profile import profile_source
+    from syncintellects.spec import learned_model_dir, run_predictor
+    from traces.loaders import BUNDLED, bundled_file
 
     out: dict[str, Path] = {}
     trace = str(spec.trace)
     if trace in BUNDLED and not Path(trace).exists():
-        if BUNDLED[trace][1] == "sharegpt":
-            try:
-                from traces.sharegpt import package_json
-
-                out[f"trace {trace}"] = Path(package_json())
-            except (ImportError, OSError, ValueError):  # not installed: the run's own check says so
-                pass
-        else:
-            out[f"trace {trace}"] = DATA_DIR / BUNDLED[trace][0]
+        try:
+            out[f"trace {trace}"] = Path(bundled_file(trace))
+        except (ImportError, OSError, ValueError):  # sharegpt not installed: the run's own check says so
+            pass
     else:
         out[f"trace {trace}"] = Path(trace)
-    for name in {str(spec.profile or DEFAULT_PROFILE), *map(str, spec.replica_profiles or ())}:
-        name = ALIASES.get(name, name)
-        p = Path(name)
-        bundled = Path(str(resources.files("simulator") / "profiles" / f"{name}.json"))
-        out[f"profile {name}"] = p if (p.suffix == ".json" or p.exists()) else bundled
-    predictor = spec.predictor or getattr(POLICIES.get(spec.policy), "default_predictor", None)
-    if spec.predictor_model is not None:
-        out[f"predictor model {spec.predictor_model}"] = Path(model_path(spec.predictor_model))
-    elif predictor in ("prompt", "progressive"):
-        out[f"predictor model (shipped {predictor})"] = SHIPPED / predictor
+    for value in {spec.profile, *(spec.replica_profiles or ())}:
+        name, path, _ = profile_source(value)
+        out[f"profile {name}"] = Path(str(path))
+    model = learned_model_dir(spec)
+    if model is not None:
+        label = spec.predictor_model if spec.predictor_model is not None else f"(shipped {run_predictor(spec)})"
+        out[f"predictor model {label}"] = model
     return {k: v for k, v in out.items() if v.exists()}
 
 

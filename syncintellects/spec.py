@@ -13,6 +13,7 @@ applied to the selected requests; ``tile`` to repeat a trace that is too short),
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from policies.registry import make_policy
@@ -194,10 +195,8 @@ def build_policy(spec: RunSpec, trace: Trace):
     check_policy_params(spec.policy, params)
     if spec.batch_size is not None:
         params["batch_size"] = spec.batch_size
-    from policies.registry import POLICIES
-
     # A policy's default predictor is built here too, so it sees the run's trace and seed.
-    predictor = spec.predictor or getattr(POLICIES.get(spec.policy), "default_predictor", None)
+    predictor = run_predictor(spec)
     if predictor is None and spec.predictor_params:
         raise UsageError(f"--predictor-param needs a predictor: policy {spec.policy!r} has no default one; "
                          f"give --predictor (oracle, noisy, prompt, progressive)")
@@ -302,20 +301,34 @@ def run_cluster(spec: RunSpec, trace: Trace, policy, cfg: SimConfig, steps_dir=N
                             length_response=length_response_model(spec), predictor=predictor, steps_dir=steps_dir)
 
 
+def run_predictor(spec: RunSpec) -> str | None:
+    """The predictor a run of ``spec`` uses: ``--predictor``, else its policy's default one (or None)."""
+    from policies.registry import POLICIES
+
+    return spec.predictor or getattr(POLICIES.get(spec.policy), "default_predictor", None)
+
+
+def learned_model_dir(spec: RunSpec):
+    """The model directory a run of ``spec`` reads: ``--predictor-model`` (a bundled name resolved), else the
+    shipped model of a learned predictor (prompt, progressive), else None."""
+    from policies.predictors.learned import SHIPPED, model_path
+
+    if spec.predictor_model is not None:
+        return Path(model_path(spec.predictor_model))
+    kind = run_predictor(spec)
+    return SHIPPED / kind if kind in ("prompt", "progressive") else None
+
+
 def seen_prompt_warnings(spec: RunSpec, trace: Trace, summary: dict) -> list[str]:
     """A learned predictor reading prompts its model was trained on predicts them in-sample: count them
     (``predictor_seen_prompts`` of ``predictor_prompts`` in the summary) and say so when there are any."""
-    from policies.registry import POLICIES
-
-    kind = spec.predictor or getattr(POLICIES.get(spec.policy), "default_predictor", None)
+    kind = run_predictor(spec)
     prompts = [p for p in (trace.prompt or []) if p]
     if kind not in ("prompt", "progressive") or not prompts:
         return []
-    from policies.predictors.learned import SHIPPED, model_path
     from policies.predictors.train import seen_prompts
 
-    model = model_path(spec.predictor_model) if spec.predictor_model is not None else SHIPPED / kind
-    seen = seen_prompts(model, prompts)
+    seen = seen_prompts(learned_model_dir(spec), prompts)
     if seen is None:  # a model written before its training prompts were kept
         return []
     summary["predictor_seen_prompts"], summary["predictor_prompts"] = seen, len(prompts)

@@ -45,6 +45,17 @@ BUNDLED: dict[str, tuple[str, str, dict, str]] = {
 }
 
 
+def bundled_file(name: str) -> Path:
+    """The file a bundled trace is read from (``sharegpt``: inside the installed package, a one-line
+    MissingData error if it is not installed)."""
+    file, fmt, _, _ = BUNDLED[name]
+    if fmt == "sharegpt":
+        from traces.sharegpt import package_json
+
+        return package_json()
+    return DATA_DIR / file
+
+
 def bundled_names() -> list[str]:
     return sorted(BUNDLED)
 
@@ -70,7 +81,7 @@ def load_trace(name_or_path: str | Path, *, format: str | None = None, skip_bad_
     """
     key = str(name_or_path)
     if key in BUNDLED and not Path(key).exists():
-        file, fmt, defaults, _ = BUNDLED[key]
+        _, fmt, defaults, _ = BUNDLED[key]
         if format is not None and format != fmt:
             raise TraceError(f"format={format!r} (--format): the bundled trace {key!r} is read as {fmt!r}; "
                              f"--format is for trace files")
@@ -78,11 +89,7 @@ def load_trace(name_or_path: str | Path, *, format: str | None = None, skip_bad_
         opts.update({k: v for k, v in (("arrivals", arrivals), ("rate", rate), ("seed", seed)) if v is not None})
         if cv != 1.0:
             opts["cv"] = cv
-        if fmt == "sharegpt":
-            from traces.sharegpt import package_json
-
-            file = package_json()
-        return load_trace(DATA_DIR / file, format=fmt, skip_bad_rows=skip_bad_rows, sort=sort, name=name or key,
+        return load_trace(bundled_file(key), format=fmt, skip_bad_rows=skip_bad_rows, sort=sort, name=name or key,
                           max_rows=max_rows, **opts, **format_opts)
     path = Path(name_or_path)
     if not path.exists():
