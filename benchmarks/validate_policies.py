@@ -98,10 +98,10 @@ def main(argv=None) -> int:
                     print(f"  exit {status}: no verdict", flush=True)
                     continue
                 doc = json.loads((d / "validation.json").read_text())
-                run = {"_status": status, "_wall_s": time.perf_counter() - w0,
-                       "_cpu_s": (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)}
-                doc.update(run)
-                done.write_text(json.dumps({"argv": argv_p, "run": run}) + "\n")  # last: the verdict is whole
+                took = {"_status": status, "_wall_s": time.perf_counter() - w0,
+                        "_cpu_s": (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)}
+                doc.update(took)
+                done.write_text(json.dumps({"argv": argv_p, "run": took}) + "\n")  # last: the verdict is whole
             docs[p].append(doc)
             m = doc["metrics"]
             f = (doc.get("machine_probe") or {}).get("factor") or 1.0
