@@ -120,7 +120,7 @@ def main(argv=None) -> int:
         print(spread_table(docs))
     (out / "summary.json").write_text(json.dumps({p: [{k: d[k] for k in ("metrics", "metrics_uncorrected", "failed", "conditioning",
                                                                           "machine_probe", "replay", "_status",
-                                                                          "real_runs", "metrics_per_real_run",
+                                                                          "real_runs", "metrics_per_real_run", "one_run_out",
                                                                           "_wall_s", "_cpu_s") if k in d}
                                                       for d in ds] for p, ds in docs.items()}, indent=1) + "\n")
     return 0
@@ -131,19 +131,31 @@ def verdicts(docs: dict[str, list[dict]], tolerance: float) -> str:
     run, and the verdict on the median over runs of each metric's error."""
     import statistics
 
-    lines = ["| policy | runs passing | largest error per run | median error over runs: largest | verdict on the median |",
-             "|---|---|---|---|---|"]
+    lines = ["| policy | runs passing | largest error per run | median error over runs: largest | verdict on the median "
+             "| each run, one real run left out |", "|---|---|---|---|---|---|"]
     for p, ds in docs.items():
         if not ds:
-            lines.append(f"| {p} | no verdict (refused) | - | - | - |")
+            lines.append(f"| {p} | no verdict (refused) | - | - | - | - |")
             continue
         worst = [max((d["metrics"][k]["rel_error"] for k, _, _ in ROWS), key=abs) for d in ds]
         med = {k: statistics.median(d["metrics"][k]["rel_error"] for d in ds) for k, _, _ in ROWS}
         mk = max(med, key=lambda k: abs(med[k]))
         passing = sum(abs(w) <= tolerance for w in worst)
         lines.append(f"| {p} | {passing}/{len(ds)} | {' / '.join(f'{w:+.1%}' for w in worst)} | "
-                     f"{med[mk]:+.1%} ({mk}) | {'pass' if abs(med[mk]) <= tolerance else 'FAIL'} |")
+                     f"{med[mk]:+.1%} ({mk}) | {'pass' if abs(med[mk]) <= tolerance else 'FAIL'} | "
+                     f"{' / '.join(decided(d) for d in ds)} |")
     return "\n".join(lines)
+
+
+def decided(doc: dict) -> str:
+    """A verdict as its leave-one-out check has it: pass, FAIL, or undecided (naming what one run flips)."""
+    loo = doc.get("one_run_out")
+    if not loo:
+        return "-"
+    if loo["undecided"]:
+        return "undecided (" + ", ".join(k.replace("_s.", " ").replace("throughput_output_tokens_per_s", "throughput")
+                                         for k in loo["undecided"]) + ")"
+    return "FAIL" if doc["failed"] else "pass"
 
 
 def spread_table(docs: dict[str, list[dict]]) -> str:

@@ -190,11 +190,15 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
                                            profile=scaled_profile(profile, f),
                                            length_response=length_response_model(spec)).summary,
                         sim.summary, factor or 1.0)
+    # the machine's own noise: the verdict again with each real run left out (needs 3 or more)
+    noise = one_run_out([combine_runs(runs[:k] + runs[k + 1:]).summary for k in range(len(runs))], report,
+                        sim.summary, tolerance) if len(runs) >= 3 else None
     # each run alone against the same simulation: how far one realisation of the machine can be
     report_runs = [compare(r.summary, sim.summary) for r in runs] if len(runs) > 1 else None
     server = server_time(real, runner_cfg.server_time, sim)
     doc = {"metrics": report, "tolerance": tolerance, "gated": list(GATED), "failed": bad,
-           "conditioning": cond, "conclusive": not cond["ill_conditioned"],
+           "conditioning": cond, "one_run_out": noise,
+           "conclusive": not cond["ill_conditioned"] and not (noise and noise["undecided"]),
            "verdict_basis": (f"simulator calibrated with the profile's grid re-measured {inter['sweeps']} times "
                              f"interleaved with the real run ({out / 'interleaved-profile.json'})" if inter else
                              ("uncorrected: the profile has no probe section" if probe_every_s else
@@ -224,7 +228,9 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
                          "simulator calibrated by the grid interleaved with the run" if inter else None,
                          f"real: {len(runs)} runs, every step's median time" if len(runs) > 1 else None,
                          "the server's own time off the real clock" if runner_cfg.server_time == "off" else None,
-                         None if doc["conclusive"] else "INCONCLUSIVE: ill-conditioned workload") if n]
+                         "INCONCLUSIVE: ill-conditioned workload" if cond["ill_conditioned"] else None,
+                         f"UNDECIDED (one real run more or less flips it): {', '.join(noise['undecided'])}"
+                         if noise and noise["undecided"] else None) if n]
     try:
         import plotly  # noqa: F401  (a core dependency; absent only where the package set was carried by hand)
     except ImportError:
@@ -278,6 +284,29 @@ def conditioning(simulate_at, base: dict, factor: float, eps: float = 0.02, limi
         el[name] = None if a is None or b is None else (b - a) / (2 * eps)
     bad = [k for k, v in el.items() if v is not None and abs(v) > limit]
     return {"eps": eps, "limit": limit, "elasticity": el, "ill_conditioned": bad}
+
+
+def one_run_out(summaries: list[dict], report: dict, sim: dict, tolerance: float) -> dict | None:
+    """Does the verdict hinge on one real run? ``summaries`` are the combined real run made again with each of
+    its N runs left out in turn. For each gated metric: the range of (sim - real) / real over them, and a
+    decision: the full verdict (``pass`` or ``fail``) when every leave-one-out verdict agrees with it, else
+    ``undecided`` (one realisation of the machine more or less would flip it). None with fewer than 3 runs."""
+    if len(summaries) < 3:
+        return None
+    by_metric, undecided = {}, []
+    for name in GATED:
+        full = report[name]["rel_error"]
+        errs = [compare(s, sim)[name]["rel_error"] for s in summaries]
+        if full is None or any(e is None for e in errs):
+            by_metric[name] = {"range": None, "decided": "undecided"}
+            undecided.append(name)
+            continue
+        ok = abs(full) <= tolerance
+        decided = ("pass" if ok else "fail") if all((abs(e) <= tolerance) == ok for e in errs) else "undecided"
+        by_metric[name] = {"range": [float(min(errs)), float(max(errs))], "decided": decided}
+        if decided == "undecided":
+            undecided.append(name)
+    return {"runs": len(summaries), "by_metric": by_metric, "undecided": undecided}
 
 
 def busy_breakdown(real: RunResult, sim: RunResult) -> dict:

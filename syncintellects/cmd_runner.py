@@ -272,7 +272,15 @@ def cmd_validate(args) -> int:
                   f"{drift / f:.3f}; per step kind: "
                   + ", ".join(f"{k} {v['drift'] / f:.3f}" for k, v in doc["replay"]["by_kind"].items()
                               if v["drift"] is not None))
-        if not doc["conclusive"]:
+        noise = doc.get("one_run_out")
+        if noise:
+            print(f"  each of the {noise['runs']} real runs left out in turn, the error ranges over: "
+                  + ", ".join(f"{k} [{v['range'][0]:+.1%}, {v['range'][1]:+.1%}] {v['decided']}"
+                              for k, v in noise["by_metric"].items() if v["range"] is not None))
+            if noise["undecided"]:
+                print(f"  inconclusive: one real run more or less flips the verdict on {', '.join(noise['undecided'])} "
+                      "(the machine's noise; run again on a quieter machine, or with more --real-runs)")
+        if doc["conditioning"]["ill_conditioned"]:
             c = doc["conditioning"]
             print(f"  inconclusive: a {c['eps']:.0%} change of every step time moves "
                   + ", ".join(f"{k} by {c['elasticity'][k] * c['eps']:+.1%}" for k in c["ill_conditioned"])

@@ -203,6 +203,7 @@ def test_validate_repeats_the_real_run_and_combines_it(tmp_path):
     assert main(base + ["--real-runs", "2", "--out", str(out)]) == 0
     doc = json.loads((out / "validation.json").read_text())
     assert doc["real_runs"]["n"] == 2 and len(doc["metrics_per_real_run"]) == 2
+    assert doc["one_run_out"] is None and doc["conclusive"] == (not doc["conditioning"]["ill_conditioned"])  # 2 runs
     assert doc["interleaved"]["runs"] == 2 and doc["interleaved"]["sweeps"] == 2
     runs = [pl.read_parquet(out / "real-runs" / k / "steps.parquet") for k in ("1", "2")]
     comb = pl.read_parquet(out / "real" / "steps.parquet")
@@ -223,5 +224,11 @@ def test_validate_repeats_the_real_run_and_combines_it(tmp_path):
     st_ = doc["server_time"]
     assert st_["mode"] == "clock" and st_["total_s"] > 0
     assert st_["metrics_without_server_time"]["ttft_s.mean"]["real"] < doc["metrics"]["ttft_s.mean"]["real"]
+    # three runs or more: the verdict again with each run left out (a tolerance nothing exceeds: all decided)
+    assert main(base + ["--real-runs", "3", "--out", str(tmp_path / "three")]) == 0
+    doc = json.loads((tmp_path / "three" / "validation.json").read_text())
+    loo = doc["one_run_out"]
+    assert loo["runs"] == 3 and loo["undecided"] == [] and set(loo["by_metric"]) == set(doc["gated"])
+    assert all(v["decided"] == "pass" and v["range"][0] <= v["range"][1] for v in loo["by_metric"].values())
     # a count below 1 is a user mistake: one line, exit 2
     assert main(base + ["--real-runs", "0", "--out", str(tmp_path / "bad")]) == 2

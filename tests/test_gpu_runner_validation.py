@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpu_runner.validate import GATED, conditioning, scaled_profile, step_kind
+from gpu_runner.validate import GATED, compare, conditioning, one_run_out, scaled_profile, step_kind
 from policies.registry import make_policy
 from simulator.engine import SimConfig, simulate
 from simulator.profile import load_profile
@@ -31,6 +31,33 @@ class TickClock:
 def _summary(e2e, p99, ttft, tpot, thr):
     return {"e2e_latency_s": {"mean": e2e, "p99": p99}, "ttft_s": {"mean": ttft}, "tpot_s": {"mean": tpot},
             "throughput_output_tokens_per_s": thr}
+
+
+def test_one_run_out_decides_only_what_no_single_run_flips():
+    sim = _summary(1.0, 2.0, 0.1, 0.01, 100.0)
+
+    def real(ttft, e2e=1.0):  # errors (sim - real) / real of 0 on every metric but TTFT (and E2E when given)
+        return _summary(e2e, 2.0, ttft, 0.01, 100.0)
+
+    full = compare(real(0.1 / 1.04), sim)  # TTFT +4%: a pass
+    # every run left out still passes: decided
+    doc = one_run_out([real(0.1 / 1.03), real(0.1 / 1.045), real(0.1 / 1.049)], full, sim, 0.05)
+    assert doc["by_metric"]["ttft_s.mean"]["decided"] == "pass" and doc["undecided"] == []
+    assert doc["by_metric"]["ttft_s.mean"]["range"] == pytest.approx([0.03, 0.049])
+    assert doc["runs"] == 3 and doc["by_metric"]["tpot_s.mean"] == {"range": [0.0, 0.0], "decided": "pass"}
+    # one of them would fail: the pass hinges on one run
+    doc = one_run_out([real(0.1 / 1.03), real(0.1 / 1.06), real(0.1 / 1.04)], full, sim, 0.05)
+    assert doc["by_metric"]["ttft_s.mean"]["decided"] == "undecided" and doc["undecided"] == ["ttft_s.mean"]
+    # a failure that every leave-one-out repeats is a decided failure, on either side
+    full = compare(real(0.1 / 0.90, e2e=1 / 1.08), sim)
+    doc = one_run_out([real(0.1 / 0.92, e2e=1 / 1.07), real(0.1 / 0.89, e2e=1 / 1.09), real(0.1 / 0.91, e2e=1 / 1.06)],
+                      full, sim, 0.05)
+    assert doc["by_metric"]["ttft_s.mean"]["decided"] == "fail" and doc["by_metric"]["e2e_latency_s.mean"]["decided"] == "fail"
+    assert doc["undecided"] == []
+    # a metric that cannot be computed is never decided; fewer than three runs: no such check
+    doc = one_run_out([real(0.1), real(0.1), {**real(0.1), "ttft_s": {"mean": None}}], compare(real(0.1), sim), sim, 0.05)
+    assert doc["undecided"] == ["ttft_s.mean"]
+    assert one_run_out([real(0.1), real(0.1)], compare(real(0.1), sim), sim, 0.05) is None
 
 
 def test_conditioning_elasticity_and_ill_conditioned_metrics():

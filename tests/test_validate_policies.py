@@ -36,7 +36,8 @@ def calls(monkeypatch):
         doc = {"metrics": {k: {"real": 1.0, "sim": 1.0 + err, "rel_error": err} for k in METRICS},
                "failed": [], "conclusive": True, "gated": list(METRICS),
                "machine_load_average_1m": {"before_real_run": 0.1, "after_real_run": 0.2},
-               "replay": {"drift": 1.0, "by_kind": {"decode": {"drift": 1.0}}}}
+               "replay": {"drift": 1.0, "by_kind": {"decode": {"drift": 1.0}}},
+               "one_run_out": {"runs": 5, "by_metric": {}, "undecided": ["ttft_s.mean"] if "sjf" in argv else []}}
         (out / "validation.json").write_text(json.dumps(doc))
         return 0
 
@@ -52,6 +53,10 @@ def test_every_run_gets_its_own_numbered_directory_and_resumes(script, calls, tm
     assert [a[a.index("--out") + 1].rsplit("/", 1)[1] for a in calls] == ["static-1", "sjf-1", "static-2", "sjf-2"]
     first = json.loads((tmp_path / "summary.json").read_text())
     assert [d["metrics"]["tpot_s.mean"]["rel_error"] for d in first["static"]] == pytest.approx([0.01, 0.03])
+
+    table = capsys.readouterr().out
+    assert "| static | 2/2 |" in table and table.count("| pass / pass |") == 1
+    assert "| undecided (ttft mean) / undecided (ttft mean) |" in table  # a pass one real run would flip
 
     # the same command again reads every verdict back and runs nothing
     assert script.main(argv) == 0
