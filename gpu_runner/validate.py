@@ -84,7 +84,7 @@ def write_html(real: RunResult, sim: RunResult, report: dict, path: Path, title:
              for k, v in report.items() if v["rel_error"] is not None]
     fig.update_layout(title=dict(text=f"{title}<br><sup>{' | '.join(lines[:3])}<br>{' | '.join(lines[3:])}</sup>",
                                  y=0.955, yanchor="top"),
-                      height=640, margin=dict(t=170))
+                      height=660, margin=dict(t=190))
     fig.write_html(path, include_plotlyjs=True)  # self-contained: opens offline
 
 
@@ -228,9 +228,10 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
                          "simulator calibrated by the grid interleaved with the run" if inter else None,
                          f"real: {len(runs)} runs, every step's median time" if len(runs) > 1 else None,
                          "the server's own time off the real clock" if runner_cfg.server_time == "off" else None,
-                         "INCONCLUSIVE: ill-conditioned workload" if cond["ill_conditioned"] else None,
-                         f"UNDECIDED (one real run more or less flips it): {', '.join(noise['undecided'])}"
-                         if noise and noise["undecided"] else None) if n]
+                         "INCONCLUSIVE: ill-conditioned workload" if cond["ill_conditioned"] else None) if n]
+    if noise and noise["undecided"]:  # a line of its own: it qualifies the verdict
+        notes.append("<br>UNDECIDED, one real run flips it: " + ", ".join(
+            k.replace("_latency_s.", " ").replace("_s.", " ").replace("_output_tokens_per_s", "") for k in noise["undecided"]))
     try:
         import plotly  # noqa: F401  (a core dependency; absent only where the package set was carried by hand)
     except ImportError:
@@ -238,7 +239,7 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
     else:
         write_html(real, sim, report, out / "validation.html",
                    f"{real.config['policy']} on {trace.name} ({len(trace)} requests): simulator vs real {lm.name}"
-                   + (f"<br><sub>{'; '.join(notes)}</sub>" if notes else ""))
+                   + (f"<br><sub>{'; '.join(notes).replace('; <br>', '<br>')}</sub>" if notes else ""))
     return doc, (1 if bad else 0)
 
 
