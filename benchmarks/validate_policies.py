@@ -149,12 +149,13 @@ def verdicts(docs: dict[str, list[dict]], tolerance: float) -> str:
 
 def decided(doc: dict) -> str:
     """A verdict as its leave-one-out check has it: pass, FAIL, or undecided (naming what one run flips)."""
+    from gpu_runner.validate import short_name
+
     loo = doc.get("one_run_out")
     if not loo:
         return "-"
     if loo["undecided"]:
-        return "undecided (" + ", ".join(k.replace("_s.", " ").replace("throughput_output_tokens_per_s", "throughput")
-                                         for k in loo["undecided"]) + ")"
+        return "undecided (" + ", ".join(map(short_name, loo["undecided"])) + ")"
     return "FAIL" if doc["failed"] else "pass"
 
 

@@ -45,6 +45,11 @@ def compare(real: dict, sim: dict) -> dict:
     return out
 
 
+def short_name(metric: str) -> str:
+    """A gated metric's name for a table cell or a plot's note: ``e2e mean``, ``ttft mean``, ``throughput``."""
+    return metric.replace("_latency_s.", " ").replace("_s.", " ").replace("_output_tokens_per_s", "")
+
+
 def failures(report: dict, tolerance: float) -> list[str]:
     """Gated metrics whose |rel_error| exceeds the tolerance (or could not be computed)."""
     bad = []
@@ -230,8 +235,7 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
                          "the server's own time off the real clock" if runner_cfg.server_time == "off" else None,
                          "INCONCLUSIVE: ill-conditioned workload" if cond["ill_conditioned"] else None) if n]
     if noise and noise["undecided"]:  # a line of its own: it qualifies the verdict
-        notes.append("<br>UNDECIDED, one real run flips it: " + ", ".join(
-            k.replace("_latency_s.", " ").replace("_s.", " ").replace("_output_tokens_per_s", "") for k in noise["undecided"]))
+        notes.append("<br>UNDECIDED, one real run flips it: " + ", ".join(map(short_name, noise["undecided"])))
     try:
         import plotly  # noqa: F401  (a core dependency; absent only where the package set was carried by hand)
     except ImportError:
@@ -295,9 +299,10 @@ def one_run_out(summaries: list[dict], report: dict, sim: dict, tolerance: float
     if len(summaries) < 3:
         return None
     by_metric, undecided = {}, []
+    reports = [compare(s, sim) for s in summaries]
     for name in GATED:
         full = report[name]["rel_error"]
-        errs = [compare(s, sim)[name]["rel_error"] for s in summaries]
+        errs = [r[name]["rel_error"] for r in reports]
         if full is None or any(e is None for e in errs):
             by_metric[name] = {"range": None, "decided": "undecided"}
             undecided.append(name)
