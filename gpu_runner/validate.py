@@ -60,8 +60,10 @@ def failures(report: dict, tolerance: float) -> list[str]:
     return bad
 
 
-def write_html(real: RunResult, sim: RunResult, report: dict, path: Path, title: str) -> None:
-    """Per-request simulated vs real E2E latency (scatter) and the two latency CDFs."""
+def write_html(real: RunResult, sim: RunResult, report: dict, path: Path, title: str,
+               notes: tuple[str, ...] = ()) -> None:
+    """Per-request simulated vs real E2E latency (scatter) and the two latency CDFs; ``notes``: a line each,
+    under the title, above the metrics."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -87,7 +89,8 @@ def write_html(real: RunResult, sim: RunResult, report: dict, path: Path, title:
     fig.update_yaxes(title_text="fraction of requests", row=1, col=2)
     lines = [f"{k}: real {v['real']:.4g}, sim {v['sim']:.4g}, error {v['rel_error']:+.1%}"
              for k, v in report.items() if v["rel_error"] is not None]
-    fig.update_layout(title=dict(text=f"{title}<br><sup>{' | '.join(lines[:3])}<br>{' | '.join(lines[3:])}</sup>",
+    sup = "<br>".join([*notes, " | ".join(lines[:3]), " | ".join(lines[3:])])
+    fig.update_layout(title=dict(text=f"{title}<br><sup>{sup}</sup>",
                                  y=0.955, yanchor="top"),
                       height=660, margin=dict(t=190))
     fig.write_html(path, include_plotlyjs=True)  # self-contained: opens offline
@@ -214,7 +217,8 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
            "replay_stored_profile": replay_steps(real, stored) if inter else None,
            "machine_probe": probe, "metrics_uncorrected": compare(real.summary, raw.summary),
            "policy": real.config["policy"], "trace": trace.name, "num_requests": len(trace),
-           "length_scale": spec.length_scale, "seed": spec.seed, "profile": stored.path, "model": lm.shape,
+           "length_scale": spec.length_scale, "seed": spec.seed, "profile": stored.path,
+           "profile_created": stored.data.get("created"), "model": lm.shape,
            "device": str(lm.device), "dtype": lm.dtype, "kv_blocks": real.config["kv_blocks"],
            "max_context": real.config["max_context"], "torch_threads": real.config["torch_threads"],
            "real_summary": {k: real.summary[k] for k in ("num_finished", "num_rejected", "preemptions",
@@ -230,20 +234,23 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
 
     (out / "validation.json").write_text(json.dumps(_clean(doc), indent=2, sort_keys=True) + "\n")
     notes = [n for n in (None if factor is None else f"simulator x machine factor {factor:.3f}",
-                         "simulator calibrated by the grid interleaved with the run" if inter else None,
+                         "simulator calibrated by the grid interleaved with the run" + (
+                             f" (grid {inter['median_ms_vs_stored']:.2f}x its time in the stored profile)"
+                             if inter.get("median_ms_vs_stored") is not None else "") if inter else None,
                          f"real: {len(runs)} runs, every step's median time" if len(runs) > 1 else None,
                          "the server's own time off the real clock" if runner_cfg.server_time == "off" else None,
                          "INCONCLUSIVE: ill-conditioned workload" if cond["ill_conditioned"] else None) if n]
+    lines = ["; ".join(notes)] if notes else []
     if noise and noise["undecided"]:  # a line of its own: it qualifies the verdict
-        notes.append("<br>UNDECIDED, one real run flips it: " + ", ".join(map(short_name, noise["undecided"])))
+        lines.append("UNDECIDED, one real run flips it: " + ", ".join(map(short_name, noise["undecided"])))
     try:
         import plotly  # noqa: F401  (a core dependency; absent only where the package set was carried by hand)
     except ImportError:
         print("plotly is not installed: validation.html not written (validation.json is complete)", file=sys.stderr)
     else:
         write_html(real, sim, report, out / "validation.html",
-                   f"{real.config['policy']} on {trace.name} ({len(trace)} requests): simulator vs real {lm.name}"
-                   + (f"<br><sub>{'; '.join(notes).replace('; <br>', '<br>')}</sub>" if notes else ""))
+                   f"{real.config['policy']} on {trace.name} ({len(trace)} requests): simulator vs real {lm.name}",
+                   tuple(lines))
     return doc, (1 if bad else 0)
 
 

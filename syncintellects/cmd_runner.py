@@ -266,6 +266,11 @@ def cmd_validate(args) -> int:
                 line += ("; with it on the clock" if st["mode"] == "off" else "; without it") + ": " + ", ".join(
                     f"{k} {v['rel_error']:+.1%}" for k, v in other.items() if k in doc["gated"] and v["rel_error"] is not None)
             print(line)
+        inter = doc.get("interleaved") or {}
+        if inter.get("median_ms_vs_stored") is not None:
+            print(f"  the machine: the profile's grid points took {inter['median_ms_vs_stored']:.2f}x their time when the "
+                  f"profile was measured ({doc.get('profile_created') or 'date not recorded'}; median over points); "
+                  "the verdict is priced by the grid re-measured during the run")
         drift, f = doc["replay"]["drift"], (doc["machine_probe"] or {}).get("factor") or 1.0
         if drift is not None:  # beside the verdict, never in it: measured on the very steps being priced
             print(f"  the run's own replay drift (its steps' time / the verdict's price{' x factor' if f != 1 else ''}): "

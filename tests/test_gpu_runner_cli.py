@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from simulator.profile import load_profile
 from gpu_runner.validate import GATED, compare, failures
 from syncintellects.cli import main
 
@@ -95,7 +96,6 @@ def test_quick_profile_is_a_simulator_profile(quick_profile, tmp_path):
     import torch
     import transformers
 
-    from simulator.profile import load_profile
 
     prof = load_profile(quick_profile)
     d = prof.data
@@ -152,6 +152,14 @@ def test_validate_writes_report_and_gates_on_tolerance(quick_profile, tmp_path, 
         assert inter["sweeps"] == 2 and inter["kinds"] == ["decode", "loose"] and inter["timed_during_run"] > 0
         assert (out / "interleaved-profile.json").exists() and doc["machine_probe"]["factor"] is None
         assert "interleaved" in doc["verdict_basis"] and doc["replay_stored_profile"]["drift"] > 0
+        # how the machine moved since profiling: per grid point, the time now over the stored time; the median
+        stored = load_profile(quick_profile).data
+        now = json.loads((out / "interleaved-profile.json").read_text())["samples"]
+        key = lambda s: (s["kind"], s["decode_rows"], round(s["sum_ctx"]), str(s["chunks"]), s["pad_to"])
+        ref = {key(s): s["median_ms"] for s in stored["samples"]}
+        ratios = [s["median_ms"] / ref[key(s)] for s in now if key(s) in ref]
+        assert len(ratios) == inter["points"] and inter["median_ms_vs_stored"] == pytest.approx(np.median(ratios))
+        assert doc["profile_created"] == stored["created"]
     else:
         assert doc["interleaved"] is None and doc["machine_probe"]["factor"] > 0
     names = ["e2e_latency_s.mean", "e2e_latency_s.p50", "e2e_latency_s.p99", "ttft_s.mean", "tpot_s.mean",
