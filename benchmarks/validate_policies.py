@@ -107,7 +107,7 @@ def main(argv=None) -> int:
             f = (doc.get("machine_probe") or {}).get("factor") or 1.0
             load = doc["machine_load_average_1m"]
             print(f"  exit {doc['_status']}, conclusive {doc['conclusive']}, wall {doc['_wall_s']:.0f} s, cpu {doc['_cpu_s']:.0f} s, "
-                  f"load {load['before_real_run']}-{load['after_real_run']}, machine factor {f:.3f}, replay drift / factor "
+                  f"load {load['before_real_run']}-{load['after_real_run']}, {grid(doc)}, machine factor {f:.3f}, replay drift / factor "
                   f"{doc['replay']['drift'] / f:.3f} ("
                   + ", ".join(f"{k} {v['drift'] / f:.3f}" for k, v in doc["replay"]["by_kind"].items()) + "); "
                   + ", ".join(f"{k} {v['rel_error']:+.1%}" for k, v in m.items() if v["rel_error"] is not None),
@@ -115,12 +115,13 @@ def main(argv=None) -> int:
     print(table(docs))
     print()
     print(verdicts(docs, args.tolerance))
+    print(count_line(docs, args.runs * len(names)))
     if args.real_runs > 1:
         print()
         print(spread_table(docs))
     (out / "summary.json").write_text(json.dumps({p: [{k: d[k] for k in ("metrics", "metrics_uncorrected", "failed", "conditioning",
                                                                           "machine_probe", "replay", "_status",
-                                                                          "real_runs", "metrics_per_real_run", "one_run_out",
+                                                                          "real_runs", "metrics_per_real_run", "one_run_out", "interleaved",
                                                                           "_wall_s", "_cpu_s") if k in d}
                                                       for d in ds] for p, ds in docs.items()}, indent=1) + "\n")
     return 0
@@ -132,10 +133,10 @@ def verdicts(docs: dict[str, list[dict]], tolerance: float) -> str:
     import statistics
 
     lines = ["| policy | runs passing | largest error per run | median error over runs: largest | verdict on the median "
-             "| each run, one real run left out |", "|---|---|---|---|---|---|"]
+             "| each run, one real run left out | grid now / stored |", "|---|---|---|---|---|---|---|"]
     for p, ds in docs.items():
         if not ds:
-            lines.append(f"| {p} | no verdict (refused) | - | - | - | - |")
+            lines.append(f"| {p} | no verdict (refused) | - | - | - | - | - |")
             continue
         worst = [max((d["metrics"][k]["rel_error"] for k, _, _ in ROWS), key=abs) for d in ds]
         med = {k: statistics.median(d["metrics"][k]["rel_error"] for d in ds) for k, _, _ in ROWS}
@@ -143,8 +144,31 @@ def verdicts(docs: dict[str, list[dict]], tolerance: float) -> str:
         passing = sum(abs(w) <= tolerance for w in worst)
         lines.append(f"| {p} | {passing}/{len(ds)} | {' / '.join(f'{w:+.1%}' for w in worst)} | "
                      f"{med[mk]:+.1%} ({mk}) | {'pass' if abs(med[mk]) <= tolerance else 'FAIL'} | "
-                     f"{' / '.join(decided(d) for d in ds)} |")
+                     f"{' / '.join(decided(d) for d in ds)} | {' / '.join(grid(d, bare=True) for d in ds)} |")
     return "\n".join(lines)
+
+
+def grid(doc: dict, bare: bool = False) -> str:
+    """How the machine moved since profiling: the interleaved grid's time over the stored profile's (median
+    over points); '-' for a verdict without an interleaved grid."""
+    r = (doc.get("interleaved") or {}).get("median_ms_vs_stored")
+    if r is None:
+        return "-" if bare else "no interleaved grid"
+    return f"{r:.2f}" if bare else f"grid x{r:.2f} its stored time"
+
+
+def count_line(docs: dict[str, list[dict]], expected: int) -> str:
+    """The round in one line: verdicts passed, refused runs, and what the leave-one-out check decided."""
+    ds = [d for v in docs.values() for d in v]
+    passed = sum(not d["failed"] for d in ds)
+    line = f"{passed} of {len(ds)} verdicts passed" + (f" ({expected - len(ds)} refused: no verdict)"
+                                                        if expected > len(ds) else "")
+    loo = [d for d in ds if d.get("one_run_out")]
+    if loo:
+        firm = [d for d in loo if not d["one_run_out"]["undecided"]]
+        line += (f"; one real run left out decided {len(firm)} of {len(loo)} ({sum(not d['failed'] for d in firm)} "
+                 f"pass, {sum(bool(d['failed']) for d in firm)} fail), {len(loo) - len(firm)} undecided")
+    return line
 
 
 def decided(doc: dict) -> str:

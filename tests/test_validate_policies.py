@@ -37,7 +37,8 @@ def calls(monkeypatch):
                "failed": [], "conclusive": True, "gated": list(METRICS),
                "machine_load_average_1m": {"before_real_run": 0.1, "after_real_run": 0.2},
                "replay": {"drift": 1.0, "by_kind": {"decode": {"drift": 1.0}}},
-               "one_run_out": {"runs": 5, "by_metric": {}, "undecided": ["ttft_s.mean"] if "sjf" in argv else []}}
+               "one_run_out": {"runs": 5, "by_metric": {}, "undecided": ["ttft_s.mean"] if "sjf" in argv else []},
+               "interleaved": {"median_ms_vs_stored": 1.5} if "static" in argv else None}
         (out / "validation.json").write_text(json.dumps(doc))
         return 0
 
@@ -55,8 +56,10 @@ def test_every_run_gets_its_own_numbered_directory_and_resumes(script, calls, tm
     assert [d["metrics"]["tpot_s.mean"]["rel_error"] for d in first["static"]] == pytest.approx([0.01, 0.03])
 
     table = capsys.readouterr().out
-    assert "| static | 2/2 |" in table and table.count("| pass / pass |") == 1
-    assert "| undecided (ttft mean) / undecided (ttft mean) |" in table  # a pass one real run would flip
+    assert "| static | 2/2 |" in table and table.count("| pass / pass | 1.50 / 1.50 |") == 1
+    assert "| undecided (ttft mean) / undecided (ttft mean) | - / - |" in table  # a pass one real run would flip
+    # 4 verdicts, none failed; the leave-one-out check decided static's two, not sjf's
+    assert "4 of 4 verdicts passed; one real run left out decided 2 of 4 (2 pass, 0 fail), 2 undecided" in table
 
     # the same command again reads every verdict back and runs nothing
     assert script.main(argv) == 0
@@ -73,7 +76,7 @@ def test_every_run_gets_its_own_numbered_directory_and_resumes(script, calls, tm
     assert len(calls) == 10
 
 
-def test_a_refused_run_leaves_no_verdict_and_the_rest_go_on(script, calls, tmp_path, monkeypatch):
+def test_a_refused_run_leaves_no_verdict_and_the_rest_go_on(script, calls, tmp_path, monkeypatch, capsys):
     import syncintellects.cli
 
     real_fake = syncintellects.cli.main
@@ -88,3 +91,5 @@ def test_a_refused_run_leaves_no_verdict_and_the_rest_go_on(script, calls, tmp_p
     assert script.main(["--profile", "p.json", "--out", str(tmp_path), "--runs", "1", "--policies", "sjf", "static"]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["sjf"] == [] and len(summary["static"]) == 1
+    assert summary["static"][0]["interleaved"] == {"median_ms_vs_stored": 1.5}
+    assert "1 of 1 verdicts passed (1 refused: no verdict)" in capsys.readouterr().out
