@@ -165,7 +165,7 @@ def count_line(docs: dict[str, list[dict]], expected: int) -> str:
                                                         if expected > len(ds) else "")
     loo = [d for d in ds if d.get("one_run_out")]
     if loo:
-        firm = [d for d in loo if not d["one_run_out"]["undecided"]]
+        firm = [d for d in loo if decided(d) != "-" and not decided(d).startswith("undecided")]
         line += (f"; one real run left out decided {len(firm)} of {len(loo)} ({sum(not d['failed'] for d in firm)} "
                  f"pass, {sum(bool(d['failed']) for d in firm)} fail), {len(loo) - len(firm)} undecided")
     return line
@@ -178,9 +178,13 @@ def decided(doc: dict) -> str:
     loo = doc.get("one_run_out")
     if not loo:
         return "-"
-    if loo["undecided"]:
+    # the whole verdict's decision; a verdict written before it was recorded: a failure no one run flips on
+    # its own metric is decided, else any undecided metric leaves the verdict undecided
+    v = loo.get("verdict") or ("fail" if any(m["decided"] == "fail" for m in loo["by_metric"].values())
+                               else "undecided" if loo["undecided"] else "pass")
+    if v == "undecided":
         return "undecided (" + ", ".join(map(short_name, loo["undecided"])) + ")"
-    return "FAIL" if doc["failed"] else "pass"
+    return "FAIL" if v == "fail" else "pass"
 
 
 def spread_table(docs: dict[str, list[dict]]) -> str:

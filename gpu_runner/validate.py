@@ -206,7 +206,7 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
     server = server_time(real, runner_cfg.server_time, sim)
     doc = {"metrics": report, "tolerance": tolerance, "gated": list(GATED), "failed": bad,
            "conditioning": cond, "one_run_out": noise,
-           "conclusive": not cond["ill_conditioned"] and not (noise and noise["undecided"]),
+           "conclusive": not cond["ill_conditioned"] and not (noise and noise["verdict"] == "undecided"),
            "verdict_basis": (f"simulator calibrated with the profile's grid re-measured {inter['sweeps']} times "
                              f"interleaved with the real run ({out / 'interleaved-profile.json'})" if inter else
                              ("uncorrected: the profile has no probe section" if probe_every_s else
@@ -241,7 +241,7 @@ def run_validation(spec, lm, runner_cfg, profile_path: str, out_dir: str | Path,
                          "the server's own time off the real clock" if runner_cfg.server_time == "off" else None,
                          "INCONCLUSIVE: ill-conditioned workload" if cond["ill_conditioned"] else None) if n]
     lines = ["; ".join(notes)] if notes else []
-    if noise and noise["undecided"]:  # a line of its own: it qualifies the verdict
+    if noise and noise["verdict"] == "undecided":  # a line of its own: it qualifies the verdict
         lines.append("UNDECIDED, one real run flips it: " + ", ".join(map(short_name, noise["undecided"])))
     try:
         import plotly  # noqa: F401  (a core dependency; absent only where the package set was carried by hand)
@@ -302,7 +302,10 @@ def one_run_out(summaries: list[dict], report: dict, sim: dict, tolerance: float
     """Does the verdict hinge on one real run? ``summaries`` are the combined real run made again with each of
     its N runs left out in turn. For each gated metric: the range of (sim - real) / real over them, and a
     decision: the full verdict (``pass`` or ``fail``) when every leave-one-out verdict agrees with it, else
-    ``undecided`` (one realisation of the machine more or less would flip it). None with fewer than 3 runs."""
+    ``undecided`` (one realisation of the machine more or less would flip it). ``verdict``: the same for the whole
+    verdict (it fails when any gated metric is off): ``pass`` or ``fail`` when every leave-one-out verdict agrees
+    with the full one (a failure can hold with a metric undecided: another fails in every one), else
+    ``undecided``. None with fewer than 3 runs."""
     if len(summaries) < 3:
         return None
     by_metric, undecided = {}, []
@@ -319,7 +322,10 @@ def one_run_out(summaries: list[dict], report: dict, sim: dict, tolerance: float
         by_metric[name] = {"range": [float(min(errs)), float(max(errs))], "decided": decided}
         if decided == "undecided":
             undecided.append(name)
-    return {"runs": len(summaries), "by_metric": by_metric, "undecided": undecided}
+    passes = [not failures(r, tolerance) for r in reports]
+    full_pass = not failures(report, tolerance)
+    verdict = ("pass" if full_pass else "fail") if all(p == full_pass for p in passes) else "undecided"
+    return {"runs": len(summaries), "by_metric": by_metric, "undecided": undecided, "verdict": verdict}
 
 
 def busy_breakdown(real: RunResult, sim: RunResult) -> dict:

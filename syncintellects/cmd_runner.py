@@ -282,9 +282,12 @@ def cmd_validate(args) -> int:
             print(f"  each of the {noise['runs']} real runs left out in turn, the error ranges over: "
                   + ", ".join(f"{k} [{v['range'][0]:+.1%}, {v['range'][1]:+.1%}] {v['decided']}"
                               for k, v in noise["by_metric"].items() if v["range"] is not None))
-            if noise["undecided"]:
+            if noise["verdict"] == "undecided":
                 print(f"  inconclusive: one real run more or less flips the verdict on {', '.join(noise['undecided'])} "
                       "(the machine's noise; run again on a quieter machine, or with more --real-runs)")
+            elif noise["undecided"]:
+                print(f"  the verdict ({noise['verdict']}) holds with any one real run left out; one run flips "
+                      f"{', '.join(noise['undecided'])} alone")
         if doc["conditioning"]["ill_conditioned"]:
             c = doc["conditioning"]
             print(f"  inconclusive: a {c['eps']:.0%} change of every step time moves "

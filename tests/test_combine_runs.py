@@ -229,6 +229,7 @@ def test_validate_repeats_the_real_run_and_combines_it(tmp_path):
     doc = json.loads((tmp_path / "three" / "validation.json").read_text())
     loo = doc["one_run_out"]
     assert loo["runs"] == 3 and loo["undecided"] == [] and set(loo["by_metric"]) == set(doc["gated"])
+    assert loo["verdict"] == "pass" and doc["conclusive"] == (not doc["conditioning"]["ill_conditioned"])
     assert all(v["decided"] == "pass" and v["range"][0] <= v["range"][1] for v in loo["by_metric"].values())
     # a count below 1 is a user mistake: one line, exit 2
     assert main(base + ["--real-runs", "0", "--out", str(tmp_path / "bad")]) == 2

@@ -43,17 +43,31 @@ def test_one_run_out_decides_only_what_no_single_run_flips():
     # every run left out still passes: decided
     doc = one_run_out([real(0.1 / 1.03), real(0.1 / 1.045), real(0.1 / 1.049)], full, sim, 0.05)
     assert doc["by_metric"]["ttft_s.mean"]["decided"] == "pass" and doc["undecided"] == []
+    assert doc["verdict"] == "pass"
     assert doc["by_metric"]["ttft_s.mean"]["range"] == pytest.approx([0.03, 0.049])
     assert doc["runs"] == 3 and doc["by_metric"]["tpot_s.mean"] == {"range": [0.0, 0.0], "decided": "pass"}
     # one of them would fail: the pass hinges on one run
     doc = one_run_out([real(0.1 / 1.03), real(0.1 / 1.06), real(0.1 / 1.04)], full, sim, 0.05)
     assert doc["by_metric"]["ttft_s.mean"]["decided"] == "undecided" and doc["undecided"] == ["ttft_s.mean"]
+    assert doc["verdict"] == "undecided"
     # a failure that every leave-one-out repeats is a decided failure, on either side
     full = compare(real(0.1 / 0.90, e2e=1 / 1.08), sim)
     doc = one_run_out([real(0.1 / 0.92, e2e=1 / 1.07), real(0.1 / 0.89, e2e=1 / 1.09), real(0.1 / 0.91, e2e=1 / 1.06)],
                       full, sim, 0.05)
     assert doc["by_metric"]["ttft_s.mean"]["decided"] == "fail" and doc["by_metric"]["e2e_latency_s.mean"]["decided"] == "fail"
-    assert doc["undecided"] == []
+    assert doc["undecided"] == [] and doc["verdict"] == "fail"
+    # E2E fails whichever run is left out, TTFT fails in the full verdict but not without the third run: the
+    # failure is decided though one of its metrics is not
+    full = compare(real(0.1 / 0.94, e2e=1 / 1.08), sim)
+    doc = one_run_out([real(0.1 / 0.94, e2e=1 / 1.07), real(0.1 / 0.93, e2e=1 / 1.09), real(0.1 / 0.97, e2e=1 / 1.06)],
+                      full, sim, 0.05)
+    assert doc["undecided"] == ["ttft_s.mean"] and doc["by_metric"]["e2e_latency_s.mean"]["decided"] == "fail"
+    assert doc["verdict"] == "fail"
+    # no metric fails in every run left out, yet every run left out fails on one of them: a decided failure
+    full = compare(real(0.1 / 0.94, e2e=1 / 1.06), sim)
+    doc = one_run_out([real(0.1 / 0.94, e2e=1 / 1.04), real(0.1 / 0.97, e2e=1 / 1.06), real(0.1 / 0.94, e2e=1 / 1.06)],
+                      full, sim, 0.05)
+    assert set(doc["undecided"]) == {"ttft_s.mean", "e2e_latency_s.mean"} and doc["verdict"] == "fail"
     # a metric that cannot be computed is never decided; fewer than three runs: no such check
     doc = one_run_out([real(0.1), real(0.1), {**real(0.1), "ttft_s": {"mean": None}}], compare(real(0.1), sim), sim, 0.05)
     assert doc["undecided"] == ["ttft_s.mean"]

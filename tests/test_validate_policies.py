@@ -93,3 +93,18 @@ def test_a_refused_run_leaves_no_verdict_and_the_rest_go_on(script, calls, tmp_p
     assert summary["sjf"] == [] and len(summary["static"]) == 1
     assert summary["static"][0]["interleaved"] == {"median_ms_vs_stored": 1.5}
     assert "1 of 1 verdicts passed (1 refused: no verdict)" in capsys.readouterr().out
+
+
+def test_a_failure_no_single_run_flips_is_decided_though_another_metric_is_not(script):
+    """The whole verdict's leave-one-out decision, as validate records it; for a verdict written before that
+    field existed, a failing metric decided on its own."""
+    loo = lambda verdict, undecided, e2e="fail": {"runs": 5, "undecided": undecided, "verdict": verdict,
+                                                  "by_metric": {"e2e_latency_s.mean": {"decided": e2e}}}
+    docs = {"a": [{"failed": ["e2e_latency_s.mean"], "one_run_out": loo("fail", ["ttft_s.mean"])}],
+            "b": [{"failed": ["ttft_s.mean"], "one_run_out": loo("undecided", ["ttft_s.mean"], "pass")}],
+            "c": [{"failed": [], "one_run_out": loo("pass", [], "pass")}],
+            "d": [{"failed": ["e2e_latency_s.mean"], "one_run_out": {k: v for k, v in loo(None, ["ttft_s.mean"]).items()
+                                                                   if k != "verdict"}}]}
+    assert [script.decided(d[0]) for d in docs.values()] == ["FAIL", "undecided (ttft mean)", "pass", "FAIL"]
+    assert script.count_line(docs, 5) == ("1 of 4 verdicts passed (1 refused: no verdict); one real run left out "
+                                          "decided 3 of 4 (1 pass, 2 fail), 1 undecided")
