@@ -286,8 +286,8 @@ def cmd_validate(args) -> int:
                 print(f"  inconclusive: one real run more or less flips the verdict on {', '.join(noise['undecided'])} "
                       "(the machine's noise; run again on a quieter machine, or with more --real-runs)")
             elif noise["undecided"]:
-                print(f"  the verdict ({noise['verdict']}) holds with any one real run left out; one run flips "
-                      f"{', '.join(noise['undecided'])} alone")
+                print(f"  the verdict ({noise['verdict']}) holds with any one real run left out, though leaving one out "
+                      f"flips {', '.join(noise['undecided'])}")
         if doc["conditioning"]["ill_conditioned"]:
             c = doc["conditioning"]
             print(f"  inconclusive: a {c['eps']:.0%} change of every step time moves "
