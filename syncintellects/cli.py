@@ -17,6 +17,7 @@ import copy
 import importlib
 import signal
 import sys
+import warnings
 
 from syncintellects.errors import UsageError, one_line
 
@@ -96,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _terminated) if _main_thread() else None
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            if not debug:  # a warning is one line, as an error is: no source path, line or code
+                warnings.showwarning = _one_line_warning
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         if debug:
             raise
@@ -114,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {str(message).splitlines()[0] if str(message) else category.__name__}",
+          file=file if file is not None else sys.stderr)
 
 
 def _main_thread() -> bool:

@@ -14,7 +14,8 @@ def register(sub) -> None:
                                     "against continuous batching and SRPT, over load levels and seeds, on windows of "
                                     "the Azure conversation trace. Writes reproduction.json/.csv/.md/.html to --out.")
     q.add_argument("--out", required=True, help="output directory")
-    q.add_argument("--quick", action="store_true", help="2 rates, 2 seeds, 150 requests (a smoke run, for tests)")
+    q.add_argument("--quick", action="store_true", help="a smoke run's preset: 2 rates, 2 seeds, 150 requests; --rates, --seeds, "
+                   "--num-requests given with it replace its values")
     q.add_argument("--rates", type=float, nargs="+", default=None, help="arrival rates in req/s")
     q.add_argument("--seeds", type=int, default=None, help="number of seeds: seed k serves the trace's k-th window of --num-requests requests; "
                         "at most as many as the trace holds")
@@ -35,6 +36,7 @@ def run(args) -> int:
 
     if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+
     cfg = ReproductionConfig.quick() if args.quick else ReproductionConfig()
     cfg = with_overrides(cfg, rates=tuple(args.rates) if args.rates else None,
                          seeds=tuple(range(args.seeds)) if args.seeds is not None else None, num_requests=args.num_requests,

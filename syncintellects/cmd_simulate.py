@@ -38,16 +38,20 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def parse_params(items: list[str], flag: str = "--param") -> tuple:
-    out = []
+    out, seen = [], {}
     for it in items:
         if "=" not in it or not it.split("=", 1)[0].strip():
             raise UsageError(f"{flag} {it!r}: expected NAME=VALUE")
         k, v = it.split("=", 1)
+        k = k.strip()
+        if k in seen:  # never the last one silently
+            raise UsageError(f"{flag} {k}: given twice ({seen[k]!r} and {it!r}); give it once")
+        seen[k] = it
         try:
             v = json.loads(v)
         except json.JSONDecodeError:
             pass
-        out.append((k.strip(), v))
+        out.append((k, v))
     return tuple(out)
 
 

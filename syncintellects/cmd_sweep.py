@@ -10,6 +10,7 @@ import polars as pl
 
 from syncintellects.cmd_simulate import parse_params
 from syncintellects.cmd_trace import add_load_arguments, load_options
+from syncintellects.errors import UsageError
 from syncintellects.spec import PREDICTOR_MODEL_HELP, RunSpec
 from syncintellects.sweep import BACKENDS, SPEC_FIELDS, expand, run_sweep
 from syncintellects.workers import Interrupted, interruptible
@@ -205,6 +206,9 @@ def sweep(args) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.workers is not None and getattr(args, "backend", "local") != "local":
+        raise UsageError(f"--workers {args.workers} with --backend {args.backend}: only the local backend has "
+                         "worker processes (serial runs one at a time; ray uses the cluster's)")
     base, grid = grid_from_args(args)
     specs = expand(base, grid)
     with interruptible():  # after the first signal, later ones are ignored until _stopped's own block

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from syncintellects.errors import UsageError, check_out_file
 
@@ -37,6 +38,10 @@ def load_options(args, default_seed: int | None = None) -> dict:
                                 ("--synthetic-cv", None if args.synthetic_cv == 1.0 else args.synthetic_cv)) if v is not None]
         if given:
             raise UsageError(f"{', '.join(given)} without --synthetic-arrivals poisson|gamma: nothing would use it")
+    if args.synthetic_arrivals is not None and args.synthetic_rate is None:
+        raise UsageError(f"--synthetic-arrivals {args.synthetic_arrivals} needs --synthetic-rate (req/s)")
+    if args.synthetic_rate is not None and not (args.synthetic_rate > 0 and math.isfinite(args.synthetic_rate)):
+        raise UsageError(f"--synthetic-rate: got {args.synthetic_rate!r}, expected a finite number > 0 req/s")
     opts = {"format": args.format, "skip_bad_rows": args.skip_bad_rows, "sort": args.sort,
             "arrivals": args.synthetic_arrivals, "rate": args.synthetic_rate, "cv": args.synthetic_cv,
             "seed": args.synthetic_seed if args.synthetic_seed is not None else default_seed}
@@ -117,6 +122,10 @@ def cmd_synth(args) -> int:
                          f"that trace's own lengths)")
     if args.num_requests < 1:
         raise UsageError(f"--num-requests must be >= 1, got {args.num_requests}")
+    if not (args.rate > 0 and math.isfinite(args.rate)):
+        raise UsageError(f"--rate: got {args.rate!r}, expected a finite number > 0 req/s")
+    if args.seed < 0:
+        raise UsageError(f"--seed: got {args.seed}, expected an integer >= 0")
     check_out_file(args.out)
     if args.lengths == "lognormal":
         lengths = LognormalLengths.fit(load_trace(args.fit_to or "azure-conv"))
@@ -131,13 +140,24 @@ def cmd_synth(args) -> int:
 def cmd_convert(args) -> int:
     from traces import rescale_rate, slice_window, write_trace_csv
 
+    start, end = (args.start if args.start is not None else 0.0), (args.end if args.end is not None else float("inf"))
+    if args.start is not None or args.end is not None:
+        if not (math.isfinite(start) and start < end and end == end):
+            raise UsageError(f"--start {args.start} / --end {args.end}: need a finite --start before --end")
+    if args.rate is not None and not (args.rate > 0 and math.isfinite(args.rate)):
+        raise UsageError(f"--rate: got {args.rate!r}, expected a finite number > 0 req/s")
     check_out_file(args.out)
     trace = _load(args.input, args)
     if args.start is not None or args.end is not None:
-        trace = slice_window(trace, args.start if args.start is not None else 0.0,
-                             args.end if args.end is not None else float("inf"))
+        try:
+            trace = slice_window(trace, start, end)
+        except ValueError as e:  # no request in the window
+            raise UsageError(f"--start/--end: {str(e).removeprefix('slice_window: ')}") from None
     if args.rate is not None:
-        trace = rescale_rate(trace, args.rate)
+        try:
+            trace = rescale_rate(trace, args.rate)
+        except ValueError as e:
+            raise UsageError(f"--rate {args.rate}: {str(e).removeprefix('rescale_rate: ')}") from None
     out = write_trace_csv(trace, args.out)
     print(f"wrote {len(trace)} requests to {out} (mean rate {trace.mean_rate:.4g} req/s)")
     for k, v in trace.notes.items():

@@ -86,10 +86,15 @@ def windows(cfg: ReproductionConfig) -> int:
 
 def check_config(cfg: ReproductionConfig) -> None:
     """Refuse, before any run, settings that make no sense or seeds that would repeat a window."""
-    if cfg.num_requests < 2 or not cfg.rates or any(not r > 0 for r in cfg.rates) or cfg.workers < 1 or not cfg.seeds:
-        raise ValueError(f"reproduce paper: need --num-requests >= 2, rates > 0, --seeds >= 1 and --workers >= 1, "
-                         f"got num_requests={cfg.num_requests}, rates={list(cfg.rates)}, seeds={len(cfg.seeds)}, "
-                         f"workers={cfg.workers}")
+    import math
+
+    bad_rate = next((r for r in cfg.rates if not (r > 0 and math.isfinite(r))), None)
+    for wrong, flag, got, want in ((cfg.num_requests < 2, "--num-requests", cfg.num_requests, "an integer >= 2"),
+                                   (not cfg.rates or bad_rate is not None, "--rates", bad_rate, "rates > 0 req/s"),
+                                   (not cfg.seeds, "--seeds", len(cfg.seeds), "an integer >= 1"),
+                                   (cfg.workers < 1, "--workers", cfg.workers, "an integer >= 1")):
+        if wrong:
+            raise ValueError(f"reproduce paper {flag}: got {got!r}, expected {want}")
     from simulator.profile import load_profile
 
     load_profile(cfg.profile)  # an unknown profile is reported before any run starts

@@ -137,12 +137,17 @@ def load_spec_trace(spec: RunSpec) -> Trace:
 
 
 def seed_warnings(spec: RunSpec, trace: Trace | None = None) -> list[str]:
-    """Say so when a seed cannot change which requests are served (so seeds would not replicate)."""
+    """Say so when a seed cannot change which requests are served (so seeds would not replicate), or a
+    router has one replica to send to (the run is the same under every router)."""
+    out = []
     arrivals_seed = dict(spec.trace_options).get("seed")  # synthetic arrivals drawn with this run's seed differ
     if spec.num_requests is None and spec.seed != 0 and arrivals_seed != spec.seed:
-        return [f"seed {spec.seed} serves the same requests as seed 0: without --num-requests the whole trace "
-                f"is served; give --num-requests N to serve the seed-th window of N requests"]
-    return []
+        out.append(f"seed {spec.seed} serves the same requests as seed 0: without --num-requests the whole trace "
+                   f"is served; give --num-requests N to serve the seed-th window of N requests")
+    if spec.replicas == 1 and spec.router != RunSpec.router:
+        out.append(f"router {spec.router!r} with one replica: every request goes to it, as under any router; "
+                   f"give --replicas N (N >= 2) to compare routers")
+    return out
 
 
 def policy_config_class(name: str):
@@ -194,6 +199,14 @@ def build_policy(spec: RunSpec, trace: Trace):
     params = dict(spec.policy_params)
     check_policy_params(spec.policy, params)
     if spec.batch_size is not None:
+        from policies.registry import POLICIES
+
+        if "batch_size" in params:
+            raise UsageError(f"--batch-size {spec.batch_size} and --param batch_size={params['batch_size']!r}: "
+                             "the same setting twice; give one")
+        if spec.policy in POLICIES and "batch_size" not in policy_parameters(spec.policy):
+            raise UsageError(f"--batch-size: policy {spec.policy!r} takes no batch size; its parameters (--param): "
+                             + (", ".join(policy_parameters(spec.policy)) or "none"))
         params["batch_size"] = spec.batch_size
     # A policy's default predictor is built here too, so it sees the run's trace and seed.
     predictor = run_predictor(spec)
@@ -229,10 +242,16 @@ def build_predictor(spec: RunSpec, name: str, trace: Trace):
 
     params = dict(spec.predictor_params)
     known = predictor_parameters(name)
-    for k in params:
+    for k, v in params.items():
         if known and k not in known:
             raise UsageError(f"--predictor-param {k}: predictor {name!r} has no parameter {k!r}; its parameters: "
                              + ", ".join(f"{n} (default {d!r})" for n, d in known.items()))
+        d = known.get(k)
+        if isinstance(d, (int, float)) and not isinstance(d, bool) and not (_number(v) and math.isfinite(v)):
+            raise UsageError(f"--predictor-param {k}={v!r}: expected a number (default {d!r})")
+    if spec.predictor_model is not None and name in ("oracle", "noisy"):
+        raise UsageError(f"--predictor-model {spec.predictor_model}: predictor {name!r} reads the trace's true "
+                         "lengths and takes no model directory")
     try:
         return make_predictor(name, trace=trace, seed=spec.seed, model_dir=spec.predictor_model, **params)
     except (ValueError, TypeError) as e:

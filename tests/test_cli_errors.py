@@ -69,6 +69,8 @@ def files(tmp_path):
         c[sec] = {k: 0.0 for k in c[sec]}
     if "decode_attn_grid" in c:
         c["decode_attn_grid"]["ms"] = [[0.0] * len(row) for row in c["decode_attn_grid"]["ms"]]
+    f["all_bad"] = tmp_path / "all_bad.csv"
+    f["all_bad"].write_text("arrival_s,prompt_tokens,output_tokens\n0,-10,5\n1,-3,5\n")
     f["zero_profile"] = tmp_path / "zero_profile.json"
     f["zero_profile"].write_text(json.dumps(prof))
     return f
@@ -142,6 +144,34 @@ CASES = [
     ("validate-tolerance-negative", ["validate", "--profile", "{zero_profile}", "--tolerance", "-1", "--num-requests",
                                      "2", "--out", "OUT"], ["--tolerance"]),
     ("run-bad-device", ["run", "--device", "tpu9", "--num-requests", "2", "--out", "OUT"], ["--device"]),
+    # a setting given twice, or to something that does not use it: refused, never the last one or ignored
+    ("param-given-twice", SIM + ["--param", "max_num_seqs=8", "--param", "max_num_seqs=16", "--out", "OUT"],
+     ["--param max_num_seqs", "given twice"]),
+    ("batch-size-and-param", SIM + ["--policy", "static", "--batch-size", "8", "--param", "batch_size=4", "--out", "OUT"],
+     ["--batch-size 8", "--param batch_size=4"]),
+    ("batch-size-on-continuous", SIM + ["--batch-size", "8", "--out", "OUT"], ["--batch-size", "'continuous'", "max_num_seqs"]),
+    ("sweep-serial-workers", ["sweep", "--backend", "serial", "--workers", "4", "--num-requests", "20", "--out", "OUT"],
+     ["--workers 4", "--backend serial"]),
+    ("synthetic-arrivals-without-rate", SIM + ["--trace", "{small}", "--synthetic-arrivals", "poisson", "--out", "OUT"],
+     ["--synthetic-arrivals poisson", "--synthetic-rate"]),
+    ("synthetic-rate-negative", ["trace", "info", "{small}", "--synthetic-arrivals", "poisson", "--synthetic-rate", "-2"],
+     ["--synthetic-rate", "-2"]),
+    ("drop-failed-on-azure", SIM + ["--drop-failed", "--out", "OUT"], ["--drop-failed", "format 'azure'"]),
+    ("predictor-param-not-a-number", SIM + ["--policy", "sjf", "--predictor", "noisy", "--predictor-param", "sigma=abc",
+                                            "--out", "OUT"], ["--predictor-param sigma", "expected a number"]),
+    ("predictor-model-on-oracle", SIM + ["--policy", "sjf", "--predictor", "oracle", "--predictor-model", "prompt-lora",
+                                         "--out", "OUT"], ["--predictor-model", "'oracle'"]),
+    ("every-row-bad-skipped", SIM[:1] + ["--trace", "{all_bad}", "--skip-bad-rows", "--quiet", "--out", "OUT"],
+     ["all_bad.csv", "all 2 row(s) are bad"]),
+    ("synth-seed-negative", ["trace", "synth", "--rate", "1", "--num-requests", "10", "--seed", "-3", "--out", "OUT/x.csv"],
+     ["--seed", "-3"]),
+    ("synth-rate-0", ["trace", "synth", "--rate", "0", "--num-requests", "10", "--seed", "0", "--out", "OUT/x.csv"],
+     ["--rate"]),
+    ("convert-end-before-start", ["trace", "convert", "{small}", "--start", "5", "--end", "1", "--out", "OUT/x.csv"],
+     ["--start", "--end"]),
+    ("convert-window-empty", ["trace", "convert", "{small}", "--start", "1e9", "--out", "OUT/x.csv"],
+     ["--start/--end", "no request"]),
+    ("convert-rate-negative", ["trace", "convert", "{small}", "--rate", "-1", "--out", "OUT/x.csv"], ["--rate", "-1"]),
 ]
 
 
@@ -265,3 +295,18 @@ def test_trace_info_and_convert_take_the_synthetic_arrival_flags_as_simulate(tmp
 
     served = pl.read_parquet(tmp_path / "s" / "requests.parquet")["arrival_s"].to_list()
     assert served == converted.arrival_s.tolist()  # the same seed-0 arrivals in all three commands
+
+
+def test_a_skipped_row_is_one_warning_line_and_a_one_replica_router_is_named(files, tmp_path, capsys):
+    """Warnings are one line each, as errors are (no source path or code line); a router with one replica to
+    send to runs (every router sends everything there) and says so."""
+    bad = tmp_path / "one_bad.csv"
+    bad.write_text("arrival_s,prompt_tokens,output_tokens\n0,10,5\n1,-3,5\n2,12,6\n")
+    rc, _, err = run_cli(["simulate", "--trace", bad, "--skip-bad-rows", "--quiet", "--out", tmp_path / "a"], capsys)
+    assert rc == 0 and err.strip().splitlines() == [
+        f"warning: {bad}: skipped 1 bad row(s) of 3; first: {bad}: line 3, column 'prompt_tokens': got '-3', "
+        "expected an integer >= 1"]
+    rc, _, err = run_cli(SIM + ["--router", "jsq", "--out", tmp_path / "b"], capsys)
+    assert rc == 0 and "router 'jsq' with one replica" in err and len(err.strip().splitlines()) == 1
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert any("router 'jsq' with one replica" in w for w in summary["warnings"])

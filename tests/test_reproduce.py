@@ -175,7 +175,8 @@ def test_reproduce_mistakes_are_one_line_before_any_run(tmp_path, capsys, monkey
     afile = tmp_path / "f"
     afile.write_text("x")
     for args, needle in [(["--out", str(afile)], "is a file"), (["--out", ""], "empty path"),
-                         (["--workers", "0", "--out", str(tmp_path / "a")], "--workers >= 1"),
+                         (["--workers", "0", "--out", str(tmp_path / "a")], "--workers: got 0"),
+                         (["--num-requests", "1", "--out", str(tmp_path / "a")], "--num-requests: got 1"),
                          (["--rates", "0", "--out", str(tmp_path / "a")], "rates > 0"),
                          (["--seeds", "0", "--out", str(tmp_path / "a")], "--seeds must be >= 1")]:
         assert main(["reproduce", "paper", "--quick", "--quiet", *args]) == 2

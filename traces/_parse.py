@@ -272,6 +272,9 @@ class RowChecker:
         """Raise on bad rows, or (skipping) record them in ``notes`` and warn; no-op when all rows are good."""
         self.raise_if_bad()
         n_bad = int((self.bad & self.active).sum())
+        if n_bad and n_bad == int(self.active.sum()):  # skipping would leave nothing to serve
+            raise TraceError(f"{self.path}: all {n_bad} row(s) are bad, so skipping them leaves none; "
+                             f"first: {self.first_problem()}")
         if n_bad:
             notes["skipped_bad_rows"] = n_bad
             notes["first_skipped_problem"] = self.first_problem()
@@ -286,8 +289,8 @@ def check_non_decreasing(path, where: np.ndarray, arrival_s: np.ndarray, column:
         back = arrival_s[1:] < arrival_s[:-1]  # (no array of differences: a big file's column each)
         if back.any():
             i = int(np.argmax(back)) + 1
-            raise TraceError(f"{path}: {line_word} {where[i]}, column {column!r}: arrival {arrival_s[i]!r} is earlier "
-                             f"than the previous row's {arrival_s[i - 1]!r}; expected non-decreasing arrivals "
+            raise TraceError(f"{path}: {line_word} {where[i]}, column {column!r}: arrival {float(arrival_s[i])!r} is "
+                             f"earlier than the previous row's {float(arrival_s[i - 1])!r}; expected non-decreasing arrivals "
                              f"(pass sort=True, or --sort, to sort the rows by arrival time)")
 
 

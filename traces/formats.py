@@ -132,13 +132,18 @@ def read_file(path: Path, fmt: str | None, skip_bad_rows: bool, max_rows: int | 
     return parsed
 
 
-def _no_opts(fmt: str, opts: dict) -> None:
+# the command-line flag of each reader option, so a refusal names what the user typed
+OPTION_FLAGS = {"drop_failed": "--drop-failed (BurstGPT only)"}
+
+
+def _no_opts(fmt: str, opts: dict, path: Path | None = None) -> None:
     if opts:
-        raise TraceError(f"format {fmt!r} takes no option(s) {sorted(opts)}")
+        named = ", ".join(OPTION_FLAGS.get(k, k) for k in sorted(opts))
+        raise TraceError(f"{path.name + ': ' if path is not None else ''}format {fmt!r} takes no option {named}")
 
 
 def read_azure(path: Path, df: pl.DataFrame, checker: RowChecker, **opts) -> Parsed:
-    _no_opts("azure", opts)
+    _no_opts("azure", opts, path)
     raw = df["TIMESTAMP"]
     ns = strip_then(raw, lambda c: c.str.to_datetime("%Y-%m-%d %H:%M:%S%.f", time_unit="ns", strict=False)).cast(pl.Int64)
     checker.flag(ns.is_null().to_numpy(), "TIMESTAMP", raw, "a time 'YYYY-MM-DD HH:MM:SS.fffffff'")
@@ -151,7 +156,7 @@ def read_azure(path: Path, df: pl.DataFrame, checker: RowChecker, **opts) -> Par
 
 
 def read_vidur(path: Path, df: pl.DataFrame, checker: RowChecker, **opts) -> Parsed:
-    _no_opts("vidur", opts)
+    _no_opts("vidur", opts, path)
     return Parsed(
         "vidur", checker,
         prompt_tokens=checker.integers(df["num_prefill_tokens"], "num_prefill_tokens", 1),
@@ -161,7 +166,7 @@ def read_vidur(path: Path, df: pl.DataFrame, checker: RowChecker, **opts) -> Par
 
 
 def read_length_stats(path: Path, df: pl.DataFrame, checker: RowChecker, **opts) -> Parsed:
-    _no_opts("length-stats", opts)
+    _no_opts("length-stats", opts, path)
     return Parsed(
         "length-stats", checker,
         prompt_tokens=checker.integers(df["num_prefill_tokens"], "num_prefill_tokens", 1),
@@ -201,7 +206,7 @@ def read_burstgpt(path: Path, df: pl.DataFrame, checker: RowChecker, drop_failed
 
 
 def read_project(path: Path, df: pl.DataFrame, checker: RowChecker, **opts) -> Parsed:
-    _no_opts("project", opts)
+    _no_opts("project", opts, path)
     text = {c: (df[c].fill_null("").to_list() if c in df.columns else None) for c in ("prompt", "response", "slo_class")}
     request_id = None
     if "request_id" in df.columns:
@@ -219,7 +224,7 @@ def read_project(path: Path, df: pl.DataFrame, checker: RowChecker, **opts) -> P
 
 def read_mooncake(path: Path, skip_bad_rows: bool, max_rows: int | None = None, **opts) -> Parsed:
     """Mooncake JSON lines; ``timestamp`` is integer milliseconds from the trace start."""
-    _no_opts("mooncake", opts)
+    _no_opts("mooncake", opts, path)
     lines = open_lines(path, max_rows)
     where = np.flatnonzero([bool(s.strip()) for s in lines]) + 1
     checker = RowChecker(path, where, skip_bad_rows)
