@@ -10,8 +10,8 @@ import polars as pl
 
 from syncintellects.cmd_simulate import parse_params
 from syncintellects.cmd_trace import add_load_arguments, load_options
-from syncintellects.errors import UsageError
-from syncintellects.spec import PREDICTOR_MODEL_HELP, RunSpec
+from syncintellects.errors import UsageError, check_out_dir
+from syncintellects.spec import PREDICTOR_MODEL_HELP, RunSpec, check_spec
 from syncintellects.sweep import BACKENDS, SPEC_FIELDS, expand, run_sweep
 from syncintellects.workers import Interrupted, interruptible
 
@@ -240,6 +240,11 @@ def demo(args) -> int:
                     predictor="progressive", length_control=True),
             RunSpec(trace="azure-conv", num_requests=args.num_requests, policy="continuous"))
     specs = [s for arm in arms for s in expand(arm, rates)]
+    if args.workers is not None and args.workers < 1:  # refused before the banner: a mistake is one line
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    for spec in specs:
+        check_spec(spec)
+    check_out_dir(args.out)
     print(f"Simulating {len(specs)} runs of {args.num_requests} Azure conversation requests on one A100 "
           f"(Llama-2-7B, fp16 profile): task batching (B=16), the SyncIntellects policy (progressive prediction, "
           f"length grouping, length control) and continuous batching, at six loads.")

@@ -310,3 +310,11 @@ def test_a_skipped_row_is_one_warning_line_and_a_one_replica_router_is_named(fil
     assert rc == 0 and "router 'jsq' with one replica" in err and len(err.strip().splitlines()) == 1
     summary = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert any("router 'jsq' with one replica" in w for w in summary["warnings"])
+
+
+@pytest.mark.parametrize("extra,needle", [(["--num-requests", "0"], "--num-requests"), (["--workers", "0"], "--workers"),
+                                          (["--out", "{file}"], "is a file")])
+def test_demo_refuses_before_its_banner(extra, needle, files, tmp_path, capsys):
+    argv = ["demo", "--out", str(tmp_path / "d"), *[a.format(file=files["file"]) for a in extra]]
+    rc, out, err = run_cli(argv, capsys)
+    assert rc == 2 and out == "" and needle in err and len(err.strip().splitlines()) == 1
