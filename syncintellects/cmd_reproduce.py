@@ -36,7 +36,6 @@ def run(args) -> int:
 
     if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-
     cfg = ReproductionConfig.quick() if args.quick else ReproductionConfig()
     cfg = with_overrides(cfg, rates=tuple(args.rates) if args.rates else None,
                          seeds=tuple(range(args.seeds)) if args.seeds is not None else None, num_requests=args.num_requests,
