@@ -168,7 +168,10 @@ def load_model(name_or_dir: str, *, device: str = "cpu", dtype: str | None = Non
     if max_context is not None:
         if max_context < 2:
             raise ValueError(f"--max-context must be >= 2, got {max_context}")
-        shape["max_context"] = min(shape["max_context"], int(max_context))
+        if max_context > shape["max_context"]:  # shortens, never lengthens: refused, not cut silently
+            raise ValueError(f"--max-context {max_context}: model {name} has a context of {shape['max_context']} "
+                             f"tokens; give at most that (the flag shortens it)")
+        shape["max_context"] = int(max_context)
     shape["name"] = name
     shape["params"] = int(sum(p.numel() for p in model.parameters()))
     return LoadedModel(name=name, model=model, shape=shape, dtype=dtype, device=device, eos_token_id=int(eos),

@@ -22,7 +22,8 @@ def register(sub) -> None:
                         "JSON(.gz) files of {instruction, output}; default: the recommended mix "
                         "(sharegpt,alpaca-eval; docs/predictors.md)")
     p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--holdout", type=int, default=200, help="prompts held out for evaluation (0: train on all)")
+    p.add_argument("--holdout", type=int, default=None, help="prompts held out for evaluation (default 200; 0: "
+                   "train on all; not with --holdout-source)")
     p.add_argument("--holdout-source", default=None,
                    help="hold out whole sources instead (comma-separated, e.g. sharegpt or alpaca-eval/koala; "
                         "'alpaca-eval' = all its sub-sets): train on the others, evaluate on these; a prompt "
@@ -106,8 +107,21 @@ def train_cmd(args) -> int:
         raise ValueError("--fresh is for --head lora (the only resumable training)")
     if args.record_hidden and head_type != "transformer":
         raise ValueError("--record-hidden needs --kind progressive --head transformer")
+    if args.holdout_source and args.holdout is not None:
+        raise ValueError(f"--holdout {args.holdout} with --holdout-source {args.holdout_source}: the source is "
+                         "held out whole; give one")
+    if args.holdout is None:
+        args.holdout = 200
     if args.holdout < 0:
         raise ValueError(f"--holdout must be >= 0, got {args.holdout}")
+    if args.max_answers is not None and args.kind != "progressive":
+        raise ValueError(f"--max-answers {args.max_answers} is for --kind progressive (it caps the answers replayed "
+                         "token by token); a prompt model trains on every record")
+    if args.max_answers is not None and args.max_answers < 1:
+        raise ValueError(f"--max-answers must be >= 1, got {args.max_answers}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {args.out}: is a file, expected a model directory")
     if args.holdout_source:
         wanted = {s.strip() for s in args.holdout_source.split(",") if s.strip()}
         present = {r["source"] for r in records}
@@ -116,9 +130,15 @@ def train_cmd(args) -> int:
             raise ValueError(f"--holdout-source {args.holdout_source}: no such source in --data (sources: "
                              f"{', '.join(sorted(present))})")
         train_recs, test_recs = split_by_source(records, test_sources)
+        if not train_recs:
+            raise ValueError(f"--holdout-source {args.holdout_source}: every record of --data is from it; nothing "
+                             "is left to train on")
         split = {"by": "source", "test_sources": sorted(test_sources)}
     elif args.holdout:
-        train_recs, test_recs = split_by_prompt(records, args.holdout, args.seed)
+        try:
+            train_recs, test_recs = split_by_prompt(records, args.holdout, args.seed)
+        except ValueError as e:
+            raise ValueError(f"--holdout {args.holdout}: {e}") from None
         split = {"by": "prompt", "seed": args.seed}
     else:
         train_recs, test_recs, split = records, [], {"by": "none"}
@@ -129,7 +149,6 @@ def train_cmd(args) -> int:
     if args.kind == "progressive" and args.max_answers is not None and len(test_recs) > args.max_answers:
         keep = np.sort(np.random.default_rng(args.seed + 1).permutation(len(test_recs))[:args.max_answers])
         test_recs = [test_recs[i] for i in keep]
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if head_type == "lora":  # resumable: an interrupted run leaves its state here (lora.py)
         lora["state"] = out / "lora-state.pt"
@@ -157,13 +176,15 @@ def evaluate_cmd(args) -> int:
     from policies.predictors.text import Encoder
     from policies.predictors.train import evaluate, load_model
 
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out {args.out}: is a directory, expected the metrics file (.json)")
     model = load_model(args.model)
     records = load_source(args.data)
     # the embedding cache lives beside a user's model, never inside the installed package's bundled one
     enc = Encoder(None if model_path(args.model) != args.model else Path(args.model) / "embeddings.npz")
     metrics = evaluate(model, records, encoder=enc, progress=not args.quiet, states=_states(args, enc))
     metrics.update({"model": str(args.model), "kind": model.meta.get("kind"), "data": str(args.data)})
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2) + "\n")
     _print_summary(f"{model.meta.get('kind')} predictor on {args.data} -> {out}", metrics)

@@ -5,6 +5,8 @@ torch and transformers are imported inside the handlers: the simulator's command
 """
 from __future__ import annotations
 
+import sys
+
 from syncintellects.cmd_simulate import add_run_arguments, print_warnings, spec_from_args, workload_line
 from syncintellects.errors import UsageError, check_out_dir, check_out_file
 
@@ -28,6 +30,21 @@ def check_runner_args(args) -> None:
             raise UsageError(f"{flag}: got {v}, expected {expected}")
     if args.dtype is not None and args.dtype not in ("fp32", "fp16", "bf16"):
         raise UsageError(f"--dtype: got {args.dtype!r}, expected fp32, fp16 or bf16")
+    # two flags for one setting, or a flag nothing would use: refused, never one of them dropped
+    if getattr(args, "kv_blocks", None) is not None and getattr(args, "kv_tokens", None) is not None:
+        raise UsageError(f"--kv-blocks {args.kv_blocks} and --kv-tokens {args.kv_tokens}: both size the KV cache; "
+                         "give one")
+    if getattr(args, "memory_gb", None) is not None and getattr(args, "kv_tokens", None) is not None:
+        raise UsageError(f"--memory-gb {args.memory_gb} and --kv-tokens {args.kv_tokens}: both set the profile's "
+                         "KV budget; give one")
+    if getattr(args, "max_new_tokens", None) is not None and getattr(args, "length_mode", "natural") == "forced":
+        raise UsageError(f"--max-new-tokens {args.max_new_tokens}: forced lengths (--length-mode forced, the "
+                         "default) generate each request's trace length; the cap applies with --length-mode natural")
+    if getattr(args, "clock", None) == "cpu" and (getattr(args, "threads", 1) or 1) > 1:
+        raise UsageError(f"--clock cpu with --threads {args.threads}: the CPU clock counts the main thread's time "
+                         "only, while every thread computes; use --clock wall (or auto)")
+    if getattr(args, "name", None) is not None and not str(args.name).strip():
+        raise UsageError("--name: empty; give a profile name or omit the flag (default: device-model-dtype)")
     dev = args.device
     if dev != "cpu":
         import torch  # the runner extra; an ImportError is reported as such
@@ -190,11 +207,16 @@ def cmd_run(args) -> int:
     check_out_dir(args.out)
     trace, policy, _ = prepare(spec)  # lengths scaled before the policy's predictor sees the trace
     kv_blocks = None
-    if args.profile and not (args.kv_blocks or args.kv_tokens):
+    if args.profile and (args.kv_blocks or args.kv_tokens):
+        raise UsageError(f"--profile {args.profile} with --{'kv-blocks' if args.kv_blocks else 'kv-tokens'}: run "
+                         "reads only the profile's KV-cache size, which that flag sets instead; give one")
+    lm = _load(args)
+    if args.profile:
         from simulator.profile import load_profile
 
-        kv_blocks = load_profile(args.profile).kv_blocks(args.block_size)
-    lm = _load(args)
+        prof = load_profile(args.profile)
+        check_profile_matches(prof, lm, args.profile)
+        kv_blocks = prof.kv_blocks(args.block_size)
     result = serve(trace, policy, lm, _runner_config(args, kv_blocks), length_response=length_response_model(spec))
     result.config["spec"] = spec.to_dict()
     add_warnings(result.summary, seed_warnings(spec, trace))
@@ -209,6 +231,22 @@ def cmd_run(args) -> int:
               f"{r['python_overhead_ms_per_step']:.3f} ms/step, policy {r['policy_ms_per_plan']:.3f} ms/plan")
         print(f"results in {out}/ (summary.json, requests.parquet, steps.parquet, config.json)")
     return 0
+
+
+def check_profile_matches(prof, lm, path: str) -> None:
+    """A profile measured for another model shape or dtype prices (and sizes) another server: refused."""
+    want = prof.data.get("model") or {}
+    keys = ("hidden", "n_layers", "n_heads", "n_kv_heads", "intermediate", "vocab")
+    diff = [k for k in keys if k in want and k in lm.shape and want[k] != lm.shape[k]]
+    if diff:
+        raise UsageError(f"--profile {path}: measured for model {want.get('name', '?')!r} "
+                         f"({', '.join(f'{k} {want[k]}' for k in diff)}), not --model {lm.name} "
+                         f"({', '.join(f'{k} {lm.shape[k]}' for k in diff)}); profile this model first "
+                         "(syncintellects profile)")
+    dtype = prof.data.get("dtype")
+    if dtype is not None and dtype != lm.dtype:
+        raise UsageError(f"--profile {path}: measured in {dtype}, the model runs in {lm.dtype} (--dtype); "
+                         "give the profile's dtype or profile this one")
 
 
 def _profile_step_repeats(path: str, given: int | None) -> int:
@@ -236,6 +274,9 @@ def cmd_validate(args) -> int:
     check_out_dir(args.out)
     args.step_repeats = _profile_step_repeats(args.profile, args.step_repeats)
     lm = _load(args)
+    from simulator.profile import load_profile
+
+    check_profile_matches(load_profile(args.profile), lm, args.profile)
     doc, status = run_validation(spec, lm, _runner_config(args), args.profile, args.out,
                                  tolerance=args.tolerance, probe_every_s=args.probe_every,
                                  interleave_sweeps=args.interleave, real_runs=args.real_runs)
@@ -294,7 +335,7 @@ def cmd_validate(args) -> int:
                   + ", ".join(f"{k} by {c['elasticity'][k] * c['eps']:+.1%}" for k in c["ill_conditioned"])
                   + " in the simulator itself (the schedule changes); see docs/validation.md")
         print(f"wrote {args.out}/validation.json and validation.html")
-        if status:
-            print(f"error above tolerance: {', '.join(doc['failed'])}")
+    if status:  # said with --quiet too: the exit status alone does not say which metric
+        print(f"error above tolerance: {', '.join(doc['failed'])}", file=sys.stderr if args.quiet else sys.stdout)
     return status
 

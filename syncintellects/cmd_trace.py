@@ -38,6 +38,9 @@ def load_options(args, default_seed: int | None = None) -> dict:
                                 ("--synthetic-cv", None if args.synthetic_cv == 1.0 else args.synthetic_cv)) if v is not None]
         if given:
             raise UsageError(f"{', '.join(given)} without --synthetic-arrivals poisson|gamma: nothing would use it")
+    if args.synthetic_arrivals == "poisson" and args.synthetic_cv != 1.0:
+        raise UsageError(f"--synthetic-cv {args.synthetic_cv} with --synthetic-arrivals poisson: a Poisson process "
+                         "has CV 1; use --synthetic-arrivals gamma")
     if args.synthetic_arrivals is not None and args.synthetic_rate is None:
         raise UsageError(f"--synthetic-arrivals {args.synthetic_arrivals} needs --synthetic-rate (req/s)")
     if args.synthetic_rate is not None and not (args.synthetic_rate > 0 and math.isfinite(args.synthetic_rate)):

@@ -69,6 +69,10 @@ def files(tmp_path):
         c[sec] = {k: 0.0 for k in c[sec]}
     if "decode_attn_grid" in c:
         c["decode_attn_grid"]["ms"] = [[0.0] * len(row) for row in c["decode_attn_grid"]["ms"]]
+    f["broken_model"] = tmp_path / "broken_model"
+    f["broken_model"].mkdir()
+    (f["broken_model"] / "model.json").write_text('{"kind": "prompt",\n')  # truncated, as its head
+    (f["broken_model"] / "head.npz").write_bytes(b"PK\x03\x04 truncated")
     f["all_bad"] = tmp_path / "all_bad.csv"
     f["all_bad"].write_text("arrival_s,prompt_tokens,output_tokens\n0,-10,5\n1,-3,5\n")
     f["zero_profile"] = tmp_path / "zero_profile.json"
@@ -77,6 +81,7 @@ def files(tmp_path):
 
 
 SIM = ["simulate", "--num-requests", "20", "--quiet"]
+RUN = ["run", "--model", "tiny-llama", "--device", "cpu", "--num-requests", "4", "--length-scale", "0.1", "--quiet"]
 
 CASES = [
     # (id, argv with {name} placeholders for the files fixture / "OUT" for a fresh output dir, substrings)
@@ -172,6 +177,31 @@ CASES = [
     ("convert-window-empty", ["trace", "convert", "{small}", "--start", "1e9", "--out", "OUT/x.csv"],
      ["--start/--end", "no request"]),
     ("convert-rate-negative", ["trace", "convert", "{small}", "--rate", "-1", "--out", "OUT/x.csv"], ["--rate", "-1"]),
+    ("synthetic-cv-with-poisson", SIM + ["--trace", "{small}", "--synthetic-arrivals", "poisson", "--synthetic-rate", "2",
+                                         "--synthetic-cv", "3", "--out", "OUT"], ["--synthetic-cv 3", "gamma"]),
+    # the runner's flags: one setting given twice, a flag nothing would use, a profile of another server
+    ("run-kv-blocks-and-kv-tokens", RUN + ["--kv-blocks", "10", "--kv-tokens", "4096", "--out", "OUT"],
+     ["--kv-blocks 10", "--kv-tokens 4096"]),
+    ("run-max-new-tokens-forced", RUN + ["--max-new-tokens", "5", "--out", "OUT"], ["--max-new-tokens", "natural"]),
+    ("run-profile-with-kv-tokens", RUN + ["--profile", "a100-llama-2-7b", "--kv-tokens", "4096", "--out", "OUT"],
+     ["--profile a100-llama-2-7b", "--kv-tokens"]),
+    ("run-profile-of-another-model", RUN + ["--profile", "a100-llama-2-7b", "--out", "OUT"],
+     ["--profile a100-llama-2-7b", "'llama-2-7b'", "--model tiny-llama"]),
+    ("run-max-context-past-the-model", RUN + ["--max-context", "8192", "--out", "OUT"], ["--max-context 8192", "2048"]),
+    ("run-cpu-clock-with-threads", RUN + ["--clock", "cpu", "--threads", "2", "--out", "OUT"], ["--clock cpu", "--threads 2"]),
+    ("profile-kv-tokens-and-memory", ["profile", "--quick", "--kv-tokens", "4096", "--memory-gb", "1", "--out", "OUT/p.json"],
+     ["--memory-gb", "--kv-tokens"]),
+    ("profile-empty-name", ["profile", "--quick", "--name", "", "--out", "OUT/p.json"], ["--name"]),
+    ("train-holdout-with-source", ["train-predictor", "--kind", "prompt", "--data", "alpaca-eval", "--holdout", "10",
+                                   "--holdout-source", "alpaca-eval", "--out", "OUT"], ["--holdout 10", "--holdout-source"]),
+    ("train-max-answers-on-prompt", ["train-predictor", "--kind", "prompt", "--data", "alpaca-eval", "--max-answers", "5",
+                                     "--out", "OUT"], ["--max-answers", "--kind progressive"]),
+    ("train-out-is-a-file", ["train-predictor", "--kind", "prompt", "--data", "alpaca-eval", "--out", "{file}"],
+     ["--out", "a_file.txt", "is a file"]),
+    ("evaluate-broken-model", ["evaluate-predictor", "--model", "{broken_model}", "--data", "alpaca-eval", "--out",
+                               "OUT/e.json"], ["broken_model", "cannot be read"]),
+    ("evaluate-out-is-a-directory", ["evaluate-predictor", "--model", "prompt", "--data", "alpaca-eval", "--out", "{dir}"],
+     ["--out", "a_directory", "is a directory"]),
 ]
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -235,6 +236,18 @@ def load_model(model_dir):
     if not Path(model_dir).is_dir():
         raise FileNotFoundError(f"predictor model {model_dir}: no such directory (bundled models: "
                                 f"{', '.join(BUNDLED_MODELS)}; write one with `syncintellects train-predictor`)")
+    try:
+        return _load_model_dir(Path(model_dir))
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
+        if isinstance(e, FileNotFoundError) and getattr(e, "filename", None) is None:
+            raise
+        # a truncated or foreign file (json's and numpy's own messages name no file): the directory, named
+        what = (str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}").strip() or type(e).__name__
+        raise ValueError(f"predictor model {model_dir}: cannot be read ({what.splitlines()[0]}); is it complete? "
+                         "write it again with `syncintellects train-predictor`") from None
+
+
+def _load_model_dir(model_dir: Path):
     if (Path(model_dir) / "sequence.json").exists():
         from policies.predictors.sequence import SequenceModel
 
