@@ -165,7 +165,7 @@ def count_line(docs: dict[str, list[dict]], expected: int) -> str:
                                                         if expected > len(ds) else "")
     loo = [d for d in ds if d.get("one_run_out")]
     if loo:
-        firm = [d for d in loo if decided(d) != "-" and not decided(d).startswith("undecided")]
+        firm = [d for d in loo if decided(d) in ("pass", "FAIL")]
         line += (f"; one real run left out decided {len(firm)} of {len(loo)} ({sum(not d['failed'] for d in firm)} "
                  f"pass, {sum(bool(d['failed']) for d in firm)} fail), {len(loo) - len(firm)} undecided")
     return line

@@ -249,11 +249,9 @@ def check_profile_matches(prof, lm, path: str) -> None:
                          "give the profile's dtype or profile this one")
 
 
-def _profile_step_repeats(path: str, given: int | None) -> int:
+def _profile_step_repeats(prof, path: str, given: int | None) -> int:
     """validate times steps as the profile's grid was timed: its K, and a different --step-repeats is refused."""
-    from simulator.profile import load_profile
-
-    k = int((load_profile(path).data.get("runner") or {}).get("step_repeats", 1))
+    k = int((prof.data.get("runner") or {}).get("step_repeats", 1))
     if given is not None and given != k:
         raise UsageError(f"--step-repeats {given}: the profile {path} was measured with {k}; a run compared with "
                          f"it must time its steps the same way (omit the flag, or measure a profile with {given})")
@@ -272,11 +270,12 @@ def cmd_validate(args) -> int:
     spec = spec_from_args(args)
     check_runner_args(args)
     check_out_dir(args.out)
-    args.step_repeats = _profile_step_repeats(args.profile, args.step_repeats)
-    lm = _load(args)
     from simulator.profile import load_profile
 
-    check_profile_matches(load_profile(args.profile), lm, args.profile)
+    prof = load_profile(args.profile)
+    args.step_repeats = _profile_step_repeats(prof, args.profile, args.step_repeats)
+    lm = _load(args)
+    check_profile_matches(prof, lm, args.profile)
     doc, status = run_validation(spec, lm, _runner_config(args), args.profile, args.out,
                                  tolerance=args.tolerance, probe_every_s=args.probe_every,
                                  interleave_sweeps=args.interleave, real_runs=args.real_runs)

@@ -43,8 +43,8 @@ def load_options(args, default_seed: int | None = None) -> dict:
                          "has CV 1; use --synthetic-arrivals gamma")
     if args.synthetic_arrivals is not None and args.synthetic_rate is None:
         raise UsageError(f"--synthetic-arrivals {args.synthetic_arrivals} needs --synthetic-rate (req/s)")
-    if args.synthetic_rate is not None and not (args.synthetic_rate > 0 and math.isfinite(args.synthetic_rate)):
-        raise UsageError(f"--synthetic-rate: got {args.synthetic_rate!r}, expected a finite number > 0 req/s")
+    if args.synthetic_rate is not None:
+        check_rate("--synthetic-rate", args.synthetic_rate)
     opts = {"format": args.format, "skip_bad_rows": args.skip_bad_rows, "sort": args.sort,
             "arrivals": args.synthetic_arrivals, "rate": args.synthetic_rate, "cv": args.synthetic_cv,
             "seed": args.synthetic_seed if args.synthetic_seed is not None else default_seed}
@@ -54,6 +54,11 @@ def load_options(args, default_seed: int | None = None) -> dict:
         opts.pop("seed")
     defaults = {"format": None, "skip_bad_rows": False, "sort": False, "arrivals": None, "rate": None, "cv": 1.0}
     return {k: v for k, v in opts.items() if defaults.get(k, object()) != v}
+
+
+def check_rate(flag: str, rate: float) -> None:
+    if not (rate > 0 and math.isfinite(rate)):
+        raise UsageError(f"{flag}: got {rate!r}, expected a finite number > 0 req/s")
 
 
 def _load(source: str, args):
@@ -125,8 +130,7 @@ def cmd_synth(args) -> int:
                          f"that trace's own lengths)")
     if args.num_requests < 1:
         raise UsageError(f"--num-requests must be >= 1, got {args.num_requests}")
-    if not (args.rate > 0 and math.isfinite(args.rate)):
-        raise UsageError(f"--rate: got {args.rate!r}, expected a finite number > 0 req/s")
+    check_rate("--rate", args.rate)
     if args.seed < 0:
         raise UsageError(f"--seed: got {args.seed}, expected an integer >= 0")
     check_out_file(args.out)
@@ -145,10 +149,10 @@ def cmd_convert(args) -> int:
 
     start, end = (args.start if args.start is not None else 0.0), (args.end if args.end is not None else float("inf"))
     if args.start is not None or args.end is not None:
-        if not (math.isfinite(start) and start < end and end == end):
+        if not (math.isfinite(start) and start < end):
             raise UsageError(f"--start {args.start} / --end {args.end}: need a finite --start before --end")
-    if args.rate is not None and not (args.rate > 0 and math.isfinite(args.rate)):
-        raise UsageError(f"--rate: got {args.rate!r}, expected a finite number > 0 req/s")
+    if args.rate is not None:
+        check_rate("--rate", args.rate)
     check_out_file(args.out)
     trace = _load(args.input, args)
     if args.start is not None or args.end is not None:

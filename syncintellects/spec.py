@@ -137,17 +137,20 @@ def load_spec_trace(spec: RunSpec) -> Trace:
 
 
 def seed_warnings(spec: RunSpec, trace: Trace | None = None) -> list[str]:
-    """Say so when a seed cannot change which requests are served (so seeds would not replicate), or a
-    router has one replica to send to (the run is the same under every router)."""
-    out = []
+    """Say so when a seed cannot change which requests are served (so seeds would not replicate)."""
     arrivals_seed = dict(spec.trace_options).get("seed")  # synthetic arrivals drawn with this run's seed differ
     if spec.num_requests is None and spec.seed != 0 and arrivals_seed != spec.seed:
-        out.append(f"seed {spec.seed} serves the same requests as seed 0: without --num-requests the whole trace "
-                   f"is served; give --num-requests N to serve the seed-th window of N requests")
+        return [f"seed {spec.seed} serves the same requests as seed 0: without --num-requests the whole trace "
+                f"is served; give --num-requests N to serve the seed-th window of N requests"]
+    return []
+
+
+def router_warnings(spec: RunSpec) -> list[str]:
+    """Say so when a router has one replica to send to (the run is the same under every router)."""
     if spec.replicas == 1 and spec.router != RunSpec.router:
-        out.append(f"router {spec.router!r} with one replica: every request goes to it, as under any router; "
-                   f"give --replicas N (N >= 2) to compare routers")
-    return out
+        return [f"router {spec.router!r} with one replica: every request goes to it, as under any router; "
+                f"give --replicas N (N >= 2) to compare routers"]
+    return []
 
 
 def policy_config_class(name: str):
@@ -294,7 +297,8 @@ def run_simulation(spec: RunSpec, progress: bool = False, engine: str = "auto", 
     from syncintellects.inputs import fingerprints
 
     result.config["inputs"] = fingerprints([spec])  # the content hashes of the files the run read (provenance)
-    add_warnings(result.summary, seed_warnings(spec, trace) + seen_prompt_warnings(spec, trace, result.summary))
+    add_warnings(result.summary, seed_warnings(spec, trace) + router_warnings(spec)
+                 + seen_prompt_warnings(spec, trace, result.summary))
     return result
 
 

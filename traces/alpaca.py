@@ -21,11 +21,11 @@ from traces.schema import TraceError
 
 
 def read_alpaca(path: Path, skip_bad_rows: bool, **opts):
-    from traces.formats import Parsed
+    from traces.formats import Parsed, no_options
     from traces.tokenize import TOKENIZER_NAME, count_tokens
 
     if opts:
-        raise TraceError(f"format 'alpaca' takes no option(s) {sorted(opts)}")
+        no_options("alpaca", opts, path)
     try:
         records = json.loads(open_bytes(path).decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -136,14 +136,15 @@ def read_file(path: Path, fmt: str | None, skip_bad_rows: bool, max_rows: int | 
 OPTION_FLAGS = {"drop_failed": "--drop-failed (BurstGPT only)"}
 
 
-def _no_opts(fmt: str, opts: dict, path: Path | None = None) -> None:
+def no_options(fmt: str, opts: dict, path: Path, only: str = "") -> None:
+    """Refuse reader options a format does not take, named as the command-line flag where it has one."""
     if opts:
         named = ", ".join(OPTION_FLAGS.get(k, k) for k in sorted(opts))
-        raise TraceError(f"{path.name + ': ' if path is not None else ''}format {fmt!r} takes no option {named}")
+        raise TraceError(f"{path.name}: format {fmt!r} takes no option {named}" + (f" ({only})" if only else ""))
 
 
 def read_azure(path: Path, df: pl.DataFrame, checker: RowChecker, **opts) -> Parsed:
-    _no_opts("azure", opts, path)
+    no_options("azure", opts, path)
     raw = df["TIMESTAMP"]
     ns = strip_then(raw, lambda c: c.str.to_datetime("%Y-%m-%d %H:%M:%S%.f", time_unit="ns", strict=False)).cast(pl.Int64)
     checker.flag(ns.is_null().to_numpy(), "TIMESTAMP", raw, "a time 'YYYY-MM-DD HH:MM:SS.fffffff'")
@@ -156,7 +157,7 @@ def read_azure(path: Path, df: pl.DataFrame, checker: RowChecker, **opts) -> Par
 
 
 def read_vidur(path: Path, df: pl.DataFrame, checker: RowChecker, **opts) -> Parsed:
-    _no_opts("vidur", opts, path)
+    no_options("vidur", opts, path)
     return Parsed(
         "vidur", checker,
         prompt_tokens=checker.integers(df["num_prefill_tokens"], "num_prefill_tokens", 1),
@@ -166,7 +167,7 @@ def read_vidur(path: Path, df: pl.DataFrame, checker: RowChecker, **opts) -> Par
 
 
 def read_length_stats(path: Path, df: pl.DataFrame, checker: RowChecker, **opts) -> Parsed:
-    _no_opts("length-stats", opts, path)
+    no_options("length-stats", opts, path)
     return Parsed(
         "length-stats", checker,
         prompt_tokens=checker.integers(df["num_prefill_tokens"], "num_prefill_tokens", 1),
@@ -206,7 +207,7 @@ def read_burstgpt(path: Path, df: pl.DataFrame, checker: RowChecker, drop_failed
 
 
 def read_project(path: Path, df: pl.DataFrame, checker: RowChecker, **opts) -> Parsed:
-    _no_opts("project", opts, path)
+    no_options("project", opts, path)
     text = {c: (df[c].fill_null("").to_list() if c in df.columns else None) for c in ("prompt", "response", "slo_class")}
     request_id = None
     if "request_id" in df.columns:
@@ -224,7 +225,7 @@ def read_project(path: Path, df: pl.DataFrame, checker: RowChecker, **opts) -> P
 
 def read_mooncake(path: Path, skip_bad_rows: bool, max_rows: int | None = None, **opts) -> Parsed:
     """Mooncake JSON lines; ``timestamp`` is integer milliseconds from the trace start."""
-    _no_opts("mooncake", opts, path)
+    no_options("mooncake", opts, path)
     lines = open_lines(path, max_rows)
     where = np.flatnonzero([bool(s.strip()) for s in lines]) + 1
     checker = RowChecker(path, where, skip_bad_rows)

@@ -159,13 +159,12 @@ def first_turns(path: str | Path, limit: int | None = None) -> tuple[list[dict],
 def read_sharegpt(path: Path, skip_bad_rows: bool, **opts):
     """The ``sharegpt`` trace format: prompts and first answers as text, WordPiece token counts, no arrivals."""
     from traces._parse import RowChecker
-    from traces.formats import Parsed
+    from traces.formats import Parsed, no_options
     from traces.schema import TraceError
     from traces.tokenize import TOKENIZER_NAME, count_tokens
 
     limit = opts.pop("limit", None)
-    if opts:
-        raise TraceError(f"format 'sharegpt' takes no option(s) {sorted(opts)} (only limit=)")
+    no_options("sharegpt", opts, path, only="only limit=")
     try:
         records, stats = first_turns(path, limit)
     except ValueError as e:
